@@ -1,0 +1,5 @@
+import sys
+
+from lorafile.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the `lorafile` CLI, one module each (see lorafile/cli.py)."""

@@ -1,0 +1,205 @@
+"""One error model for the parser, validator, linter, VRAM model, backends and importers.
+
+Every problem lorafile reports is a `Diagnostic`: a stable code, a severity, a message that says
+what is wrong, a help line that says what to do, and where (file, line, column, the source line).
+Problems are *collected* in a `DiagnosticBag` and raised together as one `DiagnosticError`, so a
+user sees every problem of a recipe at once.
+
+Code families (documented one by one in docs/diagnostics.md):
+
+    R1xx  syntax              R2xx  validation        L3xx  lint rules
+    V4xx  VRAM budget         T5xx  target cannot express a setting
+    I6xx  import of a trainer config
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+MAX_REPORTED = 50
+
+
+class Severity(StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+@dataclass(frozen=True)
+class Span:
+    """A position in a source file; lines and columns count from 1."""
+
+    line: int
+    column: int
+    end_line: int | None = None
+    end_column: int | None = None
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    code: str
+    message: str
+    help: str = ""
+    severity: Severity = Severity.ERROR
+    file: str | None = None
+    span: Span | None = None
+    source_line: str | None = None
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity is Severity.ERROR
+
+    @property
+    def line(self) -> int | None:
+        return self.span.line if self.span else None
+
+    @property
+    def column(self) -> int | None:
+        return self.span.column if self.span else None
+
+    def to_dict(self) -> dict:
+        return {
+            "code": self.code,
+            "severity": str(self.severity),
+            "message": self.message,
+            "help": self.help,
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+        }
+
+    def __str__(self) -> str:
+        return render(self)
+
+
+def render(diag: Diagnostic) -> str:
+    """Render like ruff/rustc: header, location, source line with a caret, help."""
+    lines = [f"{diag.severity}[{diag.code}]: {diag.message}"]
+    where = diag.file or "<input>"
+    if diag.span:
+        lines.append(f"  --> {where}:{diag.span.line}:{diag.span.column}")
+        if diag.source_line is not None:
+            gutter = str(diag.span.line)
+            pad = " " * len(gutter)
+            lines.append(f" {pad} |")
+            lines.append(f" {gutter} | {diag.source_line.rstrip()}")
+            lines.append(f" {pad} | {' ' * (diag.span.column - 1)}{_underline(diag)}")
+    elif diag.file:
+        lines.append(f"  --> {where}")
+    if diag.help:
+        lines.append(f"  = help: {diag.help}")
+    return "\n".join(lines)
+
+
+def _underline(diag: Diagnostic) -> str:
+    span = diag.span
+    if span and span.end_line == span.line and span.end_column and span.end_column > span.column:
+        return "^" * (span.end_column - span.column)
+    return "^"
+
+
+def render_all(diags: Iterable[Diagnostic], limit: int = MAX_REPORTED) -> str:
+    """Render diagnostics in order, capped at `limit` with an "and N more" line."""
+    diags = list(diags)
+    shown = [render(d) for d in diags[:limit]]
+    if len(diags) > limit:
+        shown.append(f"... and {len(diags) - limit} more")
+    return "\n\n".join(shown)
+
+
+def summary_line(diags: Iterable[Diagnostic]) -> str:
+    diags = list(diags)
+    errors = sum(d.is_error for d in diags)
+    warnings = sum(d.severity is Severity.WARNING for d in diags)
+    return f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+
+
+@dataclass
+class DiagnosticBag:
+    """Collects diagnostics for one input; knows its file name and source text for carets."""
+
+    file: str | None = None
+    source: str | None = None
+    items: list[Diagnostic] = field(default_factory=list)
+
+    def add(
+        self,
+        code: str,
+        message: str,
+        help: str = "",
+        *,
+        span: Span | None = None,
+        severity: Severity = Severity.ERROR,
+    ) -> Diagnostic:
+        diag = Diagnostic(
+            code=code,
+            message=message,
+            help=help,
+            severity=severity,
+            file=self.file,
+            span=span,
+            source_line=self._source_line(span),
+        )
+        self.items.append(diag)
+        return diag
+
+    def error(self, code: str, message: str, help: str = "", span: Span | None = None) -> Diagnostic:
+        return self.add(code, message, help, span=span, severity=Severity.ERROR)
+
+    def warning(
+        self, code: str, message: str, help: str = "", span: Span | None = None
+    ) -> Diagnostic:
+        return self.add(code, message, help, span=span, severity=Severity.WARNING)
+
+    def info(self, code: str, message: str, help: str = "", span: Span | None = None) -> Diagnostic:
+        return self.add(code, message, help, span=span, severity=Severity.INFO)
+
+    def extend(self, diags: Iterable[Diagnostic]) -> None:
+        self.items.extend(diags)
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.is_error for d in self.items)
+
+    def raise_if_errors(self) -> None:
+        if self.has_errors:
+            raise DiagnosticError(self.items)
+
+    def __iter__(self) -> Iterator[Diagnostic]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _source_line(self, span: Span | None) -> str | None:
+        if span is None or self.source is None:
+            return None
+        lines = self.source.splitlines()
+        if 1 <= span.line <= len(lines):
+            return lines[span.line - 1]
+        return None
+
+
+class DiagnosticError(Exception):
+    """The one exception type lorafile raises for bad input; carries every diagnostic found."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic]):
+        self.diagnostics = list(diagnostics)
+        super().__init__(render_all(self.diagnostics))
+
+    def to_dicts(self) -> list[dict]:
+        return [d.to_dict() for d in self.diagnostics]
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return ' Did you mean `x`?' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean `{close[0]}`?" if close else ""
+
+
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return close[0] if close else None

@@ -1,0 +1,41 @@
+"""The recipe spec: pydantic models of a LoRA run, units, and the GPU catalog."""
+
+from lorafile.spec.models import (
+    Adapter,
+    Base,
+    Buckets,
+    Cache,
+    Dataset,
+    Hardware,
+    Interval,
+    Log,
+    Output,
+    Recipe,
+    Regularization,
+    Resolution,
+    Sample,
+    Save,
+    Train,
+    Warmup,
+    default_targets,
+)
+
+__all__ = [
+    "Adapter",
+    "Base",
+    "Buckets",
+    "Cache",
+    "Dataset",
+    "Hardware",
+    "Interval",
+    "Log",
+    "Output",
+    "Recipe",
+    "Regularization",
+    "Resolution",
+    "Sample",
+    "Save",
+    "Train",
+    "Warmup",
+    "default_targets",
+]

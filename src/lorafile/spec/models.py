@@ -1,0 +1,385 @@
+"""The Recipe: lorafile's one semantic IR.
+
+Every field is *semantics*, not any trainer's spelling (DESIGN.md). Readers build a Recipe,
+writers consume one; the parser attaches source positions separately (see compiler/parse.py),
+so these models stay plain data that compares by value.
+
+Defaults are part of the language: an omitted statement means the default written here, and
+docs/recipe.md lists the same values. Backends must write every value whose trainer default
+differs from these.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+# Scalars a pass-through block may hold (TOML/JSON values a trainer accepts).
+PassValue = str | int | float | bool | list[str | int | float | bool]
+
+OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "prodigy", "lion", "lion8bit", "sgd")
+SCHEDULERS = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+)
+SAMPLERS = (
+    "euler_a",
+    "euler",
+    "ddim",
+    "ddpm",
+    "pndm",
+    "lms",
+    "heun",
+    "dpm_2",
+    "dpm_2_a",
+    "dpmpp_2m",
+    "dpmpp_2m_karras",
+    "dpmpp_sde",
+    "unipc",
+)
+ADAPTER_ALGOS = ("lora", "locon", "loha")
+TARGETS = ("attention", "ff", "conv")
+DATASET_KINDS = ("style", "character", "concept")
+PRECISIONS = ("no", "fp16", "bf16")
+BASE_PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
+SAVE_PRECISIONS = ("fp32", "fp16", "bf16")
+LOGGERS = ("none", "tensorboard", "wandb")
+LAYOUTS = ("kohya", "diffusers")
+
+
+class Spec(BaseModel):
+    """Base for all recipe models: unknown fields are errors, values compare by content."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class Resolution(Spec):
+    """A width x height in pixels; `1024` alone means 1024x1024."""
+
+    width: Annotated[int, Field(ge=64, le=8192)]
+    height: Annotated[int, Field(ge=64, le=8192)]
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+class Interval(Spec):
+    """`500 steps` or `2 epochs`."""
+
+    every: PositiveInt
+    unit: Literal["steps", "epochs"] = "steps"
+
+
+class Base(Spec):
+    """The model being adapted. Only the SDXL family for now (base 1.0 and its fine-tunes)."""
+
+    family: Literal["sdxl"] = "sdxl"
+    path: Annotated[str, Field(min_length=1)]
+    """Single-file `.safetensors` (kohya/ComfyUI layout) or a diffusers folder."""
+    vae: str | None = None
+    """Optional replacement VAE (e.g. sdxl-vae-fp16-fix); default: the base model's own."""
+    prediction: Literal["epsilon", "v"] = "epsilon"
+    clip_skip: Annotated[int, Field(ge=1, le=12)] | None = None
+    """Which text-encoder layer from the end feeds the UNet; SDXL already uses the penultimate."""
+
+
+class Buckets(Spec):
+    """Aspect-ratio bucketing (kohya-style). Sizes in pixels."""
+
+    enabled: bool = True
+    min: Annotated[int, Field(ge=64, le=8192)] = 256
+    max: Annotated[int, Field(ge=64, le=8192)] = 2048
+    step: Annotated[int, Field(ge=8, le=512)] = 64
+    upscale: bool = True
+    """False: images smaller than a bucket are not upscaled into it (kohya bucket_no_upscale)."""
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> Buckets:
+        if self.min > self.max:
+            raise ValueError(f"bucket minimum {self.min} is larger than the maximum {self.max}")
+        return self
+
+
+class Dataset(Spec):
+    """One folder of training images with their captions."""
+
+    path: Annotated[str, Field(min_length=1)]
+    kind: Literal["style", "character", "concept"] = "style"
+    """Drives lint advice (learning rate, dataset size, regularization)."""
+    captions: Annotated[str, Field(min_length=1)] = "txt"
+    """`txt`, `caption` or any extension (a sidecar file per image), `filename` (the image's
+    name is the caption), or `trigger` (no captions: the trigger alone)."""
+    repeats: PositiveInt = 1
+    """Each image is seen this many times per epoch."""
+    resolution: Resolution = Resolution(width=1024, height=1024)
+    buckets: Buckets = Buckets()
+    flip: bool = False
+    """Random horizontal flips; leave off for faces and text."""
+    color_aug: bool = False
+    shuffle_captions: bool = False
+    """Shuffle comma-separated caption tags each step, keeping the first `keep_tokens`."""
+    keep_tokens: Annotated[int, Field(ge=0, le=75)] = 0
+    caption_dropout: Fraction = 0.0
+    """Probability that a caption is replaced by the empty string for a step."""
+
+
+class Regularization(Spec):
+    """Class images for prior preservation (DreamBooth-style)."""
+
+    path: Annotated[str, Field(min_length=1)]
+    class_prompt: Annotated[str, Field(min_length=1)]
+    ratio: Annotated[float, Field(gt=0.0, le=100.0)] = 1.0
+    """Regularization images per subject image per epoch (`1:1` is 1.0)."""
+    weight: Annotated[float, Field(ge=0.0, le=100.0)] = 1.0
+    """Prior-loss weight against the subject loss."""
+
+
+class Adapter(Spec):
+    """The trained network: LoRA, or the LyCORIS variants LoCon and LoHa."""
+
+    algo: Literal["lora", "locon", "loha"] = "lora"
+    rank: Annotated[int, Field(ge=1, le=1024)] = 16
+    alpha: Annotated[float, Field(gt=0.0, le=4096.0)] | None = None
+    """Scale is alpha/rank. Default: equal to rank (scale 1)."""
+    targets: tuple[Literal["attention", "ff", "conv"], ...] = ("attention", "ff")
+    """Which UNet layers get adapters. Default: attention and ff, plus conv for locon/loha
+    (LyCORIS trains the 3x3 convolutions by default)."""
+    conv_rank: Annotated[int, Field(ge=1, le=1024)] | None = None
+    """Rank of the 3x3-conv adapters (default: rank)."""
+    conv_alpha: Annotated[float, Field(gt=0.0, le=4096.0)] | None = None
+    """Default: equal to conv_rank."""
+    dropout: Fraction = 0.0
+    text_encoder: bool = False
+    """Also train LoRA on both text encoders."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_targets(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("targets") is None:
+            data = {**data, "targets": default_targets(data.get("algo", "lora"))}
+        return data
+
+    @model_validator(mode="after")
+    def _check_targets(self) -> Adapter:
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError("a target is listed twice")
+        if not self.targets:
+            raise ValueError("an adapter needs at least one target")
+        return self
+
+    @property
+    def effective_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else float(self.rank)
+
+    @property
+    def effective_conv_rank(self) -> int:
+        return self.conv_rank if self.conv_rank is not None else self.rank
+
+    @property
+    def effective_conv_alpha(self) -> float:
+        if self.conv_alpha is not None:
+            return self.conv_alpha
+        return float(self.effective_conv_rank)
+
+
+def default_targets(algo: str) -> tuple[str, ...]:
+    """The targets an adapter gets when the recipe names none."""
+    return ("attention", "ff", "conv") if algo in ("locon", "loha") else ("attention", "ff")
+
+
+class Warmup(Spec):
+    """`warmup 100` (steps) or `warmup 5%` (of the total steps)."""
+
+    value: Annotated[float, Field(ge=0.0)]
+    unit: Literal["steps", "percent"] = "steps"
+
+    @model_validator(mode="after")
+    def _check(self) -> Warmup:
+        if self.unit == "steps" and self.value != int(self.value):
+            raise ValueError("warmup in steps must be a whole number")
+        if self.unit == "percent" and self.value > 100:
+            raise ValueError("warmup percent must be at most 100%")
+        return self
+
+    def steps(self, total_steps: int) -> int:
+        if self.unit == "steps":
+            return int(self.value)
+        return round(total_steps * self.value / 100)
+
+
+class Cache(Spec):
+    """What is computed once before training instead of every step."""
+
+    latents: bool = False
+    text: bool = False
+    """Text-encoder outputs; requires frozen text encoders and no caption shuffling/dropout."""
+    location: Literal["memory", "disk"] = "memory"
+
+
+class Train(Spec):
+    """How long, how fast and how precisely to train."""
+
+    steps: PositiveInt | None = None
+    epochs: PositiveInt | None = None
+    batch: Annotated[int, Field(ge=1, le=256)] = 1
+    accumulate: Annotated[int, Field(ge=1, le=1024)] = 1
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = 1e-4
+    unet_lr: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
+    """Default: lr."""
+    text_encoder_lr: Annotated[float, Field(ge=0.0, le=10.0)] | None = None
+    """Default: lr. Only used when the adapter trains the text encoders."""
+    scheduler: Literal[
+        "constant",
+        "constant_with_warmup",
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+    ] = "constant"
+    cycles: PositiveInt | None = None
+    """Restarts for cosine_with_restarts (default 1)."""
+    power: Annotated[float, Field(gt=0.0)] | None = None
+    """Exponent for polynomial (default 1.0)."""
+    warmup: Warmup | None = None
+    optimizer: Literal[
+        "adamw", "adamw8bit", "adafactor", "prodigy", "lion", "lion8bit", "sgd"
+    ] = "adamw8bit"
+    optimizer_args: dict[str, str | int | float | bool] = {}
+    precision: Literal["no", "fp16", "bf16"] = "bf16"
+    """Mixed-precision compute dtype (`no` = fp32)."""
+    base_precision: Literal["fp32", "bf16", "fp16", "fp8"] | None = None
+    """Dtype of the frozen base weights. Default: the mixed-precision dtype (fp32 for `no`)."""
+    checkpointing: bool = True
+    """Gradient checkpointing: ~6 GiB less at 1024², ~1.8x slower step."""
+    cache: Cache = Cache()
+    noise_offset: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    min_snr_gamma: Annotated[float, Field(gt=0.0, le=100.0)] | None = None
+    max_grad_norm: Annotated[float, Field(ge=0.0)] = 1.0
+    """0 disables clipping."""
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+    """Default: a random seed, recorded in the outputs."""
+    memory: Literal["manual", "auto"] = "manual"
+    """`auto`: lorafile switches on the cheapest memory measures that fit the hardware budget."""
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> Train:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("give either steps or epochs, not both")
+        if self.steps is None and self.epochs is None:
+            raise ValueError("train needs either steps or epochs")
+        if self.cycles is not None and self.scheduler != "cosine_with_restarts":
+            raise ValueError("cycles only apply to the cosine_with_restarts scheduler")
+        if self.power is not None and self.scheduler != "polynomial":
+            raise ValueError("power only applies to the polynomial scheduler")
+        return self
+
+    @property
+    def effective_base_precision(self) -> str:
+        if self.base_precision is not None:
+            return self.base_precision
+        return "fp32" if self.precision == "no" else self.precision
+
+
+class Save(Spec):
+    """When and how adapter files are written."""
+
+    every: Interval | None = None
+    """Default: only the final adapter."""
+    keep: PositiveInt | None = None
+    """Keep only the last K intermediate files (default: keep all)."""
+    format: Literal["safetensors"] = "safetensors"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp16"
+    layout: Literal["kohya", "diffusers"] = "kohya"
+    """`kohya` loads in ComfyUI, AUTOMATIC1111 and diffusers; `diffusers` is the peft layout."""
+
+
+class Sample(Spec):
+    """Preview images generated during training."""
+
+    every: Interval
+    sampler: Literal[
+        "euler_a",
+        "euler",
+        "ddim",
+        "ddpm",
+        "pndm",
+        "lms",
+        "heun",
+        "dpm_2",
+        "dpm_2_a",
+        "dpmpp_2m",
+        "dpmpp_2m_karras",
+        "dpmpp_sde",
+        "unipc",
+    ] = "euler_a"
+    steps: Annotated[int, Field(ge=1, le=1000)] = 28
+    cfg: Annotated[float, Field(ge=0.0, le=50.0)] = 7.0
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+    size: Resolution = Resolution(width=1024, height=1024)
+    negative: str = ""
+    prompts: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _has_prompts(self) -> Sample:
+        if not self.prompts:
+            raise ValueError("sampling needs at least one prompt")
+        return self
+
+
+class Hardware(Spec):
+    """Where the run happens; drives the VRAM lint and the launcher."""
+
+    gpu: str | None = None
+    vram: Annotated[int, Field(ge=1)] | None = None
+    """Bytes per GPU (written `12GB` or `16GiB`); overrides the catalog size of `gpu`."""
+    gpus: Annotated[int, Field(ge=1, le=1024)] = 1
+    """GPUs per machine."""
+    machines: Annotated[int, Field(ge=1, le=1024)] = 1
+    main_address: str | None = None
+    main_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+
+
+class Output(Spec):
+    path: Annotated[str, Field(min_length=1)]
+    name: str | None = None
+    """File name stem of the adapter; default: the recipe name."""
+
+
+class Log(Spec):
+    to: Literal["none", "tensorboard", "wandb"] = "none"
+    path: str | None = None
+    """Default: `<output>/logs`."""
+
+
+class Recipe(Spec):
+    """A complete LoRA training run."""
+
+    name: Annotated[str, Field(min_length=1)]
+    base: Base
+    datasets: Annotated[tuple[Dataset, ...], Field(min_length=1)]
+    trigger: Annotated[str, Field(min_length=1)] | None = None
+    """Activation token(s) prepended to every caption."""
+    regularization: tuple[Regularization, ...] = ()
+    adapter: Adapter = Adapter()
+    train: Train
+    save: Save = Save()
+    sample: Sample | None = None
+    hardware: Hardware = Hardware()
+    output: Output
+    log: Log = Log()
+    passthrough: dict[str, dict[str, PassValue]] = {}
+    """Trainer settings without a recipe equivalent, by trainer (`kohya`, `simpletuner`): kept
+    so that importing and re-exporting a config loses nothing."""
+
+    @property
+    def output_name(self) -> str:
+        return self.output.name or self.name
