@@ -177,7 +177,8 @@ class DiagnosticBag:
     def _source_line(self, span: Span | None) -> str | None:
         if span is None or self.source is None:
             return None
-        lines = self.source.splitlines()
+        # Parsers count lines by "\n" only; splitlines() also splits at \f, \x1c, \u2028 ...
+        lines = self.source.split("\n")
         if 1 <= span.line <= len(lines):
             return lines[span.line - 1]
         return None

@@ -58,7 +58,10 @@ LAYOUTS = ("kohya", "diffusers")
 class Spec(BaseModel):
     """Base for all recipe models: unknown fields are errors, values compare by content."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # allow_inf_nan=False: `inf` has no recipe spelling and is never a meaningful setting.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
+    )
 
 
 class Resolution(Spec):
@@ -250,9 +253,9 @@ class Train(Spec):
     power: Annotated[float, Field(gt=0.0)] | None = None
     """Exponent for polynomial (default 1.0)."""
     warmup: Warmup | None = None
-    optimizer: Literal[
-        "adamw", "adamw8bit", "adafactor", "prodigy", "lion", "lion8bit", "sgd"
-    ] = "adamw8bit"
+    optimizer: Literal["adamw", "adamw8bit", "adafactor", "prodigy", "lion", "lion8bit", "sgd"] = (
+        "adamw8bit"
+    )
     optimizer_args: dict[str, str | int | float | bool] = {}
     precision: Literal["no", "fp16", "bf16"] = "bf16"
     """Mixed-precision compute dtype (`no` = fp32)."""
@@ -280,6 +283,9 @@ class Train(Spec):
             raise ValueError("cycles only apply to the cosine_with_restarts scheduler")
         if self.power is not None and self.scheduler != "polynomial":
             raise ValueError("power only applies to the polynomial scheduler")
+        warmup = self.warmup
+        if warmup and warmup.unit == "steps" and self.steps and warmup.value > self.steps:
+            raise ValueError("warmup is longer than training")
         return self
 
     @property
@@ -349,12 +355,16 @@ class Hardware(Spec):
 
 
 class Output(Spec):
+    """Where the adapter files, samples and logs go."""
+
     path: Annotated[str, Field(min_length=1)]
     name: str | None = None
     """File name stem of the adapter; default: the recipe name."""
 
 
 class Log(Spec):
+    """Training metrics: where they are logged."""
+
     to: Literal["none", "tensorboard", "wandb"] = "none"
     path: str | None = None
     """Default: `<output>/logs`."""

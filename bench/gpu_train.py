@@ -1,0 +1,282 @@
+"""GPU benchmark: full-size SDXL LoRA training steps, speed, FLOPs, MFU and peak memory.
+
+    bench/gpu.sh                      # on a CUDA machine (H200): the full matrix below
+    .venv/bin/python bench/gpu_train.py --dry-run   # CPU: tiny model, 2 steps, same code
+
+For each of batch {1, 4} x gradient checkpointing {on, off} at 1024², adamw8bit, bf16:
+builds the SDXL base 1.0 UNet from the shipped config with random weights (no download;
+random weights cost the same time and memory as real ones), attaches the recipe's LoRA with
+lorafile's `runtime.adapters.attach` (rank 16, attention + ff), and runs `--steps` optimizer
+steps of lorafile's denoising loss (`runtime.diffusion.denoising_loss`, the core of
+Trainer.loss_step) on cached-style inputs (latents and text embeddings already on the device).
+
+Prints per configuration: s/step (median after `--warmup` steps), images/s, FLOPs per step
+(counted once with torch.utils.flop_counter, recomputation included), achieved TFLOP/s and
+MFU against the GPU's dense bf16 peak, torch.cuda.max_memory_allocated, the analytic lint
+estimate (compiler/vram.py, allocated part and total) and the exact simulation
+(runtime/memsim.py) for the same settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
+"""Dense bf16 tensor-core peaks (datasheets; vram_perf.md §6). A measured 8192³ bf16 matmul
+reaches about 790 TFLOP/s on an H200, printed as a second MFU column."""
+MEASURED_MATMUL_TFLOPS = {"H200": 790.0}
+
+
+@dataclass
+class Case:
+    batch: int
+    checkpointing: bool
+    size: int = 1024
+    rank: int = 16
+    optimizer: str = "adamw8bit"
+
+
+def build_unet(device, dtype, tiny: bool):
+    """The SDXL UNet (or the tiny one) with random weights, directly on the device."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from lorafile.runtime import sdxl
+    from lorafile.runtime import tiny as tiny_mod
+
+    config = tiny_mod.tiny_configs()["unet"] if tiny else sdxl.sdxl_config("unet")
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = UNet2DConditionModel.from_config(config)
+    return unet.to(dtype)
+
+
+def make_inputs(unet, case: Case, device, tiny: bool):
+    """Cached-style inputs: latents, prompt embeds, pooled embeds and time ids on the device."""
+    import torch
+
+    size = 64 if tiny else case.size
+    cross = unet.config.cross_attention_dim
+    pooled = (
+        unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+    )
+    g = torch.Generator("cpu").manual_seed(1)
+    latents = torch.randn(case.batch, 4, size // 8, size // 8, generator=g).to(device)
+    cond = {
+        "embeds": torch.randn(case.batch, 77, cross, generator=g).to(device),
+        "pooled": torch.randn(case.batch, pooled, generator=g).to(device),
+        "time_ids": torch.tensor(
+            [[size, size, 0, 0, size, size]] * case.batch, dtype=unet.dtype, device=device
+        ),
+    }
+    if device.type == "cuda":
+        latents = latents.pin_memory().to(device) if latents.device.type == "cpu" else latents
+    return latents, cond
+
+
+def setup_case(case: Case, device, tiny: bool):
+    import torch
+    from diffusers import DDPMScheduler
+
+    from lorafile.runtime import adapters, optim, sdxl
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    unet = build_unet(device, dtype, tiny)
+    adapter = {"algo": "lora", "rank": case.rank, "alpha": float(case.rank), "conv_rank": case.rank,
+               "conv_alpha": float(case.rank), "targets": ["attention", "ff"], "dropout": 0.0}  # fmt: skip
+    params = adapters.attach(unet, adapter, unet=True)
+    if case.checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    opt = optim.build_optimizer(case.optimizer, [{"params": params, "lr": 1e-4}], {})
+    sched = DDPMScheduler.from_config(sdxl.sdxl_config("scheduler"))
+    return unet, params, opt, sched
+
+
+def train_step(unet, params, opt, sched, latents, cond, step: int, autocast):
+    """One optimizer step of lorafile's loss; no host synchronisation inside."""
+    import torch
+
+    from lorafile.runtime import diffusion
+
+    generator = diffusion.step_generator(0, 0, step)
+    with autocast():
+        per_sample, _ = diffusion.denoising_loss(unet, sched, latents, cond, generator)
+    loss = per_sample.mean()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
+def count_flops(step_fn) -> int:
+    """FLOPs of one step (forward, recomputation, backward) by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step_fn()
+    return counter.get_total_flops()
+
+
+def run_case(case: Case, args, device) -> dict:
+    import contextlib
+
+    import torch
+
+    tiny = args.dry_run
+    unet, params, opt, sched = setup_case(case, device, tiny)
+    latents, cond = make_inputs(unet, case, device, tiny)
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+        if device.type == "cuda"
+        else contextlib.nullcontext
+    )
+    step = lambda i: train_step(unet, params, opt, sched, latents, cond, i, autocast)  # noqa: E731
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for i in range(args.warmup):
+        step(i)
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(args.steps):
+        t0 = time.perf_counter()
+        step(args.warmup + i)
+        sync()  # timing only; the step itself never waits for the GPU
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+    flops = count_flops(lambda: step(10_000))
+    s_step = statistics.median(times)
+    return {
+        "batch": case.batch,
+        "checkpointing": case.checkpointing,
+        "size": 64 if tiny else case.size,
+        "s_per_step": s_step,
+        "images_per_s": case.batch / s_step,
+        "tflop_per_step": flops / 1e12,
+        "tflops": flops / s_step / 1e12,
+        "max_memory_allocated": peak,
+    }
+
+
+def memory_models(case: Case) -> dict:
+    """The analytic lint estimate and the exact simulation for the same settings."""
+    from lorafile.compiler import vram
+    from lorafile.runtime import memsim
+    from lorafile.spec.models import (
+        Adapter,
+        Base,
+        Cache,
+        Dataset,
+        Output,
+        Recipe,
+        Resolution,
+        Train,
+    )
+
+    recipe = Recipe(
+        name="bench",
+        base=Base(path="sdxl.safetensors"),
+        datasets=(Dataset(path="data", resolution=Resolution(width=case.size, height=case.size)),),
+        adapter=Adapter(rank=case.rank),
+        train=Train(
+            steps=20,
+            batch=case.batch,
+            checkpointing=case.checkpointing,
+            optimizer=case.optimizer,
+            precision="bf16",
+            cache=Cache(latents=True, text=True),
+        ),
+        output=Output(path="out"),
+    )
+    est = vram.estimate(recipe)
+    allocated = sum(c.bytes for c in est.components if not c.name.startswith("CUDA context"))
+    sim = memsim.simulate(recipe)
+    return {"lint_allocated": allocated, "lint_total": est.total_bytes, "simulated": sim.peak}
+
+
+def gpu_name(device) -> str:
+    import torch
+
+    if device.type != "cuda":
+        return "cpu"
+    name = torch.cuda.get_device_name(device)
+    return next((k for k in PEAK_BF16_TFLOPS if k.replace("RTX ", "") in name), name)
+
+
+def report(rows: list[dict], gpu: str) -> str:
+    peak = PEAK_BF16_TFLOPS.get(gpu)
+    measured = MEASURED_MATMUL_TFLOPS.get(gpu)
+    gib = lambda n: f"{n / 2**30:6.2f}" if n else "   n/a"  # noqa: E731
+    head = (f"{'batch':>5} {'GC':>3} {'s/step':>7} {'img/s':>6} {'TFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>6} "
+            f"{'MFU790':>6} {'alloc GiB':>9} {'lint GiB':>8} {'sim GiB':>7}")  # fmt: skip
+    lines = [head]
+    for r in rows:
+        mfu = f"{r['tflops'] / peak:6.1%}" if peak else "   n/a"
+        mfu2 = f"{r['tflops'] / measured:6.1%}" if measured else "   n/a"
+        lines.append(
+            f"{r['batch']:>5} {'on' if r['checkpointing'] else 'off':>3} {r['s_per_step']:7.3f} "
+            f"{r['images_per_s']:6.2f} {r['tflop_per_step']:10.2f} {r['tflops']:8.1f} {mfu} {mfu2} "
+            f"{gib(r['max_memory_allocated']):>9} {gib(r.get('lint_allocated')):>8} {gib(r.get('simulated')):>7}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--batches", default="1,4")
+    p.add_argument("--size", type=int, default=1024)
+    p.add_argument(
+        "--dry-run", action="store_true", help="CPU, tiny model, 2 steps: checks the script runs"
+    )
+    p.add_argument(
+        "--no-sim", action="store_true", help="skip the exact simulation (CPU, ~20 s per case)"
+    )
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    if args.dry_run:
+        args.steps, args.warmup, args.batches = min(args.steps, 2), min(args.warmup, 1), "1,2"
+        device = torch.device("cpu")
+    elif not torch.cuda.is_available():
+        p.error("no CUDA device; use --dry-run on a CPU machine")
+    else:
+        device = torch.device("cuda")
+        torch.backends.cuda.matmul.allow_tf32 = True
+    cases = [Case(int(b), gc, args.size) for b in args.batches.split(",") for gc in (True, False)]
+    rows = []
+    for case in cases:
+        row = run_case(case, args, device)
+        if not args.no_sim and not args.dry_run:
+            row.update(memory_models(case))
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    gpu = gpu_name(device)
+    mode = (
+        "dry run: tiny model on CPU, figures are not GPU figures"
+        if args.dry_run
+        else f"SDXL {args.size}², bf16, adamw8bit, LoRA r16"
+    )
+    print(
+        f"bench/gpu_train.py ({stamp}, {gpu}, {mode}, {args.steps} steps after {args.warmup} warm-up)"
+    )
+    print(report(rows, gpu))
+    if args.json:
+        print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

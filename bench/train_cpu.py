@@ -1,0 +1,228 @@
+"""CPU benchmark of the native trainer on the tiny SDXL-shaped model: steps/s and peak RSS.
+
+    .venv/bin/python bench/train_cpu.py [--steps 20] [--only NAME,NAME] [--json]
+
+Each configuration runs in its own process (peak RSS is per process) on the same synthetic
+dataset, and the table's ratios come from this one run:
+
+  lorafile            the recipe defaults that matter here: latents and text cached,
+                      checkpointing on, adamw8bit, fp32 (CPU)
+  -cache latents      the VAE encodes every step
+  -cache text         both text encoders run every step
+  -checkpointing      activations kept instead of recomputed
+  adamw               torch AdamW instead of bitsandbytes' 8-bit AdamW
+  reference           a straightforward loop written the way diffusers'
+                      train_text_to_image_lora_sdxl.py does it: the image decoded, the VAE
+                      encoding and both text encoders run every step, peft LoRA on
+                      to_q/k/v/out.0, torch AdamW, no checkpointing
+
+Measured: steps/s over the training loop (after set-up and caching), and the process's peak
+resident memory (ru_maxrss, which includes Python, torch and the model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+CONFIGS = {
+    "lorafile": {},
+    "-cache latents": {"cache_latents": False},
+    "-cache text": {"cache_text": False},
+    "-checkpointing": {"checkpointing": False},
+    "adamw": {"optimizer": "adamw"},
+    "reference": None,
+}
+RANK = 4
+
+
+def _recipe_settings(change: dict) -> dict:
+    from lorafile.spec.models import Cache
+
+    latents = change.get("cache_latents", True)
+    text = change.get("cache_text", True)
+    return {
+        "cache": Cache(latents=latents, text=text),
+        "checkpointing": change.get("checkpointing", True),
+        "optimizer": change.get("optimizer", "adamw8bit"),
+        "precision": "no",
+    }
+
+
+def run_lorafile(work: Path, change: dict, steps: int) -> dict:
+    """One run of the native trainer (runtime/train.py) for `steps` steps."""
+    import tiny_run
+
+    from lorafile.runtime.train import Trainer, TrainOptions
+
+    settings = _recipe_settings(change)
+    recipe = tiny_run.tiny_recipe(
+        work / "model.safetensors", work / "data", work / "out", steps=steps, **settings
+    )
+    plan = tiny_run.tiny_plan(recipe, work)
+    opts = TrainOptions(out=work / f"out-{os.getpid()}", device="cpu", quiet=True, force=True)
+    result = Trainer(plan, opts).setup().train()
+    return {"steps": steps, "seconds": result.seconds}
+
+
+def run_reference(work: Path, steps: int) -> dict:
+    """diffusers' example-script loop: everything encoded every step, nothing cached."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+    from PIL import Image
+
+    from lorafile.runtime.sdxl import load_sdxl
+
+    torch.manual_seed(0)
+    m = load_sdxl(work / "model.safetensors")
+    for module in (m.vae, m.text_encoder, m.text_encoder_2, m.unet):
+        module.requires_grad_(False)
+    m.unet.add_adapter(LoraConfig(r=RANK, lora_alpha=RANK, init_lora_weights="gaussian",
+                                  target_modules=["to_k", "to_q", "to_v", "to_out.0"]))  # fmt: skip
+    params = [p for p in m.unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    sched = DDPMScheduler.from_config(m.scheduler.config)
+    images = sorted((work / "data").glob("*.png"))
+    start = time.perf_counter()
+    for step in range(steps):
+        path = images[step % len(images)]
+        pixels = torch.from_numpy(__import__("numpy").asarray(Image.open(path).convert("RGB")))
+        pixels = (pixels.permute(2, 0, 1).float() / 127.5 - 1)[None]
+        caption = path.with_suffix(".txt").read_text().strip()
+        with torch.no_grad():
+            latents = m.vae.encode(pixels).latent_dist.sample() * m.vae.config.scaling_factor
+            embeds, pooled = _encode_prompt(m, caption)
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, sched.config.num_train_timesteps, (1,))
+        noisy = sched.add_noise(latents, noise, t)
+        time_ids = torch.tensor([[64, 64, 0, 0, 64, 64]], dtype=torch.float32)
+        pred = m.unet(
+            noisy, t, embeds, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}
+        ).sample
+        loss = F.mse_loss(pred.float(), noise.float())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+    return {"steps": steps, "seconds": time.perf_counter() - start}
+
+
+def _encode_prompt(m, caption: str):
+    """The script's encode_prompt: penultimate hidden states of both encoders, pooled of te2."""
+    import torch
+
+    states, pooled = [], None
+    for tok, enc in ((m.tokenizer, m.text_encoder), (m.tokenizer_2, m.text_encoder_2)):
+        ids = tok(
+            [caption],
+            padding="max_length",
+            max_length=tok.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        out = enc(ids, output_hidden_states=True)
+        pooled = out[0]
+        states.append(out.hidden_states[-2])
+    return torch.cat(states, dim=-1), pooled
+
+
+def child(name: str, work: Path, steps: int) -> None:
+    """Run one configuration in this process and print one JSON line."""
+    change = CONFIGS[name]
+    out = run_reference(work, steps) if change is None else run_lorafile(work, change, steps)
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["steps_per_s"] = out["steps"] / out["seconds"]
+    print("BENCH " + json.dumps({"name": name, **out}), flush=True)
+
+
+def prepare(work: Path) -> None:
+    import tiny_run
+
+    tiny_run.save_tiny_model(work / "model.safetensors")
+    tiny_run.make_dataset(work / "data", count=8)
+
+
+def measure(names: list[str], steps: int, work: Path) -> list[dict]:
+    rows = []
+    for name in names:
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            name,
+            "--work",
+            str(work),
+            "--steps",
+            str(steps),
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
+        if line is None:
+            raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
+        rows.append(json.loads(line[6:]))
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    by = {r["name"]: r for r in rows}
+    ref, base = by.get("reference"), by.get("lorafile")
+    lines = [
+        f"{'configuration':<16} {'steps/s':>8} {'peak RSS':>10} {'vs reference':>13} {'vs lorafile':>12}"
+    ]
+    for r in rows:
+        vs_ref = f"{r['steps_per_s'] / ref['steps_per_s']:.2f}x" if ref else "-"
+        vs_base = f"{r['steps_per_s'] / base['steps_per_s']:.2f}x" if base else "-"
+        lines.append(
+            f"{r['name']:<16} {r['steps_per_s']:8.2f} {r['peak_rss_mib']:8.0f} MiB {vs_ref:>13} {vs_base:>12}"
+        )
+    if ref and base:
+        lines.append(
+            f"lorafile is {base['steps_per_s'] / ref['steps_per_s']:.2f}x the reference loop's speed, "
+            f"at {base['peak_rss_mib'] / ref['peak_rss_mib']:.2f}x its peak RSS"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=20, help="training steps per configuration")
+    p.add_argument("--only", help="comma-separated configuration names (default: all)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON too")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        child(args.child, args.work, args.steps)
+        return 0
+    names = args.only.split(",") if args.only else list(CONFIGS)
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        p.error(f"unknown configuration {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
+    with tempfile.TemporaryDirectory(prefix="lorafile-bench-") as tmp:
+        work = Path(tmp)
+        prepare(work)
+        rows = measure(names, args.steps, work)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(
+        f"bench/train_cpu.py --steps {args.steps}  ({stamp}, {os.cpu_count()} CPUs, tiny model, 64 px, rank {RANK})"
+    )
+    print(table(rows))
+    if args.json:
+        print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""The native backend: a recipe compiled to `plan.json` for lorafile's own trainer.
+
+The native trainer expresses every recipe setting, so `write` never reports T5xx "cannot
+express" errors; its diagnostics are about the data it found (T56x, docs/diagnostics.md).
+`read` returns the recipe a plan was built from, so `lorafile train plan.json` and
+`lorafile migrate plan.json --target kohya` work like any other input.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lorafile.backends.base import Backend, Compiled, register
+from lorafile.compiler.diagnostics import DiagnosticBag
+from lorafile.spec import Recipe
+
+PLAN_FILE = "plan.json"
+
+
+@register
+class Native(Backend):
+    name = "native"
+    description = "lorafile's own trainer (torch, diffusers, peft): writes plan.json for `lorafile train`"
+
+    def __init__(self, allow_lossy: bool = False, base_dir: Path | None = None):
+        super().__init__(allow_lossy=allow_lossy)
+        self.base_dir = base_dir
+        """Folder that relative recipe paths are resolved against (default: the working folder)."""
+
+    def write(self, recipe: Recipe, bag: DiagnosticBag) -> Compiled:
+        from lorafile.runtime.plan import build_plan
+
+        plan = build_plan(recipe, bag, self.base_dir)
+        return Compiled(files={PLAN_FILE: json.dumps(plan, indent=2) + "\n"})
+
+    def read(self, path: Path, bag: DiagnosticBag, **options) -> Recipe:
+        from lorafile.runtime.plan import recipe_of
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / PLAN_FILE
+        try:
+            plan = json.loads(path.read_text(encoding="utf-8"))
+            return recipe_of(plan)
+        except (OSError, ValueError, KeyError) as err:
+            bag.error("I601", f"`{path}` is not a lorafile plan: {err}", "compile a recipe with `--target native` to get one")
+            bag.raise_if_errors()
+            raise  # unreachable: raise_if_errors raised

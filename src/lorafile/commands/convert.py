@@ -1,0 +1,56 @@
+"""`lorafile convert IN --to kohya|diffusers -o OUT`: one LoRA layout to another."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert a LoRA file between kohya and diffusers layouts, keeping its strength",
+        description=(
+            "Convert an SDXL LoRA/LoCon/LoHa .safetensors file to the kohya layout (original "
+            "SDXL block names; ComfyUI, AUTOMATIC1111, sd-scripts) or the diffusers/peft layout "
+            "(alpha in the metadata). Each module keeps its effective scale (alpha / rank). "
+            "The input is never overwritten; pickle files are refused."
+        ),
+    )
+    parser.add_argument("input", metavar="IN", help="the LoRA .safetensors file to read")
+    parser.add_argument(
+        "--to", required=True, choices=("kohya", "diffusers"), help="the layout to write"
+    )
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="the file to write")
+    parser.add_argument(
+        "--dtype",
+        choices=("fp16", "bf16", "fp32"),
+        default=None,
+        help="cast the weights (default: keep the input's dtype)",
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        help="alpha for modules whose file carries none (default: alpha = rank, scale 1)",
+    )
+    parser.add_argument(
+        "--allow-lossy",
+        action="store_true",
+        help="drop modules the target layout cannot hold instead of failing",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lorafile.compiler.diagnostics import render_all
+    from lorafile.runtime.convert import convert_file
+
+    lora, bag = convert_file(
+        args.input, args.output, args.to, args.dtype, args.alpha, args.allow_lossy
+    )
+    if len(bag):
+        print(render_all(bag), file=sys.stderr)
+    count = len(lora.modules)
+    print(f"Wrote {args.output}: {count} module(s) from {lora.layout} layout to {args.to}.")
+    return 0

@@ -1,0 +1,98 @@
+"""`lorafile fmt FILE...`: print recipes in canonical form, or rewrite them in place."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, render_all
+from lorafile.compiler.format import format_source
+from lorafile.compiler.load import detect_kind, read_text
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "fmt",
+        help="print a recipe in canonical form, or rewrite it (--write) or check it (--check)",
+        description=(
+            "Format recipes: a fixed statement order, four-space blocks, defaults left out, "
+            "comments kept. Without options the canonical text is printed. A recipe with errors "
+            "is never rewritten; its errors are printed and the exit status is 1."
+        ),
+    )
+    p.add_argument("files", type=Path, nargs="+", metavar="FILE", help="recipe files")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--write",
+        action="store_true",
+        help="rewrite each file in place (atomically: a temporary file, then a rename)",
+    )
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; print a diff and exit 1 when a file is not in canonical form",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    status = 0
+    for path in args.files:
+        try:
+            status = max(status, _one(path, args))
+        except DiagnosticError as err:
+            print(render_all(err.diagnostics), file=sys.stderr)
+            status = 1
+    return status
+
+
+def _one(path: Path, args) -> int:
+    bag = DiagnosticBag(file=str(path))
+    kind = detect_kind(path, bag)
+    if kind != "recipe":
+        bag.error(
+            "R111",
+            f"`{path}` looks like a {kind} config; `fmt` formats recipes only.",
+            f"turn it into a recipe with `lorafile import {path}`, then format that",
+        )
+        raise DiagnosticError(bag.items)
+    text = read_text(path, bag)
+    formatted = format_source(text, file=str(path))
+    if args.check:
+        if formatted == text:
+            return 0
+        diff = difflib.unified_diff(
+            text.splitlines(True), formatted.splitlines(True), f"{path}", f"{path} (formatted)"
+        )
+        sys.stdout.writelines(diff)
+        print(f"would reformat {path}", file=sys.stderr)
+        return 1
+    if args.write:
+        if formatted != text:
+            write_atomic(path, formatted)
+            print(f"reformatted {path}", file=sys.stderr)
+        return 0
+    sys.stdout.write(formatted)
+    return 0
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path`'s content so that a crash leaves either the old or the new file.
+
+    The new text goes to a temporary file in the same folder (same file system, so the rename
+    is atomic), is flushed to disk, takes the old file's permissions, then replaces it.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

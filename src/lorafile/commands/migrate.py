@@ -1,0 +1,103 @@
+"""`lorafile migrate SRC --to simpletuner|kohya -o DIR`: move a config between trainers.
+
+Reads SRC (a kohya or SimpleTuner config, detected from its content), writes the other trainer's
+files into DIR and prints a migration report (compiler/migrate.py): each setting next to what it
+became, every change of meaning, every loss. Exits 1 when something is lost, unless
+--allow-lossy; then the files are written anyway and the losses stay in the report.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from lorafile.compiler import migrate as mg
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "migrate",
+        help="convert a kohya config to SimpleTuner or back, with a report of what changed",
+        description="Read a kohya sd-scripts or SimpleTuner config, write the other trainer's "
+        "files, and report every setting that changes meaning or is lost.",
+    )
+    p.add_argument(
+        "source",
+        type=Path,
+        metavar="SRC",
+        help="kohya config.toml, or SimpleTuner config.json/.toml/.env or its folder",
+    )
+    p.add_argument("--to", required=True, choices=sorted(mg.TRAINERS), help="target trainer")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder for the target trainer's files (created if missing)",
+    )
+    p.add_argument(
+        "--allow-lossy",
+        action="store_true",
+        help="write the files even when settings are lost (exit 0)",
+    )
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="also write the migration report as Markdown to FILE",
+    )
+    p.add_argument(
+        "--dataset-config",
+        metavar="D",
+        help="kohya source: the --dataset_config TOML (default: the config's own)",
+    )
+    p.add_argument(
+        "--sample-prompts",
+        metavar="P",
+        help="kohya source: the sample prompts file, if the config's path is elsewhere",
+    )
+    p.add_argument(
+        "--format",
+        choices=("json", "toml"),
+        default=None,
+        help="SimpleTuner target: write config.json (default) or config.toml",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    options = {}
+    if args.dataset_config:
+        options["dataset_config"] = args.dataset_config
+    if args.sample_prompts:
+        options["sample_prompts"] = args.sample_prompts
+    target_options = {"format": args.format} if args.format else None
+    report, _, files, executable = mg.migrate(args.source, args.to, options, target_options)
+    blocked = report.lossy and not args.allow_lossy
+    if not blocked:
+        _write(args.output, files, executable)
+        report.out_dir = str(args.output)
+    print(mg.render(report))
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(mg.render(report, markdown=True), encoding="utf-8")
+    if blocked:
+        print(
+            f"error: {len(report.losses)} setting(s) would be lost; nothing was written. "
+            "Pass --allow-lossy to write the files anyway.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _write(folder: Path, files: dict[str, str], executable: set[str]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        if name in executable:
+            os.chmod(target, 0o755)

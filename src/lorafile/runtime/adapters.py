@@ -1,0 +1,97 @@
+"""Attach the recipe's adapter (LoRA, LoCon, LoHa) to the UNet and text encoders with peft.
+
+Targets follow kohya sd-scripts' SDXL LoRA (networks/lora.py, reference/kohya.md §5), written
+as diffusers module names: `attention` is every Linear of a Transformer2DModel's attention
+(to_q/k/v/out.0 of attn1 and attn2, plus proj_in/proj_out), `ff` its feed-forward
+(ff.net.0.proj, ff.net.2), `conv` the ResNet blocks (3x3 conv1/conv2 and down/upsampler convs
+at conv rank, 1x1 conv_shortcut and the time_emb_proj Linear at the linear rank, as kohya's
+conv_dim does). Text encoders: self-attention q/k/v/out_proj, plus mlp fc1/fc2 with `ff`.
+"""
+
+from __future__ import annotations
+
+UNET_PATTERNS = {
+    "attention": r".*attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0))",
+    "ff": r".*attentions\.\d+\.transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)",
+    "conv": r".*(resnets\.\d+\.(conv1|conv2|conv_shortcut|time_emb_proj)|(down|up)samplers\.0\.conv)",
+}
+CONV3X3 = r"(resnets\.\d+\.conv[12]|(down|up)samplers\.0\.conv)"
+"""peft matches rank/alpha pattern keys as `(.*\\.)?(key)$` against module names."""
+TEXT_PATTERNS = {
+    "attention": r".*self_attn\.(q_proj|k_proj|v_proj|out_proj)",
+    "ff": r".*mlp\.(fc1|fc2)",
+}
+
+
+def target_regex(patterns: dict[str, str], targets) -> str | None:
+    chosen = [patterns[t] for t in targets if t in patterns]
+    return "(" + "|".join(f"(?:{p})" for p in chosen) + ")" if chosen else None
+
+
+def peft_config(adapter: dict, unet: bool = True):
+    """The peft config for the resolved adapter settings (plan['resolved']['adapter'])."""
+    from peft import LoHaConfig, LoraConfig
+
+    patterns = UNET_PATTERNS if unet else TEXT_PATTERNS
+    targets = target_regex(patterns, adapter["targets"] if unet else ("attention", "ff"))
+    conv = unet and "conv" in adapter["targets"]
+    rank_pattern = {CONV3X3: adapter["conv_rank"]} if conv else {}
+    alpha_pattern = {CONV3X3: adapter["conv_alpha"]} if conv else {}
+    if adapter["algo"] == "loha":
+        return LoHaConfig(
+            r=adapter["rank"],
+            alpha=adapter["alpha"],
+            target_modules=targets,
+            rank_pattern=rank_pattern,
+            alpha_pattern=alpha_pattern,
+            module_dropout=adapter["dropout"],
+            init_weights=True,  # w2_a starts at zero: the untrained adapter changes nothing
+        )
+    return LoraConfig(
+        r=adapter["rank"],
+        lora_alpha=adapter["alpha"],
+        target_modules=targets,
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        lora_dropout=adapter["dropout"],
+        init_lora_weights=True,  # kaiming-uniform down, zero up, like kohya
+    )
+
+
+def attach(model, adapter: dict, unet: bool = True) -> list:
+    """Inject the adapter into `model` in place; returns its trainable parameters (fp32)."""
+    import torch
+    from peft import inject_adapter_in_model
+
+    model.requires_grad_(False)
+    inject_adapter_in_model(peft_config(adapter, unet), model, adapter_name="default")
+    params = [p for n, p in model.named_parameters() if _is_adapter_param(n)]
+    for p in params:
+        # Trainable weights stay fp32 under bf16/fp16 mixed precision (diffusers'
+        # cast_training_params): half-precision updates of small LoRA deltas round to zero.
+        p.data = p.data.to(torch.float32)
+        p.requires_grad_(True)
+    return params
+
+
+def _is_adapter_param(name: str) -> bool:
+    return any(tag in name for tag in (".lora_A.", ".lora_B.", ".hada_w"))
+
+
+def adapter_state(model) -> dict:
+    """The adapter's weights keyed by peft names (`<module>.lora_A.weight`, `.hada_w1_a`)."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def load_adapter_state(model, state: dict) -> None:
+    """Load weights saved by `adapter_state`; every key must land (a resume is exact or fails)."""
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(model, state)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise RuntimeError(
+            f"{len(unexpected)} adapter weights do not fit this model, e.g. {unexpected[0]}"
+        )

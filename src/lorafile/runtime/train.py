@@ -1,0 +1,537 @@
+"""The native trainer: a plan (see runtime/plan.py) in, an SDXL adapter file out.
+
+Features, with what each costs (reference/vram_perf.md §5):
+  * LoRA / LoCon / LoHa through peft on the UNet, optionally both text encoders.
+  * Latent cache (`cache latents`): no VAE encode per step and the VAE leaves the device;
+    costs disk (about 16 KiB per 1024² image) and one encoding pass up front.
+  * Text-encoder cache (`cache text`): the encoders leave the device (1.6 GiB in bf16); not
+    possible with trained encoders or shuffled captions.
+  * Gradient checkpointing: about 6 GiB less at 1024², roughly 1.2–1.8x slower steps.
+  * Mixed precision bf16/fp16 through accelerate (fp16 with a loss scaler); adapter weights
+    and optimizer state stay fp32. Attention is PyTorch SDPA (diffusers' default processor).
+  * 8-bit AdamW (bitsandbytes): 6 bytes less per trainable parameter than AdamW.
+
+Guards: an output folder with an earlier run is not touched without `resume` or `force`
+(T571); a NaN/inf loss stops the run naming the step and the last good checkpoint (T573).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
+from lorafile.runtime import checkpoint as ckpt
+from lorafile.runtime import data
+from lorafile.runtime.plan import recipe_of, scan_recipe
+
+RUN_FILE = "run.json"
+RUN_ARTIFACTS = (RUN_FILE, ckpt.CHECKPOINTS, "samples", "logs")
+KILL_AT_STEP_ENV = "LORAFILE_FAULT_SIGKILL_AT_STEP"
+"""Fault injection for the resume test: the process SIGKILLs itself after this optimizer step."""
+
+
+@dataclass
+class TrainOptions:
+    out: Path | None = None
+    """Output folder; default: the recipe's `output` path."""
+    resume: bool | Path = False
+    """True: the latest checkpoint in the output folder; a path: that checkpoint folder."""
+    force: bool = False
+    """Replace an earlier run's outputs in the folder (caches are kept: they are keyed)."""
+    format: str | None = None
+    """`kohya` or `diffusers`; default: the recipe's `save` layout."""
+    allow_pickle: bool = False
+    device: str | None = None
+    quiet: bool = False
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    adapter: Path
+    steps: int
+    seed: int
+    last_loss: float
+    seconds: float
+    samples: list[Path] = field(default_factory=list)
+    log_dir: Path | None = None
+
+
+def _fail(code: str, message: str, help: str) -> DiagnosticError:
+    bag = DiagnosticBag()
+    bag.error(code, message, help)
+    return DiagnosticError(bag.items)
+
+
+def prepare_output(out: Path, options: TrainOptions) -> Path | None:
+    """Guard the output folder; return the checkpoint to resume from (None: fresh run)."""
+    earlier = [name for name in RUN_ARTIFACTS if (out / name).exists()]
+    if options.resume:
+        found = Path(options.resume) if options.resume is not True else ckpt.latest_checkpoint(out)
+        if found is None or not (found / "state.pt").is_file():
+            raise _fail(
+                "T572",
+                f"There is no checkpoint to resume from in `{found or out / ckpt.CHECKPOINTS}`.",
+                "start without --resume (add --force to replace the earlier run), or name a checkpoint folder",
+            )
+        return found
+    if earlier and not options.force:
+        raise _fail(
+            "T571",
+            f"The output folder `{out}` holds an earlier run ({', '.join(earlier)}).",
+            "pass --resume to continue it, --force to replace it, or choose another folder with -o",
+        )
+    for name in earlier:  # --force: only what a run writes; the keyed caches stay valid
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+class Trainer:
+    """One training run. `setup()` loads and prepares everything, `train()` runs the loop."""
+
+    def __init__(self, plan: dict, options: TrainOptions | None = None):
+        self.plan, self.options = plan, options or TrainOptions()
+        self.recipe = recipe_of(plan)
+        self.r = plan["resolved"]
+        self.out = Path(self.options.out or self.r["output"]["path"]).resolve()
+        self.total, self.accumulate = self.r["steps"], self.recipe.train.accumulate
+        self.step, self.position, self.last_loss = 0, (0, 0), math.nan
+        self.samples: list[Path] = []
+
+    # ---- setup ---------------------------------------------------------------------------
+
+    def setup(self) -> Trainer:
+        import torch
+
+        # 1. Output folder guard, then the state to resume from (it holds the seed).
+        resume_from = prepare_output(self.out, self.options)
+        state = ckpt.load_checkpoint(resume_from) if resume_from else None
+        self.seed = state[1]["seed"] if state else self.r["seed"]
+        if self.seed is None:
+            self.seed = secrets.randbelow(2**32)  # the recipe asked for a random seed: record it
+        torch.manual_seed(self.seed)  # peft's initial adapter weights draw from the global RNG
+        self.device = torch.device(self.options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._write_run_file("running", resume_from)
+        tmp = self.out / ".plan.json.tmp"
+        tmp.write_text(json.dumps(self.plan, indent=2) + "\n")
+        os.replace(tmp, self.out / "plan.json")  # what this run trained with, for `--resume`
+        # 2. Models, data, caches, adapters, optimizer.
+        self._load_models()
+        self._load_data()
+        self._fill_caches()
+        self._attach_adapters()
+        self._build_optimizer()
+        if state:
+            self._restore(*state)
+        from lorafile.runtime.logging import startup_line
+
+        subject = [it for it in self.items if not it.is_reg]
+        print(startup_line(self.plan, len(subject), len(self.items) - len(subject), len({i.bucket for i in self.items}), self.device), flush=True)
+        return self
+
+    def _write_run_file(self, status: str, resume_from: Path | None = None, **extra) -> None:
+        info = {"status": status, "seed": self.seed, "steps": self.total, "step": self.step, **extra}
+        if resume_from:
+            info["resumed_from"] = str(resume_from)
+        tmp = self.out / f".{RUN_FILE}.tmp"
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp, self.out / RUN_FILE)
+
+    def _load_models(self) -> None:
+        import torch
+
+        from lorafile.runtime.sdxl import load_sdxl
+
+        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}
+        self.dtype = dtypes[self.plan["memory"]["base_precision"]]
+        m = load_sdxl(self.r["base"], allow_pickle=self.options.allow_pickle)
+        if self.r.get("vae"):
+            m.vae = load_sdxl(self.r["vae"], allow_pickle=self.options.allow_pickle, parts=("vae",)).vae
+        # The VAE stays fp32 (diffusers' scripts: SDXL's VAE overflows in fp16).
+        m.vae.to(self.device, torch.float32)
+        for module in (m.unet, m.text_encoder, m.text_encoder_2):
+            module.to(self.device, self.dtype)
+        self.models = m
+        self.noise_scheduler = m.noise_scheduler()
+        if self.recipe.base.prediction == "v":
+            self.noise_scheduler.register_to_config(prediction_type="v_prediction")
+
+    def _load_data(self) -> None:
+        bag = DiagnosticBag()
+        base_dir = Path(self.plan.get("base_dir") or ".")
+        self.items, _, scans = scan_recipe(self.recipe, base_dir, bag)
+        for warning in bag.items:
+            print(f"warning[{warning.code}]: {warning.message}", flush=True)
+        for scan, dataset in zip(scans, self.recipe.datasets, strict=False):
+            problem = data.check_enough(scan, dataset.path, minimum=1)
+            if problem:
+                raise _fail("T574", problem, "fix or replace the unreadable images, or check the dataset path")
+        if not any(not it.is_reg for it in self.items):
+            raise _fail("T574", "No training images were found.", "check the dataset paths in the recipe")
+        self.repeats = [d.repeats for d in self.recipe.datasets]
+        self.flips = [d.flip for d in self.recipe.datasets]
+        self.reg_ratio = self.recipe.regularization[0].ratio if self.recipe.regularization else 0.0
+        self.reg_weight = self.recipe.regularization[0].weight if self.recipe.regularization else 1.0
+
+    def _fill_caches(self) -> None:
+        from lorafile.runtime import cache
+
+        mem, m = self.plan["memory"], self.models
+        folder = self.out / "cache" if mem["cache_location"] == "disk" else None
+        self.latent_cache = cache.TensorCache(folder / "latents" if folder else None)
+        self.text_cache = cache.TensorCache(folder / "text" if folder else None)
+        self.vae_id = cache.model_fingerprint(m.vae)
+        self.te_id = cache.model_fingerprint(m.text_encoder, m.text_encoder_2)
+        self.tokenizers = (m.tokenizer, m.tokenizer_2)
+        if mem["cache_latents"]:
+            needed = {(i, f) for i, it in enumerate(self.items) for f in {False, self.flips[it.source] and not it.is_reg}}
+            cache.fill_latents(self.latent_cache, self.items, needed, m.vae, self.vae_id)
+            self._offload(m.vae)
+        if mem["cache_text"]:
+            captions = {it.caption for it in self.items} | {""}  # "" for caption dropout
+            cache.fill_text(self.text_cache, captions, self.tokenizers, (m.text_encoder, m.text_encoder_2), self.te_id, self.recipe.base.clip_skip)
+            self._offload(m.text_encoder, m.text_encoder_2)
+
+    def _offload(self, *modules) -> None:
+        """Free frozen encoders from the GPU once cached; they come back only for samples."""
+        import torch
+
+        for module in modules:
+            module.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # frees the encoders' blocks for the UNet's activations
+
+    def _attach_adapters(self) -> None:
+        from lorafile.runtime.adapters import attach
+
+        m, adapter = self.models, self.r["adapter"]
+        self.unet_params = attach(m.unet, adapter, unet=True)
+        self.te_params = []
+        if adapter["text_encoder"]:
+            for encoder in (m.text_encoder, m.text_encoder_2):
+                self.te_params += attach(encoder, adapter, unet=False)
+                encoder.train()
+        if self.plan["memory"]["gradient_checkpointing"]:
+            m.unet.enable_gradient_checkpointing()  # recompute block activations in backward
+            if self.te_params:
+                for encoder in (m.text_encoder, m.text_encoder_2):
+                    encoder.gradient_checkpointing_enable()
+        m.unet.train()
+
+    def _build_optimizer(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+
+        from lorafile.runtime.optim import build_optimizer, build_scheduler
+
+        groups = [{"params": self.unet_params, "lr": self.r["unet_lr"]}]
+        if self.te_params:
+            groups.append({"params": self.te_params, "lr": self.r["text_encoder_lr"]})
+        optimizer = build_optimizer(self.recipe.train.optimizer, groups, dict(self.recipe.train.optimizer_args))
+        AcceleratorState._reset_state(True)  # a process may train more than once (tests, demo)
+        precision = self.plan["memory"]["mixed_precision"]
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=self.device.type == "cpu")
+        self.optimizer = self.accelerator.prepare_optimizer(optimizer, device_placement=False)
+        self.lr_scheduler = build_scheduler(optimizer, self.recipe.train, self.total, self.r["warmup_steps"])
+
+    def _restore(self, adapter: dict, state: dict) -> None:
+        from lorafile.runtime.adapters import load_adapter_state
+
+        m = self.models
+        for prefix, module in (("unet.", m.unet), ("text_encoder.", m.text_encoder), ("text_encoder_2.", m.text_encoder_2)):
+            part = {k[len(prefix) :]: v for k, v in adapter.items() if k.startswith(prefix)}
+            if part:
+                load_adapter_state(module, part)
+        self.optimizer.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler") is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
+        self.step, self.position = state["step"], tuple(state["position"])
+        self.last_loss = state.get("loss", math.nan)
+        ckpt.set_rng_state(state["rng"])
+        print(f"lorafile: resumed at step {self.step} of {self.total}", flush=True)
+
+    # ---- one step ----------------------------------------------------------------------------
+
+    def batches(self, epoch: int, index: int):
+        """The endless stream of (epoch, index, batch) from a position in the data order."""
+        while True:
+            order = data.epoch_batches(
+                self.items, repeats=self.repeats, reg_ratio=self.reg_ratio, batch=self.recipe.train.batch,
+                seed=self.seed, epoch=epoch, flip=self.flips,
+            )
+            for k in range(index, len(order)):
+                yield epoch, k, order[k]
+            epoch, index = epoch + 1, 0
+
+    def conditioning(self, epoch: int, index: int, batch: list[data.Sample]) -> dict:
+        """Prompt embeds, pooled embeds and time ids for a batch (cached or encoded now)."""
+        import torch
+
+        from lorafile.runtime import cache
+
+        captions = [self._caption(epoch, index, k, s) for k, s in enumerate(batch)]
+        m = self.models
+        if self.plan["memory"]["cache_text"]:
+            entries = [self.text_cache.get(cache.text_key(c, self.te_id, self.recipe.base.clip_skip)) for c in captions]
+            embeds = torch.stack([e["embeds"] for e in entries]).to(self.device)
+            pooled = torch.stack([e["pooled"] for e in entries]).to(self.device)
+        else:
+            with torch.set_grad_enabled(bool(self.te_params)):  # grads only for trained encoders
+                embeds, pooled = cache.encode_prompts(self.tokenizers, (m.text_encoder, m.text_encoder_2), captions, self.recipe.base.clip_skip)
+        time_ids = torch.tensor([data.time_ids(self.items[s.index]) for s in batch], dtype=torch.float32, device=self.device)
+        return {"embeds": embeds, "pooled": pooled, "time_ids": time_ids.to(self.models.unet.dtype)}
+
+    def _caption(self, epoch: int, index: int, k: int, sample: data.Sample) -> str:
+        item = self.items[sample.index]
+        if item.is_reg:
+            return item.caption
+        d = self.recipe.datasets[item.source]
+        return data.caption_for_step(
+            item.caption, shuffle=d.shuffle_captions, keep_tokens=d.keep_tokens, dropout=d.caption_dropout,
+            seed=self.seed, epoch=epoch, position=index * 1024 + k,
+        )
+
+    def latents(self, batch: list[data.Sample], generator):
+        """A fresh sample from each image's VAE posterior (cached mean/std, or encoded now)."""
+        import torch
+
+        from lorafile.runtime import cache
+
+        means, stds = [], []
+        for s in batch:
+            item = self.items[s.index]
+            entry = self.latent_cache.get(cache.latent_key(item, s.flip, self.vae_id))
+            if entry is None:  # not cached: encode this step (the VAE stays on the device)
+                pixels, _ = data.load_pixels(item, s.flip)
+                mean, std = cache.encode_latents(self.models.vae, pixels[None])
+                entry = {"mean": mean[0], "std": std[0]}
+            means.append(entry["mean"])
+            stds.append(entry["std"])
+        mean, std = torch.stack(means), torch.stack(stds)
+        return (mean + std * torch.randn(mean.shape, generator=generator)).to(self.device)
+
+    def loss_step(self, epoch: int, index: int, batch: list[data.Sample]):
+        """The weighted denoising loss of one micro-batch (scalar tensor with grad)."""
+        import torch
+
+        from lorafile.runtime import diffusion
+
+        generator = diffusion.step_generator(self.seed, epoch, index)
+        with self.accelerator.autocast():
+            latents = self.latents(batch, generator)
+            cond = self.conditioning(epoch, index, batch)
+            per_sample, timesteps = diffusion.denoising_loss(
+                self.models.unet, self.noise_scheduler, latents, cond, generator,
+                prediction=self.recipe.base.prediction, noise_offset=self.recipe.train.noise_offset,
+            )
+        weights = diffusion.min_snr_weights(self.noise_scheduler, timesteps, self.recipe.train.min_snr_gamma, self.recipe.base.prediction)
+        prior = torch.tensor([self.reg_weight if self.items[s.index].is_reg else 1.0 for s in batch], device=weights.device)
+        return (per_sample * weights * prior).mean()
+
+    def micro_batches(self, stream):
+        """The `accumulate` micro-batches of one optimizer step (launch.DistributedTrainer
+        overrides this and `sync_gradients` to split a step across processes)."""
+        for _ in range(self.accumulate):
+            yield next(stream)
+
+    def sync_gradients(self, params) -> None:
+        """One process: nothing to do."""
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def train(self) -> TrainResult:
+        """Run from the current step to the end; returns where everything was written."""
+        from lorafile.runtime.logging import RunLog
+
+        log_dir = Path(self.r["log"]["path"]) if self.r["log"]["to"] == "tensorboard" else None
+        log = RunLog(log_dir, self.total, self.step, self.device, quiet=self.options.quiet)
+        params = self.unet_params + self.te_params
+        stream, start = self.batches(*self.position), time.perf_counter()
+        while self.step < self.total:
+            # 1. Forward and backward over `accumulate` micro-batches; gradients add up.
+            loss_sum, images = 0.0, 0
+            for epoch, index, batch in self.micro_batches(stream):
+                loss = self.loss_step(epoch, index, batch)
+                self.accelerator.backward(loss / self.accumulate)
+                loss_sum += loss.item()  # GPU sync, once per micro-batch: the NaN guard needs it
+                images += len(batch)
+                self.position = (epoch, index + 1)
+            # 2. Guard: a non-finite loss would poison the adapter; stop before stepping.
+            loss_value = loss_sum / self.accumulate
+            if not math.isfinite(loss_value):
+                log.close()
+                raise self._nan_error(loss_value)
+            # 3. Clip, step, schedule; set_to_none frees the gradient memory right away.
+            self.sync_gradients(params)  # several processes: average them (runtime/launch.py)
+            max_norm = self.recipe.train.max_grad_norm
+            grad_norm = self.accelerator.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step, self.last_loss = self.step + 1, loss_value
+            # 4. Report, then save and sample on their schedules.
+            lr = self.lr_scheduler.get_last_lr()[0]
+            log.step(self.step, loss_value, lr, float(grad_norm), images)  # float(): a GPU sync
+            self._maybe_save_and_sample(log)
+            if os.environ.get(KILL_AT_STEP_ENV) == str(self.step):
+                import signal
+
+                os.kill(os.getpid(), signal.SIGKILL)  # fault injection (tests/test_train_resume.py)
+        log.close()
+        return self._finish(time.perf_counter() - start, log_dir)
+
+    def _maybe_save_and_sample(self, log) -> None:
+        save_every, sample = self.r["save"]["every_steps"], self.r["sample"]
+        if save_every and self.step % save_every == 0 and self.step < self.total:
+            folder = self.save_checkpoint()
+            log.write(f"lorafile: saved checkpoint {folder}")
+        if sample and sample["every_steps"] and self.step % sample["every_steps"] == 0 and self.step < self.total:
+            self.samples += self.sample()
+
+    def _nan_error(self, value: float) -> DiagnosticError:
+        last = ckpt.latest_checkpoint(self.out)
+        self._write_run_file("failed", reason=f"loss {value} at step {self.step + 1}")
+        return _fail(
+            "T573",
+            f"The loss became {value} at step {self.step + 1}; training stopped before the adapter was damaged. "
+            f"Last good checkpoint: {last or 'none (no checkpoint was saved yet)'}.",
+            "likely causes: a learning rate too high for the optimizer, fp16 overflow (use bf16), "
+            "or a base model with broken (NaN) weights; lower lr or change precision, then "
+            + ("resume with --resume" if last else "start again with --force"),
+        )
+
+    # ---- outputs ------------------------------------------------------------------------------
+
+    def adapter_states(self) -> dict:
+        """The adapter in fp32 with peft names, prefixed by the model part it belongs to."""
+        from lorafile.runtime.adapters import adapter_state
+
+        m, out = self.models, {}
+        parts = [("unet.", m.unet)]
+        if self.te_params:
+            parts += [("text_encoder.", m.text_encoder), ("text_encoder_2.", m.text_encoder_2)]
+        for prefix, module in parts:
+            out.update({prefix + k: v.float() for k, v in adapter_state(module).items()})
+        return out
+
+    def export(self, path: Path) -> Path:
+        """Write the adapter in the user's format (kohya by default) and save precision."""
+        fmt = self.options.format or self.r["save"]["layout"]
+        return ckpt.export_adapter(path, self.models, fmt, self.r["save"]["precision"], kohya_metadata(self))
+
+    def save_checkpoint(self) -> Path:
+        state = {
+            "step": self.step,
+            "position": list(self.position),
+            "seed": self.seed,
+            "loss": self.last_loss,
+            "optimizer": self.optimizer.optimizer.state_dict(),
+            "scheduler": self.lr_scheduler.state_dict(),
+            "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler else None,
+            "rng": ckpt.rng_state(),
+        }
+        name = f"{self.r['output']['name']}-step{self.step:06d}.safetensors"
+        return ckpt.save_checkpoint(
+            self.out, self.step, self.adapter_states(), state, lambda folder: self.export(folder / name), self.r["save"]["keep"]
+        )
+
+    def sample(self) -> list[Path]:
+        """Sample the recipe's prompts with the current adapter into samples/step-NNNNNN/."""
+        from lorafile.runtime.sampling import sample_images
+
+        m, mem = self.models, self.plan["memory"]
+        rng = ckpt.rng_state()  # sampling must not shift the training run's random stream
+        encoders = (m.vae, m.text_encoder, m.text_encoder_2)
+        for module in encoders:
+            module.to(self.device)  # bring back what caching offloaded (no-op on CPU)
+        modes = [module.training for module in (m.unet, m.text_encoder, m.text_encoder_2)]
+        for module in (m.unet, m.text_encoder, m.text_encoder_2):
+            module.eval()
+        folder = self.out / "samples" / f"step-{self.step:06d}"
+        paths = sample_images(m, self.r["sample"], folder, self.device)
+        for module, mode in zip((m.unet, m.text_encoder, m.text_encoder_2), modes, strict=True):
+            module.train(mode)
+        if mem["cache_latents"]:
+            self._offload(m.vae)
+        if mem["cache_text"]:
+            self._offload(m.text_encoder, m.text_encoder_2)
+        ckpt.set_rng_state(rng)
+        return paths
+
+    def _finish(self, seconds: float, log_dir: Path | None) -> TrainResult:
+        if self.r["sample"]:
+            self.samples += self.sample()
+        adapter = self.export(self.out / f"{self.r['output']['name']}.safetensors")
+        self._write_run_file("finished", adapter=str(adapter), loss=self.last_loss, seconds=round(seconds, 1))
+        print(f"lorafile: wrote {adapter}", flush=True)
+        return TrainResult(self.out, adapter, self.step, self.seed, self.last_loss, seconds, self.samples, log_dir)
+
+
+def kohya_metadata(trainer: Trainer) -> dict:
+    """The run's settings as kohya's `ss_*` metadata keys (sd-scripts train_network.py, see
+    reference/kohya.md §5), so A1111 and CivitAI show how the adapter was trained."""
+    r, recipe, mem = trainer.r, trainer.recipe, trainer.plan["memory"]
+    t, d = recipe.train, recipe.datasets[0]
+    subject = [it for it in trainer.items if not it.is_reg]
+    tags: dict[str, int] = {}
+    for it in subject:
+        for tag in (x.strip() for x in it.caption.split(",")):
+            tags[tag] = tags.get(tag, 0) + 1
+    return {
+        "ss_output_name": r["output"]["name"],
+        "ss_learning_rate": t.lr,
+        "ss_unet_lr": r["unet_lr"],
+        "ss_text_encoder_lr": r["text_encoder_lr"] if recipe.adapter.text_encoder else 0.0,
+        "ss_num_train_images": len(subject) * d.repeats,
+        "ss_num_reg_images": len(trainer.items) - len(subject),
+        "ss_num_batches_per_epoch": r["batches_per_epoch"],
+        "ss_num_epochs": math.ceil(r["epochs"] or 1),
+        "ss_epoch": trainer.position[0],
+        "ss_steps": trainer.step,
+        "ss_max_train_steps": trainer.total,
+        "ss_lr_warmup_steps": r["warmup_steps"],
+        "ss_lr_scheduler": t.scheduler,
+        "ss_optimizer": t.optimizer,
+        "ss_network_dropout": recipe.adapter.dropout,
+        "ss_gradient_checkpointing": mem["gradient_checkpointing"],
+        "ss_gradient_accumulation_steps": t.accumulate,
+        "ss_mixed_precision": t.precision,
+        "ss_cache_latents": mem["cache_latents"],
+        "ss_seed": trainer.seed,
+        "ss_noise_offset": t.noise_offset,
+        "ss_min_snr_gamma": t.min_snr_gamma,
+        "ss_max_grad_norm": t.max_grad_norm,
+        "ss_prior_loss_weight": trainer.reg_weight,
+        "ss_clip_skip": recipe.base.clip_skip,
+        "ss_caption_dropout_rate": d.caption_dropout,
+        "ss_batch_size_per_device": t.batch,
+        "ss_total_batch_size": r["effective_batch"],
+        "ss_resolution": f"({d.resolution.width}, {d.resolution.height})",
+        "ss_flip_aug": d.flip,
+        "ss_shuffle_caption": d.shuffle_captions,
+        "ss_keep_tokens": d.keep_tokens,
+        "ss_enable_bucket": d.buckets.enabled,
+        "ss_min_bucket_reso": d.buckets.min,
+        "ss_max_bucket_reso": d.buckets.max,
+        "ss_bucket_no_upscale": not d.buckets.upscale,
+        "ss_bucket_info": {"buckets": trainer.plan["buckets"]},
+        "ss_tag_frequency": {Path(d.path).name: tags},
+        "ss_dataset_dirs": {Path(d.path).name: {"n_repeats": d.repeats, "img_count": len(subject)}},
+        "modelspec.resolution": f"{d.resolution.width}x{d.resolution.height}",
+        "modelspec.prediction_type": recipe.base.prediction,
+    }
+
+
+def train(plan: dict, options: TrainOptions | None = None) -> TrainResult:
+    """Train the adapter a plan describes (see the module docstring for the guards)."""
+    return Trainer(plan, options).setup().train()

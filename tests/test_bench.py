@@ -1,0 +1,61 @@
+"""The benchmark scripts run: bench/train_cpu.py (two configurations, two steps) and
+bench/gpu.sh's CPU dry run (tiny model), so they are not broken when a GPU is at hand."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(cmd: list[str], timeout: int = 400) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.slow
+def test_train_cpu_bench_prints_ratios_from_one_run():
+    out = _run(
+        [
+            sys.executable,
+            "bench/train_cpu.py",
+            "--steps",
+            "2",
+            "--only",
+            "lorafile,reference",
+            "--json",
+        ]
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    by = {r["name"]: r for r in rows}
+    assert set(by) == {"lorafile", "reference"}
+    for r in rows:
+        assert r["steps"] == 2 and r["steps_per_s"] > 0 and r["peak_rss_mib"] > 100
+    assert "x the reference loop's speed" in out.stdout
+
+
+@pytest.mark.slow
+def test_gpu_bench_dry_run_on_cpu():
+    out = _run(["bash", "bench/gpu.sh", "--dry-run", "--json"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [(r["batch"], r["checkpointing"]) for r in rows] == [
+        (1, True),
+        (1, False),
+        (2, True),
+        (2, False),
+    ]
+    for r in rows:
+        assert r["s_per_step"] > 0 and r["tflop_per_step"] > 0
+        assert r["max_memory_allocated"] is None  # no GPU: nothing is claimed as measured
+    # Checkpointing recomputes the forward: the FLOP counter sees more work.
+    assert rows[0]["tflop_per_step"] > rows[1]["tflop_per_step"]
+    assert rows[2]["tflop_per_step"] > 1.5 * rows[0]["tflop_per_step"]
+    assert "dry run" in out.stdout

@@ -1,0 +1,72 @@
+"""Golden outputs: the shared recipes compiled for kohya, and the seed config imported.
+
+The recipes are copies of ../shared/recipes in fixtures/kohya/_shared (checked against the
+originals when those are present). Regenerate after an intended change with
+`LORAFILE_UPDATE_GOLDEN=1 pytest tests/test_kohya_golden.py` and review the diff like code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lorafile.backends.base import get
+from lorafile.compiler.diagnostics import DiagnosticBag
+from lorafile.compiler.format import format_recipe
+from lorafile.compiler.parse import parse_recipe
+
+HERE = Path(__file__).parent
+INPUTS = HERE / "fixtures" / "kohya" / "_shared"
+SHARED = HERE.resolve().parents[1] / "shared"
+GOLDEN = HERE / "golden" / "kohya"
+UPDATE = os.environ.get("LORAFILE_UPDATE_GOLDEN") == "1"
+RECIPES = sorted(INPUTS.glob("*.recipe"))
+
+
+def _diagnostics(bag: DiagnosticBag) -> str:
+    return "".join(f"{d.code} {d.severity} line {d.line}: {d.message}\n" for d in bag)
+
+
+def compile_files(path: Path) -> dict[str, str]:
+    """The backend's files plus `diagnostics.txt` (one line per diagnostic)."""
+    bag = DiagnosticBag()
+    recipe = parse_recipe(path.read_text(), file=str(path))
+    files = dict(get("kohya").write(recipe, bag).files)
+    files["diagnostics.txt"] = _diagnostics(bag)
+    return files
+
+
+def check_golden(folder: Path, files: dict[str, str]) -> None:
+    if UPDATE:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (folder / name).write_text(text, encoding="utf-8")
+    assert folder.is_dir(), f"no golden output in {folder}; run with LORAFILE_UPDATE_GOLDEN=1"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(files)
+    for name, text in files.items():
+        assert (folder / name).read_text(encoding="utf-8") == text, f"{folder.name}/{name} changed"
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_golden_compile(path: Path):
+    check_golden(GOLDEN / path.stem, compile_files(path))
+
+
+def test_golden_import_of_the_seed_config():
+    config = HERE / "fixtures" / "kohya" / "01_seed_style_lora.toml"
+    bag = DiagnosticBag()
+    recipe = get("kohya").read(config, bag)
+    text = format_recipe(recipe)
+    assert parse_recipe(text) == recipe  # the imported recipe is a valid, lossless recipe
+    check_golden(
+        GOLDEN / "import_seed_style_lora",
+        {"recipe.recipe": text, "diagnostics.txt": _diagnostics(bag)},
+    )
+
+
+def test_inputs_are_the_shared_files():
+    assert len(RECIPES) == 3
+    for original in sorted((SHARED / "recipes").glob("*.recipe")):  # where shared is mounted
+        assert (INPUTS / original.name).read_text() == original.read_text(), original.name

@@ -1,0 +1,167 @@
+"""The exact VRAM simulation (runtime/memsim.py) against the analytic model (compiler/vram.py).
+
+Both count what `torch.cuda.max_memory_allocated` sees: the analytic estimate without its
+"CUDA context and allocator overhead" term (not allocated by tensors) against the traced peak
+of live storage bytes for the full-size SDXL model. Settings that only change resident tensors
+(the optimizer) reuse a trace of the same model shapes, so 12 configurations cost 5 traces.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lorafile.spec.models import (
+    Adapter,
+    Base,
+    Cache,
+    Dataset,
+    Output,
+    Recipe,
+    Resolution,
+    Train,
+)
+
+TOLERANCE = 0.10
+
+
+def make_recipe(res=1024, batch=1, gc=True, opt="adamw8bit", cache=True, precision="bf16",
+                algo="lora", rank=16) -> Recipe:  # fmt: skip
+    targets = ("attention", "ff") if algo == "lora" else ("attention", "ff", "conv")
+    return Recipe(
+        name="memsim",
+        base=Base(path="/models/sd_xl_base_1.0.safetensors"),
+        datasets=(Dataset(path="/data", resolution=Resolution(width=res, height=res)),),
+        adapter=Adapter(algo=algo, rank=rank, targets=targets),
+        train=Train(
+            steps=10,
+            batch=batch,
+            checkpointing=gc,
+            optimizer=opt,
+            precision=precision,
+            cache=Cache(latents=cache, text=cache),
+        ),
+        output=Output(path="/out"),
+    )
+
+
+# Ordered so that configurations sharing a trace (same shapes, other optimizer) are adjacent:
+# 12 configurations, 5 traces of the full-size model.
+CONFIGS = [
+    dict(),  # r16, batch 1, 1024², checkpointing, adamw8bit, cached, bf16
+    dict(opt="adamw"),
+    dict(opt="prodigy"),
+    dict(opt="lion"),
+    dict(gc=False),
+    dict(gc=False, opt="adamw"),
+    dict(algo="locon", rank=32),
+    dict(algo="locon", rank=32, opt="prodigy"),
+    dict(cache=False, precision="fp16", batch=2, res=768),
+    dict(cache=False, precision="fp16", batch=2, res=768, opt="adamw"),
+    dict(precision="no", res=512, rank=64),
+    dict(precision="no", res=512, rank=64, opt="adamw"),
+]
+TRACES = 5
+
+# Measured 2026-11-28 (docs/performance.md): the analytic model's activation term (an estimate
+# of ~30 elements per channel per token per transformer block, vram_perf.md §4.2) misses what
+# autocast and peft save without checkpointing (fp32 norm outputs, a bf16 copy of each adapted
+# layer's input): it is 10.1% under the simulation there. Its VAE-encode term is about half
+# the traced one (the encoder's group norms run in fp32 under autocast). strict: when the
+# analytic model is fixed, these xfails fail and must be removed.
+KNOWN_OFF = {
+    str(dict(gc=False)): "no checkpointing: analytic 12.04 GiB vs simulated 13.40 GiB (-10.1%)",
+    str(dict(gc=False, opt="adamw")): "no checkpointing: analytic -10.0%",
+    str(dict(cache=False, precision="fp16", batch=2, res=768)): "uncached VAE encode under-counted",
+    str(dict(cache=False, precision="fp16", batch=2, res=768, opt="adamw")): "same, adamw",
+}
+
+
+def analytic_allocated(recipe: Recipe) -> int:
+    from lorafile.compiler import vram
+
+    est = vram.estimate(recipe)
+    return sum(c.bytes for c in est.components if not c.name.startswith("CUDA context"))
+
+
+@pytest.fixture(scope="module")
+def trainer_calls():
+    """Records every call of Trainer.loss_step while the table is traced."""
+    from lorafile.runtime import train
+
+    calls, original = [], train.Trainer.loss_step
+
+    def spy(self, *args):
+        calls.append(type(self).__name__)
+        return original(self, *args)
+
+    train.Trainer.loss_step = spy
+    yield calls
+    train.Trainer.loss_step = original
+
+
+@pytest.fixture(scope="module")
+def table(trainer_calls):
+    from lorafile.runtime import memsim
+
+    memsim._TRACES.clear()
+    rows = []
+    for kw in CONFIGS:
+        recipe = make_recipe(**kw)
+        sim = memsim.simulate(recipe)
+        rows.append((kw, sim, analytic_allocated(recipe)))
+    print("\nconfig | simulated GiB | analytic GiB | analytic/simulated | peak phase | s")
+    for kw, sim, est in rows:
+        print(f"{kw} | {sim.peak / 2**30:.3f} | {est / 2**30:.3f} | {est / sim.peak:.3f} | "
+              f"{sim.snapshot.phase} | {sim.seconds:.1f}")  # fmt: skip
+    return rows
+
+
+def _param(kw):
+    reason = KNOWN_OFF.get(str(kw))
+    marks = [pytest.mark.slow]
+    if reason:
+        marks.append(pytest.mark.xfail(strict=True, reason=reason))
+    return pytest.param(kw, marks=marks, id=",".join(f"{k}={v}" for k, v in kw.items()) or "base")
+
+
+@pytest.mark.parametrize("kw", [_param(kw) for kw in CONFIGS])
+def test_analytic_model_within_ten_percent_of_the_simulation(table, kw):
+    sim, est = next((sim, est) for k, sim, est in table if k == kw)
+    assert abs(est / sim.peak - 1) <= TOLERANCE, (
+        f"simulated {sim.peak / 2**30:.2f} GiB, analytic {est / 2**30:.2f} GiB"
+    )
+
+
+@pytest.mark.slow
+def test_simulation_is_physically_consistent(table):
+    assert len(table) >= 12
+    by = {str(kw): sim for kw, sim, _ in table}
+    base = by[str({})]
+    # Every configuration holds at least the frozen bf16 UNet (2,567,463,684 parameters).
+    assert all(sim.peak > 2_567_463_684 * 2 for sim in by.values())
+    # Checkpointing saves activations (SimpleTuner measured 6.5 GiB at 1024², batch 1); fp32
+    # weights take twice the bf16 bytes; a larger adapter (LoCon r32) holds more.
+    assert by[str(dict(gc=False))].peak > base.peak + 4 * 2**30
+    fp32 = by[str(dict(precision="no", res=512, rank=64))]
+    ratio = fp32.resident["base weights"] / base.resident["base weights"]
+    assert abs(ratio - 2) < 0.001  # not exactly 2: every tensor is rounded up to 512 bytes
+    assert by[str(dict(algo="locon", rank=32))].resident["adapter weights"] > (
+        base.resident["adapter weights"] * 2
+    )
+    # AdamW keeps 8 bytes per adapter parameter, adamw8bit about 2.
+    params = 2_659_840 * 16
+    assert (
+        abs(by[str(dict(opt="adamw"))].resident["optimizer state"] - 8 * params) < 0.01 * 8 * params
+    )
+    assert by[str({})].resident["optimizer state"] < 3 * params
+    # Uncached encoders are on the device.
+    uncached = by[str(dict(cache=False, precision="fp16", batch=2, res=768))]
+    assert uncached.resident["encoder weights"] > 1.6e9
+
+
+@pytest.mark.slow
+def test_trace_follows_the_trainer_code_path(table, trainer_calls):
+    """Each trace ran the native trainer's own Trainer.loss_step (5 distinct model shapes);
+    optimizer variants reused a trace instead of tracing again."""
+    assert trainer_calls == ["_TraceTrainer"] * TRACES
+    assert all(sim.seconds < 60 for _, sim, _ in table)
