@@ -13,11 +13,12 @@ dataset, and the table's ratios come from this one run:
   adamw               torch AdamW instead of bitsandbytes' 8-bit AdamW
   reference           a straightforward loop written the way diffusers'
                       train_text_to_image_lora_sdxl.py does it: the image decoded, the VAE
-                      encoding and both text encoders run every step, peft LoRA on
-                      to_q/k/v/out.0, torch AdamW, no checkpointing
+                      encoding and both text encoders run every step, torch AdamW, no
+                      checkpointing (LoRA on the same modules as lorafile, for a fair count)
 
 Measured: steps/s over the training loop (after set-up and caching), and the process's peak
-resident memory (ru_maxrss, which includes Python, torch and the model).
+resident memory (ru_maxrss, which includes Python, torch and the model). One torch thread
+per process.
 """
 
 from __future__ import annotations
@@ -80,17 +81,20 @@ def run_reference(work: Path, steps: int) -> dict:
     import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
-    from peft import LoraConfig
     from PIL import Image
 
+    from lorafile.runtime.adapters import peft_config
     from lorafile.runtime.sdxl import load_sdxl
 
     torch.manual_seed(0)
     m = load_sdxl(work / "model.safetensors")
     for module in (m.vae, m.text_encoder, m.text_encoder_2, m.unet):
         module.requires_grad_(False)
-    m.unet.add_adapter(LoraConfig(r=RANK, lora_alpha=RANK, init_lora_weights="gaussian",
-                                  target_modules=["to_k", "to_q", "to_v", "to_out.0"]))  # fmt: skip
+    # The same LoRA modules as lorafile (runtime/adapters.py) so that the comparison measures
+    # the loop, not the adapter size; the script itself adapts to_q/k/v/out.0 only.
+    adapter = {"algo": "lora", "rank": RANK, "alpha": RANK, "conv_rank": RANK, "conv_alpha": RANK,
+               "targets": ["attention", "ff"], "dropout": 0.0}  # fmt: skip
+    m.unet.add_adapter(peft_config(adapter, unet=True))
     params = [p for p in m.unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     sched = DDPMScheduler.from_config(m.scheduler.config)
@@ -140,6 +144,11 @@ def _encode_prompt(m, caption: str):
 
 def child(name: str, work: Path, steps: int) -> None:
     """Run one configuration in this process and print one JSON line."""
+    import torch
+
+    # One thread: on a shared machine, OpenMP threads waiting for each other made step times
+    # swing tenfold; single-threaded runs give stable ratios.
+    torch.set_num_threads(1)
     change = CONFIGS[name]
     out = run_reference(work, steps) if change is None else run_lorafile(work, change, steps)
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -160,14 +169,14 @@ def measure(names: list[str], steps: int, work: Path) -> list[dict]:
         cmd = [
             sys.executable,
             __file__,
-            "--child",
-            name,
+            f"--child={name}",  # `=`: names such as -checkpointing start with a dash
             "--work",
             str(work),
             "--steps",
             str(steps),
         ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
         if line is None:
             raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")

@@ -179,3 +179,25 @@ def test_help_documents_check_and_fmt(capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "--format" in capsys.readouterr().out or command == "fmt"
+
+
+def test_fmt_write_through_a_symlink_keeps_the_link(recipe_copy, tmp_path):
+    target = recipe_copy(SHARED_STYLE)
+    link = tmp_path / "link.recipe"
+    link.symlink_to(target)
+    assert main(["fmt", "--write", str(link)]) == 0
+    assert link.is_symlink()
+    assert main(["fmt", "--check", str(target)]) == 0
+
+
+def test_fmt_reads_stdin(monkeypatch, capsys):
+    import io
+
+    from lorafile.compiler.format import format_source
+
+    text = SHARED_STYLE.read_text()
+    monkeypatch.setattr("sys.stdin", io.StringIO(text))
+    assert main(["fmt", "-"]) == 0
+    out = capsys.readouterr().out
+    assert out == format_source(text)
+    assert "# no trigger" in out and "buckets" not in out

@@ -63,9 +63,11 @@ def _adapted(base, algo="lora", unet_targets=("attention", "ff", "conv"), text=T
         te = LoHaConfig(r=2, alpha=1, target_modules=targets["text_encoder"], init_weights=False)
         inject_adapter_in_model(te, comp.text_encoder)
         return comp
-    comp.unet.add_adapter(
-        LoraConfig(r=4, lora_alpha=8, target_modules=targets["unet"], init_lora_weights=False)
-    )
+    # 3x3 convs at their own rank/alpha, as kohya's conv_dim/conv_alpha (peft patterns).
+    conv = r"(resnets\.\d+\.conv[12]|(down|up)samplers\.0\.conv)"
+    unet = LoraConfig(r=4, lora_alpha=8, target_modules=targets["unet"], init_lora_weights=False,
+                      rank_pattern={conv: 2}, alpha_pattern={conv: 3})  # fmt: skip
+    comp.unet.add_adapter(unet)
     if text:
         te1 = LoraConfig(
             r=4, lora_alpha=2, target_modules=targets["text_encoder"], init_lora_weights=False
@@ -102,7 +104,9 @@ def test_kohya_file_layout(trained):
     tensors = load_file(str(path))
     assert "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight" in tensors
     assert "lora_unet_output_blocks_2_2_conv.lora_down.weight" in tensors  # LoCon, upsampler
-    assert tensors["lora_unet_input_blocks_1_0_in_layers_2.lora_down.weight"].shape[-2:] == (3, 3)
+    conv_down = tensors["lora_unet_input_blocks_1_0_in_layers_2.lora_down.weight"]
+    assert conv_down.shape[:1] + conv_down.shape[-2:] == (2, 3, 3)
+    assert float(tensors["lora_unet_input_blocks_1_0_in_layers_2.alpha"]) == 3.0
     assert float(tensors["lora_unet_middle_block_1_proj_in.alpha"]) == 8.0
     assert float(tensors["lora_te1_text_model_encoder_layers_0_self_attn_q_proj.alpha"]) == 2.0
     te2_alpha = float(tensors["lora_te2_text_model_encoder_layers_1_mlp_fc2.alpha"])
@@ -416,3 +420,27 @@ def test_bare_peft_file_with_adapter_config(base, tmp_path):
 def test_split_key_spellings(key, expected):
     """Every spelling of a module's parameters in the wild, down to (module, kohya suffix)."""
     assert convert.split_key(key) == expected
+
+
+def test_full_size_file_round_trips_and_inspects(tmp_path):
+    """A rank-1 LoCon + text-encoder file with every module of the real SDXL (1052 modules)."""
+    from lorafile.runtime.inspect_lora import inspect_file
+    from lorafile.runtime.lora_keys import sdxl_keymap
+
+    keymap, g, tensors = sdxl_keymap(), torch.Generator().manual_seed(7), {}
+    for m in keymap.select(["attention", "ff", "conv"], text_encoder=True):
+        name = keymap.kohya(m.component, m.path)
+        k = (3, 3) if m.kind == "conv3x3" else (1, 1) if m.kind == "conv1x1" else ()
+        tensors[f"{name}.lora_down.weight"] = torch.randn(1, m.in_features, *k, generator=g)
+        up_k = (1, 1) if k else ()
+        tensors[f"{name}.lora_up.weight"] = torch.randn(m.out_features, 1, *up_k, generator=g)
+        tensors[f"{name}.alpha"] = torch.tensor(0.5)
+    save_file(tensors, str(tmp_path / "full.safetensors"))
+    report = inspect_file(tmp_path / "full.safetensors")
+    assert report["coverage"]["unet"]["total"] == 722 + 66
+    assert report["coverage"]["unet"]["kinds"] == {"attention": 582, "ff": 140, "conv": 66}
+    assert (report["coverage"]["text_encoder"], report["coverage"]["text_encoder_2"]) == (72, 192)
+    assert report["algorithms"] == {"LoCon": 38, "LoRA": 1014} and report["problems"] == []
+    convert.convert_file(tmp_path / "full.safetensors", tmp_path / "d.safetensors", "diffusers")
+    convert.convert_file(tmp_path / "d.safetensors", tmp_path / "k.safetensors", "kohya")
+    _same_files(tmp_path / "full.safetensors", tmp_path / "k.safetensors")

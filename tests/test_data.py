@@ -98,7 +98,9 @@ def test_epoch_order_is_seeded_bucketed_and_complete():
 
 def test_regularization_fills_ratio_of_slots():
     items = _items(4, 3)
-    batches = data.epoch_batches(items, repeats=[2], reg_ratio=0.5, batch=1, seed=0, epoch=0, flip=[False])
+    batches = data.epoch_batches(
+        items, repeats=[2], reg_ratio=0.5, batch=1, seed=0, epoch=0, flip=[False]
+    )
     reg = [s for b in batches for s in b if items[s.index].is_reg]
     assert len(reg) == 4  # half of the 8 subject samples
     assert len(batches) == data.batches_per_epoch(items, [2], 0.5, 1)
@@ -107,10 +109,19 @@ def test_regularization_fills_ratio_of_slots():
 def test_caption_dropout_and_shuffle_keep_tokens():
     caption = "zqx, a, b, c, d, e"
     kw = dict(seed=1, epoch=0)
-    assert data.caption_for_step(caption, shuffle=False, keep_tokens=0, dropout=1.0, position=0, **kw) == ""
-    shuffled = {data.caption_for_step(caption, shuffle=True, keep_tokens=1, dropout=0.0, position=p, **kw) for p in range(20)}
+    assert (
+        data.caption_for_step(caption, shuffle=False, keep_tokens=0, dropout=1.0, position=0, **kw)
+        == ""
+    )
+    shuffled = {
+        data.caption_for_step(caption, shuffle=True, keep_tokens=1, dropout=0.0, position=p, **kw)
+        for p in range(20)
+    }
     assert len(shuffled) > 1
-    assert all(s.startswith("zqx, ") and sorted(s.split(", ")) == sorted(caption.split(", ")) for s in shuffled)
+    assert all(
+        s.startswith("zqx, ") and sorted(s.split(", ")) == sorted(caption.split(", "))
+        for s in shuffled
+    )
 
 
 def test_time_ids_are_original_crop_target():

@@ -74,3 +74,13 @@ def test_comment_in_a_dropped_block_moves_above_its_statement():
     formatted = format_source(text)
     assert '# the default\ndataset "/d"\n' in formatted
     assert format_source(formatted) == formatted
+
+
+def test_comment_in_an_empty_block_goes_above_it():
+    text = (
+        'recipe "x"\nbase sdxl "/m"\ndataset "/d"\ntrain {\n    steps 1\n}\noutput "/o"\n'
+        "passthrough kohya {\n    # nothing yet\n}\n"
+    )
+    formatted = format_source(text)
+    assert formatted.endswith("# nothing yet\npassthrough kohya {}\n")
+    assert format_source(formatted) == formatted

@@ -67,6 +67,9 @@ FRAGMENTS = [
     "\r",
     "\u2028",
     "é",
+    "  # note",
+    "\n    # note\n",
+    "{}",
 ]
 SETTINGS = settings(
     derandomize=True,

@@ -188,3 +188,32 @@ def test_commands_do_not_import_torch_at_import_time():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_kohya_alpha_only_in_metadata(tmp_path):
+    """ss_network_alpha / ss_network_args conv_alpha fill missing alpha tensors, with a warning
+    that kohya-style loaders would not see them."""
+    g = torch.Generator().manual_seed(2)
+    tensors = _kohya({
+        "lora_unet_input_blocks_4_1_proj_in": (_lora(g, 64, 64, 4), None),
+        "lora_unet_input_blocks_1_0_in_layers_2": (_lora(g, 32, 32, 2, conv=True), None),
+    })  # fmt: skip
+    meta = {
+        "ss_network_alpha": "8",
+        "ss_network_args": json.dumps({"conv_dim": "2", "conv_alpha": "1"}),
+    }
+    save_file(tensors, str(tmp_path / "meta_alpha.safetensors"), metadata=meta)
+    report = inspect_file(tmp_path / "meta_alpha.safetensors")
+    assert report["alphas"] == {"1": 1, "8": 1} and report["alpha_sources"] == {"metadata": 2}
+    assert any("alpha only in the metadata" in p for p in report["problems"])
+
+
+def test_inspect_unreadable_and_pickle_files(tmp_path, capsys):
+    from lorafile.cli import main
+
+    (tmp_path / "truncated.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    assert main(["inspect", str(tmp_path / "truncated.safetensors")]) == 1
+    assert "not a readable safetensors file" in capsys.readouterr().err
+    (tmp_path / "lora.pt").write_bytes(b"\x80\x04.")
+    assert main(["inspect", str(tmp_path / "lora.pt")]) == 1
+    assert "run any code" in capsys.readouterr().err

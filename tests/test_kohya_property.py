@@ -40,7 +40,7 @@ FIELD_CODES = {
 }
 SETTINGS = settings(
     derandomize=True,
-    max_examples=60,
+    max_examples=100,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -235,3 +235,22 @@ class TestKohyaReaderNeverCrashes(BackendCase):
         assert isinstance(recipe, Recipe)
         files, _ = self.write(recipe, allow_lossy=True)
         assert "config.toml" in files
+
+
+def test_reference_table_is_the_shared_one():
+    """The copied option table matches ../shared/reference when that folder is mounted."""
+    shared = Path(__file__).resolve().parents[2] / "shared" / "reference"
+    original = shared / "kohya_sdxl_train_network_options.json"
+    assert len(REFERENCE) == 196
+    if original.is_file():
+        assert json.loads(original.read_text()) == REFERENCE
+
+
+def test_backend_option_table_matches_the_reference():
+    from lorafile.backends.kohya_options import OPTIONS
+
+    assert set(OPTIONS) == set(OPTION_TYPES)
+    for dest, option in OPTIONS.items():
+        ref = OPTION_TYPES[dest]
+        kind = "flag" if ref["kind"] == "_StoreTrueAction" else ref["type"]
+        assert (option.type, option.is_list) == (kind, ref["nargs"] == "*"), dest

@@ -111,3 +111,17 @@ class TestKohyaIdentity(BackendCase):
 
 def test_at_least_twenty_fixtures():
     assert len(CONFIGS) >= 20
+
+
+def test_both_intervals_set(tmp_path):
+    """sd-scripts samples by epochs when both are set; saving uses both. Nothing is lost."""
+    prompts = FIXTURES / "21_sample_prompts_epochs.prompts.txt"
+    config = (FIXTURES / "21_sample_prompts_epochs.toml").read_text()
+    config = config.replace('sample_prompts = "21_sample_prompts_epochs.prompts.txt"',
+                            f"sample_prompts = {str(prompts)!r}\nsample_every_n_steps = 300\n"
+                            "save_every_n_steps = 700")  # fmt: skip
+    path = tmp_path / "both.toml"
+    path.write_text(config.replace("'", '"'))
+    recipe = TestKohyaIdentity().assert_identity(path)
+    assert recipe.sample.every.unit == "epochs"
+    assert recipe.passthrough["kohya"]["sample_every_n_steps"] == 300

@@ -152,3 +152,22 @@ def test_every_kohya_code_is_documented():
     documented = set(re.findall(r"^### ([TI]\d{3})", DOCS.read_text(), re.M))
     assert codes <= documented, sorted(codes - documented)
     assert all(501 <= int(c[1:]) <= 519 or 600 <= int(c[1:]) <= 629 for c in codes)
+
+
+RECIPES = sorted((Path(__file__).parent / "fixtures" / "recipes").glob("*.recipe"))
+RECIPES += sorted((Path(__file__).parent / "fixtures" / "kohya" / "_shared").glob("*.recipe"))
+
+
+class TestRecipeFixturesRoundTrip(BackendCase):
+    backend = "kohya"
+
+    def test_every_recipe_fixture_reads_back_as_its_projection(self):
+        from lorafile.backends.kohya_project import project
+        from lorafile.compiler.parse import parse_recipe
+
+        assert RECIPES
+        for path in RECIPES:
+            original = parse_recipe(path.read_text(), file=str(path))
+            files, _ = self.write(original, allow_lossy=True)
+            got, _ = self.read_files(files)
+            assert got == project(original)[0], path.name

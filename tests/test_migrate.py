@@ -76,7 +76,7 @@ def test_report_lists_meaning_changes_and_losses(seed):
     assert fields["train.lr"].target_key == "learning_rate"
     assert fields["datasets[0].repeats"].source_key == "num_repeats (N)"
     markdown = mg.render(report, markdown=True)
-    assert "| field |" in markdown and "## Losses" in markdown
+    assert "| recipe field |" in markdown and "## Losses" in markdown
     config = json.loads(files["config.json"])
     assert (config["max_train_steps"], config["learning_rate"]) == (3000, 1e-4)
 
@@ -142,7 +142,7 @@ def test_round_trip_through_simpletuner_keeps_the_common_settings(seed, tmp_path
 
 def test_migrating_to_the_same_trainer_is_refused(seed, capsys):
     assert main(["migrate", str(seed), "--to", "kohya", "-o", "out"]) == 1
-    assert "R112" in capsys.readouterr().err
+    assert "I655" in capsys.readouterr().err
 
 
 def test_a_recipe_is_compiled_not_migrated(tmp_path, capsys):
@@ -150,3 +150,9 @@ def test_a_recipe_is_compiled_not_migrated(tmp_path, capsys):
     recipe.write_text((SHARED_INPUTS / "watercolor_style.recipe").read_text())
     assert main(["migrate", str(recipe), "--to", "simpletuner", "-o", str(tmp_path / "o")]) == 1
     assert "lorafile compile" in capsys.readouterr().err
+
+
+def test_kohya_target_is_toml_only(capsys):
+    code = main(["migrate", str(ST_FIXTURES / "json_plain_keys"), "--to", "kohya", "-o", "x",
+                 "--format", "json"])  # fmt: skip
+    assert code == 1 and "T519" in capsys.readouterr().err

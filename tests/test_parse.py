@@ -157,3 +157,13 @@ def test_docs_cover_every_statement_and_code():
     diagnostics_doc = (root / "docs" / "diagnostics.md").read_text(encoding="utf-8")
     for code in codes:
         assert f"### {code}:" in diagnostics_doc, code
+
+
+def test_docs_example_is_canonical():
+    from pathlib import Path
+
+    from lorafile.compiler.format import format_source
+
+    doc = (Path(__file__).parent.parent / "docs" / "recipe.md").read_text(encoding="utf-8")
+    example = doc.split("```\n", 2)[1]
+    assert format_source(example) == example

@@ -552,3 +552,61 @@ def _entries(loaded) -> list[dict]:
     return [e for e in images if not is_regularisation(e)] + [
         e for e in images if is_regularisation(e)
     ]
+
+
+def test_every_code_is_documented():
+    """docs/diagnostics.md has a section for each T52x-T54x / I63x-I65x code the code raises."""
+    import re
+
+    root = Path(__file__).parent.parent
+    sources = [*root.glob("src/lorafile/backends/simpletuner*.py"),
+               root / "src/lorafile/compiler/migrate.py"]  # fmt: skip
+    used = set()
+    for source in sources:
+        used |= set(re.findall(r'"((?:T5[2-4]|I6[3-5])\d)"', source.read_text()))
+    documented = set(
+        re.findall(r"^### ([TI]\d{3}):", (root / "docs/diagnostics.md").read_text(), re.M)
+    )
+    assert len(used) > 40
+    assert used <= documented, sorted(used - documented)
+
+
+def test_placeholders_in_config_and_datasets_are_reported():
+    bag = DiagnosticBag()
+    from lorafile.backends.base import get
+
+    got = get("simpletuner").read(FIXTURES / "env_placeholders", bag)
+    messages = [d.message for d in bag if d.code == "I635"]
+    assert any("OUT_ROOT" in m for m in messages) and any("DATA_ROOT" in m for m in messages)
+    assert got.datasets[0].path == "{env:DATA_ROOT}/photos"  # kept as written
+
+
+@pytest.mark.parametrize("name", ALL_FIXTURES)
+def test_imported_recipe_text_parses_back(name):
+    """`lorafile import` prints a recipe; parsing that text gives the same recipe."""
+    from lorafile.backends.base import get
+    from lorafile.compiler.format import format_recipe
+    from lorafile.compiler.parse import parse_recipe
+
+    got = get("simpletuner").read(FIXTURES / name, DiagnosticBag())
+    assert parse_recipe(format_recipe(got)) == got
+
+
+@pytest.mark.parametrize(
+    ("files", "code"),
+    [
+        ({"config.json": '{"model_family": "sdxl", "data_backend_config": "m.json"}',
+          "m.json": '[{"id": "a", "instance_data_dir": "/x", "repeats": "lots"}]'}, "I652"),
+        ({"config.yaml": "a: [b\n"}, "I651"),
+        ({"config.json": "{not json"}, "I651"),
+    ],
+)  # fmt: skip
+def test_malformed_input_is_a_diagnostic(tmp_path, files, code):
+    from lorafile.backends.base import get
+    from lorafile.compiler.diagnostics import DiagnosticError
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(DiagnosticError) as err:
+        get("simpletuner").read(tmp_path, DiagnosticBag())
+    assert code in {d.code for d in err.value.diagnostics}

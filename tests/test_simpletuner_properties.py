@@ -15,7 +15,7 @@ from strategies import recipes
 
 SETTINGS = settings(
     derandomize=True,
-    max_examples=60,
+    max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

@@ -365,39 +365,43 @@ def passthrough(ctx: kr.Context, recipe: Recipe, subsets: list) -> dict:
             out[key] = original
     _dataset_passthrough(ctx, recipe, subsets, written_args, out)
     for key, value in out.items():
-        line_key = None if "." in key else key
-        if (
-            key == "sdpa"
-            and value is False
-            and not (ctx.args.get("xformers") or ctx.args.get("mem_eff_attn"))
-        ):
-            ctx.warning(
-                "I608",
-                None,
-                "The config turns on neither sdpa nor xformers: sd-scripts "
-                "then uses plain attention, which needs much more memory. Kept as "
-                "`sdpa = false` in the pass-through block.",
-                "remove `sdpa` from the pass-through block to get sdpa",
-            )
-            continue
-        if key.endswith(".class_tokens") and key.startswith("datasets."):
-            ctx.info(
-                "I608",
-                None,
-                f"Class tokens {value!r} caption the images of dataset "
-                f"{int(key.split('.')[1]) + 1} that have no caption file; kept as a kohya "
-                "pass-through setting.",
-                f"if they are your trigger word, add `trigger {kr._toml(value)}` to the recipe",
-            )
-            continue
+        _report_passthrough(ctx, key, value)
+    return out
+
+
+def _report_passthrough(ctx: kr.Context, key: str, value: object) -> None:
+    """I608 for one kept setting (a warning for plain attention, a hint for class tokens)."""
+    if (
+        key == "sdpa"
+        and value is False
+        and not (ctx.args.get("xformers") or ctx.args.get("mem_eff_attn"))
+    ):
+        ctx.warning(
+            "I608",
+            None,
+            "The config turns on neither sdpa nor xformers: sd-scripts "
+            "then uses plain attention, which needs much more memory. Kept as "
+            "`sdpa = false` in the pass-through block.",
+            "remove `sdpa` from the pass-through block to get sdpa",
+        )
+        return
+    if key.endswith(".class_tokens") and key.startswith("datasets."):
         ctx.info(
             "I608",
-            line_key,
-            f"`{key} = {kr._toml(value)}` has no recipe equivalent; it "
-            "is kept as a kohya pass-through setting.",
-            "other targets do not use it",
+            None,
+            f"Class tokens {value!r} caption the images of dataset "
+            f"{int(key.split('.')[1]) + 1} that have no caption file; kept as a kohya "
+            "pass-through setting.",
+            f"if they are your trigger word, add `trigger {kr._toml(value)}` to the recipe",
         )
-    return out
+        return
+    ctx.info(
+        "I608",
+        None if "." in key else key,
+        f"`{key} = {kr._toml(value)}` has no recipe equivalent; it "
+        "is kept as a kohya pass-through setting.",
+        "other targets do not use it",
+    )
 
 
 def _dataset_passthrough(ctx, recipe: Recipe, subsets: list, written_args: dict, out: dict) -> None:

@@ -550,8 +550,6 @@ def flat_settings_skipped() -> set[str]:
     return dataset_keys | set(DATASET_SOURCES) | set(NOT_SETTINGS)
 
 
-
-
 def _positive(value: object) -> bool:
     """An interval sd-scripts acts on (it never saves or samples for 0 or less)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1

@@ -75,7 +75,7 @@ OWNED = {
     "logging_dir",
 }
 # Owned only while the recipe has a sample block (without one they pass through verbatim).
-SAMPLE_KEYS = {"sample_prompts", "sample_every_n_steps", "sample_every_n_epochs"}
+SAMPLE_KEYS = {"sample_prompts"}
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,41 @@ def project(recipe: Recipe, lossy: bool = True) -> tuple[Recipe, list[Reason]]:
     reasons = Reasons(apply=lossy)
     for step in (_adapter, _train, _datasets, _regularization, _sample, _save, _misc, _passthrough):
         step(data, reasons)
-    return Recipe.model_validate(data), reasons
+    result = Recipe.model_validate(data)
+    if _overrides_fields(result.passthrough.get("kohya", {})):
+        result = _settle(result)
+    return result, reasons
+
+
+# Pass-through keys that replace what the writer derives from recipe fields: the reader maps
+# them back into those fields, so the projection is the recipe as kohya will read it.
+SETTLED = {"network_module", "network_args", "optimizer_type", "optimizer_args", "lr_scheduler",
+           "lr_scheduler_num_cycles", "lr_scheduler_power", "save_every_n_epochs",
+           "save_last_n_steps", "save_last_n_epochs", "sample_sampler",
+           "sample_every_n_steps", "sample_every_n_epochs"}  # fmt: skip
+SETTLED_DATASET = {"resolution", "batch_size", "enable_bucket", "min_bucket_reso",
+                   "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale", "num_repeats",
+                   "caption_extension", "caption_prefix", "class_tokens", "shuffle_caption",
+                   "keep_tokens", "flip_aug", "color_aug", "caption_dropout_rate"}  # fmt: skip
+
+
+def _overrides_fields(kohya: dict) -> bool:
+    return any(k in SETTLED or k.rsplit(".", 1)[-1] in SETTLED_DATASET for k in kohya)
+
+
+def _settle(recipe: Recipe) -> Recipe:
+    """The recipe as the reader sees its own output, when pass-through overrides fields."""
+    import tempfile
+    from pathlib import Path
+
+    from lorafile.backends.kohya import read_config
+    from lorafile.compiler.diagnostics import DiagnosticBag
+
+    files, _ = kw.write_files(recipe)
+    with tempfile.TemporaryDirectory() as folder:
+        for name, text in files.items():
+            (Path(folder) / name).write_text(text, encoding="utf-8")
+        return read_config(Path(folder) / "config.toml", DiagnosticBag())
 
 
 def _adapter(data: dict, reasons: Reasons) -> None:

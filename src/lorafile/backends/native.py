@@ -21,7 +21,9 @@ PLAN_FILE = "plan.json"
 @register
 class Native(Backend):
     name = "native"
-    description = "lorafile's own trainer (torch, diffusers, peft): writes plan.json for `lorafile train`"
+    description = (
+        "lorafile's own trainer (torch, diffusers, peft): writes plan.json for `lorafile train`"
+    )
 
     def __init__(self, allow_lossy: bool = False, base_dir: Path | None = None):
         super().__init__(allow_lossy=allow_lossy)
@@ -44,6 +46,10 @@ class Native(Backend):
             plan = json.loads(path.read_text(encoding="utf-8"))
             return recipe_of(plan)
         except (OSError, ValueError, KeyError) as err:
-            bag.error("I601", f"`{path}` is not a lorafile plan: {err}", "compile a recipe with `--target native` to get one")
+            bag.error(
+                "I601",
+                f"`{path}` is not a lorafile plan: {err}",
+                "compile a recipe with `--target native` to get one",
+            )
             bag.raise_if_errors()
             raise  # unreachable: raise_if_errors raised

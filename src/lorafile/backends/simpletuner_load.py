@@ -20,7 +20,13 @@ from lorafile.backends import simpletuner_options as opts
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, did_you_mean
 
 CONFIG_NAMES = ("config.json", "config.toml", "config.env")
-_ENV_PLACEHOLDER = re.compile(r"\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _YamlError(Exception):
+    """Stands in for yaml.YAMLError so that pyyaml is imported only for YAML input."""
+
+
+PLACEHOLDER = re.compile(r"\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 _ARCHITECTURES = {"sdxl", "sd1x", "sd2x", "sd3", "flux", "pixart_sigma", "kolors", "legacy"}
 
 
@@ -77,8 +83,8 @@ def load_config(path: Path, bag: DiagnosticBag) -> Loaded:
 
 def _parsed(file: Path, bag: DiagnosticBag, parse) -> dict:
     try:
-        data = parse(file.read_text())
-    except (ValueError, tomllib.TOMLDecodeError) as err:
+        data = parse(file.read_text(encoding="utf-8-sig"))
+    except (ValueError, tomllib.TOMLDecodeError, _YamlError) as err:
         bag.error(
             "I651",
             f"`{file}` is not valid {file.suffix[1:].upper()}: {err}.",
@@ -100,7 +106,14 @@ def _yaml(file: Path, bag: DiagnosticBag) -> dict:
         "--config_file); it is read as if it were config.json.",
         "compile the imported recipe with `--target simpletuner` to get config.json",
     )
-    return _parsed(file, bag, yaml.safe_load)
+
+    def parse(text: str) -> object:
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise _YamlError(str(err)) from err
+
+    return _parsed(file, bag, parse)
 
 
 def _env(file: Path, bag: DiagnosticBag) -> tuple[dict, int | None]:
@@ -182,7 +195,7 @@ def normalise_keys(raw: dict, bag: DiagnosticBag) -> dict:
             bag.info(
                 "I633",
                 f"`{name}` is the legacy spelling of `{new}` (renamed in "
-                "SimpleTuner PR #1706); it is read as `{new}`.",
+                f"SimpleTuner PR #1706); it is read as `{new}`.",
                 f"write `{new}`",
             )
             name = new
@@ -209,7 +222,7 @@ def normalise_keys(raw: dict, bag: DiagnosticBag) -> dict:
 
 def _typed(name: str, value: object, bag: DiagnosticBag) -> object:
     if isinstance(value, str):
-        for var in _ENV_PLACEHOLDER.findall(value):
+        for var in PLACEHOLDER.findall(value):
             bag.info(
                 "I635",
                 f"`{name}` uses the placeholder {{env:{var}}}, which SimpleTuner "
@@ -259,6 +272,11 @@ def _legacy(name: str, value: object, config: dict, bag: DiagnosticBag) -> bool:
             "remove it",
         )
         return True
+    return _legacy_values(name, value, config, bag)
+
+
+def _legacy_values(name: str, value: object, config: dict, bag: DiagnosticBag) -> bool:
+    """Values SimpleTuner no longer accepts for an option that still exists."""
     if name == "model_type" and str(value) in _ARCHITECTURES:
         bag.warning(
             "I631",
@@ -294,13 +312,12 @@ def load_json_file(path: Path, bag: DiagnosticBag, what: str) -> object | None:
 
 
 def resolve(reference: str, folder: Path) -> Path:
-    """A path as SimpleTuner resolves it: as given, else relative to the config folder."""
+    """A referenced file: absolute as given, else from the config folder (or the project folder
+    above it, as `config/...` paths are written), else from the current folder."""
     candidate = Path(reference)
-    if candidate.is_absolute() or candidate.exists():
+    if candidate.is_absolute():
         return candidate
-    for base in (folder, folder.parent):
-        if (base / candidate).exists():
-            return base / candidate
-        if (base / candidate.name).exists():
-            return base / candidate.name
-    return folder / candidate
+    for path in (folder / candidate, folder.parent / candidate, folder / candidate.name):
+        if path.exists():
+            return path
+    return candidate if candidate.exists() else folder / candidate

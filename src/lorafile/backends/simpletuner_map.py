@@ -209,7 +209,6 @@ def _base(recipe: Recipe, report: Report):
 
 def _dataset(ds, index: int, recipe: Recipe, report: Report):
     where = f"dataset {index + 1} (`{ds.path}`)"
-    update: dict = {"kind": "style"}
     if ds.kind != "style":
         report(
             "T548",
@@ -218,25 +217,6 @@ def _dataset(ds, index: int, recipe: Recipe, report: Report):
             "keep the recipe to lint it again",
             False,
         )
-    captions = ds.captions
-    if captions not in ("txt", "filename", "trigger"):
-        report(
-            "T522",
-            f"{where} reads `.{captions}` caption files; SimpleTuner's textfile "
-            "strategy reads only `.txt`.",
-            "rename the caption files to .txt and use `captions txt`",
-            True,
-        )
-        captions = "txt"
-    if captions == "trigger" and recipe.trigger is None:
-        report(
-            "T522",
-            f"{where} is captioned by the trigger alone but the recipe has no trigger.",
-            "add a `trigger`, or caption the images",
-            True,
-        )
-        captions = "txt"
-    update["captions"] = captions
     side = square_side(ds.resolution)
     if ds.resolution.width != ds.resolution.height:
         report(
@@ -246,9 +226,13 @@ def _dataset(ds, index: int, recipe: Recipe, report: Report):
             "use a square resolution; buckets still follow each image's aspect ratio",
             True,
         )
-    update["resolution"] = Resolution(width=side, height=side)
-    update["buckets"] = _buckets(ds.buckets, side, where, report)
-    update.update(_augment(ds, where, report))
+    update: dict = {
+        "kind": "style",
+        "captions": _captions(ds.captions, recipe, where, report),
+        "resolution": Resolution(width=side, height=side),
+        "buckets": _buckets(ds.buckets, side, where, report),
+        **_augment(ds, where, report),
+    }
     if ds.caption_dropout != recipe.datasets[0].caption_dropout:
         report(
             "T529",
@@ -259,6 +243,27 @@ def _dataset(ds, index: int, recipe: Recipe, report: Report):
         )
         update["caption_dropout"] = recipe.datasets[0].caption_dropout
     return ds.model_copy(update=update)
+
+
+def _captions(captions: str, recipe: Recipe, where: str, report: Report) -> str:
+    if captions not in ("txt", "filename", "trigger"):
+        report(
+            "T522",
+            f"{where} reads `.{captions}` caption files; SimpleTuner's textfile "
+            "strategy reads only `.txt`.",
+            "rename the caption files to .txt and use `captions txt`",
+            True,
+        )
+        return "txt"
+    if captions == "trigger" and recipe.trigger is None:
+        report(
+            "T522",
+            f"{where} is captioned by the trigger alone but the recipe has no trigger.",
+            "add a `trigger`, or caption the images",
+            True,
+        )
+        return "txt"
+    return captions
 
 
 def _buckets(buckets: Buckets, side: int, where: str, report: Report) -> Buckets:
@@ -555,6 +560,19 @@ def _sample(recipe: Recipe, report: Report):
     if sample is None:
         return None
     update: dict = {}
+    prompts = tuple(p for p in sample.prompts if p.strip())
+    if len(prompts) != len(sample.prompts):
+        # cli_utils strips each value and drops it when nothing is left.
+        report(
+            "T544",
+            "SimpleTuner drops blank validation prompts; "
+            f"{len(sample.prompts) - len(prompts)} of the sample prompts are blank.",
+            "remove the blank prompts",
+            True,
+        )
+        if not prompts:
+            return None
+        update["prompts"] = prompts
     if sample.sampler not in SAMPLER_TO_ST:
         nearest = SAMPLER_NEAREST[sample.sampler]
         report(

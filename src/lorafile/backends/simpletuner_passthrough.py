@@ -380,6 +380,14 @@ def _groups(names: list[str], table: dict, what: str, bag: DiagnosticBag) -> tup
             found.append(group)
     covered = {n for g in found for n in table[g]}
     extra = [n for n in names if n not in covered]
+    partial = [g for g in found if not set(table[g]) <= set(names)]
+    if partial:
+        bag.warning(
+            "I646",
+            f"{what} covers only part of the {', '.join(partial)} layers; the recipe target "
+            "trains all of them.",
+            "list every layer of the target, or accept the wider target",
+        )
     if extra or not found:
         bag.warning(
             "I646",

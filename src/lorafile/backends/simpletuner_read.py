@@ -18,7 +18,13 @@ from pydantic import ValidationError
 from lorafile.backends import simpletuner_map as m
 from lorafile.backends import simpletuner_options as opts
 from lorafile.backends import simpletuner_passthrough as pt
-from lorafile.backends.simpletuner_load import Loaded, load_config, load_json_file, resolve
+from lorafile.backends.simpletuner_load import (
+    PLACEHOLDER,
+    Loaded,
+    load_config,
+    load_json_file,
+    resolve,
+)
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
 from lorafile.spec import Recipe
 from lorafile.spec.models import SCHEDULERS
@@ -29,6 +35,18 @@ MISSING_DATASET = "<no data backend config>"
 def read_recipe(path: Path, bag: DiagnosticBag) -> Recipe:
     """The recipe a SimpleTuner config folder or file describes."""
     loaded = load_config(Path(path), bag)
+    try:
+        return _interpret(loaded, bag)
+    except (TypeError, ValueError, AttributeError) as err:  # malformed values, not a bug here
+        bag.error(
+            "I652",
+            f"The SimpleTuner config has a value of the wrong kind: {err}.",
+            "check the numbers and lists in the config and multidatabackend.json",
+        )
+        raise DiagnosticError(bag.items) from err
+
+
+def _interpret(loaded: Loaded, bag: DiagnosticBag) -> Recipe:
     config = loaded.config
     _check_model(config, bag)
     entries = _data_backends(loaded, bag)
@@ -163,7 +181,21 @@ def _data_backends(loaded: Loaded, bag: DiagnosticBag) -> list[dict]:
             "SimpleTuner needs exactly one.",
             "mark one text_embeds entry default: true",
         )
-    return [e for e in data if isinstance(e, dict)]
+    entries = [e for e in data if isinstance(e, dict)]
+    _report_placeholders(entries, bag)
+    return entries
+
+
+def _report_placeholders(entries: list[dict], bag: DiagnosticBag) -> None:
+    for entry in entries:
+        for key, value in entry.items():
+            for var in PLACEHOLDER.findall(value) if isinstance(value, str) else ():
+                bag.info(
+                    "I635",
+                    f"dataset `{entry.get('id')}` {key} uses the placeholder {{env:{var}}}, "
+                    "which SimpleTuner fills from the environment; it is kept as written.",
+                    f"set {var} when training, or write the value",
+                )
 
 
 def image_entries(entries: list[dict], bag: DiagnosticBag | None = None) -> list[dict]:
@@ -459,8 +491,8 @@ def _save(config: dict, train: dict) -> dict:
 
 
 def _sample(config: dict, library: list[str]) -> dict | None:
-    prompts = [config["validation_prompt"]] if config.get("validation_prompt") else []
-    prompts += [p for p in library if p]
+    prompts = [str(config.get("validation_prompt") or "")]
+    prompts = [p for p in prompts + library if p.strip()]  # SimpleTuner drops blank values
     if config.get("validation_disable") or not prompts:
         return None
     steps = int(config.get("validation_step_interval", 100) or 0)

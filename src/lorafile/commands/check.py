@@ -20,7 +20,7 @@ def register(subparsers) -> None:
             "content. Exit status 0 when there is no error (warnings allowed), 1 otherwise."
         ),
     )
-    p.add_argument("file", type=Path, help="the recipe or trainer config to check")
+    p.add_argument("file", type=Path, metavar="FILE", help="the recipe or trainer config to check")
     p.add_argument(
         "--format",
         choices=("text", "json"),

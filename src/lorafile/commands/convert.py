@@ -51,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if len(bag):
         print(render_all(bag), file=sys.stderr)
-    count = len(lora.modules)
-    print(f"Wrote {args.output}: {count} module(s) from {lora.layout} layout to {args.to}.")
+    dropped = len(lora.modules) - lora.written
+    note = f" ({dropped} dropped)" if dropped else ""
+    print(
+        f"Wrote {args.output}: {lora.written} module(s){note}, {lora.layout} layout to {args.to}."
+    )
     return 0

@@ -23,7 +23,9 @@ def register(subparsers) -> None:
             "is never rewritten; its errors are printed and the exit status is 1."
         ),
     )
-    p.add_argument("files", type=Path, nargs="+", metavar="FILE", help="recipe files")
+    p.add_argument(
+        "files", type=Path, nargs="+", metavar="FILE", help="recipe files; `-` reads stdin"
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--write",
@@ -50,6 +52,13 @@ def run(args) -> int:
 
 
 def _one(path: Path, args) -> int:
+    if str(path) == "-":  # editor integration: recipe on stdin, canonical text on stdout
+        text = sys.stdin.read()
+        formatted = format_source(text, file="<stdin>")
+        if args.check:
+            return int(formatted != text)
+        sys.stdout.write(formatted)
+        return 0
     bag = DiagnosticBag(file=str(path))
     kind = detect_kind(path, bag)
     if kind != "recipe":
@@ -85,6 +94,7 @@ def write_atomic(path: Path, text: str) -> None:
     The new text goes to a temporary file in the same folder (same file system, so the rename
     is atomic), is flushed to disk, takes the old file's permissions, then replaces it.
     """
+    path = Path(os.path.realpath(path))  # write through a symlink, do not replace the link
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from lorafile.compiler import migrate as mg
+from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
 
 
 def register(subparsers) -> None:
@@ -73,6 +74,10 @@ def run(args) -> int:
         options["dataset_config"] = args.dataset_config
     if args.sample_prompts:
         options["sample_prompts"] = args.sample_prompts
+    if args.format == "json" and args.to == "kohya":
+        bag = DiagnosticBag()
+        bag.error("T519", "kohya's --config_file is TOML only.", "drop --format json")
+        raise DiagnosticError(bag.items)
     target_options = {"format": args.format} if args.format else None
     report, _, files, executable = mg.migrate(args.source, args.to, options, target_options)
     blocked = report.lossy and not args.allow_lossy

@@ -18,7 +18,11 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("input", type=Path, help="a .recipe file (or a plan.json to print)")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON (what compile --target native writes)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the plan as JSON (what compile --target native writes)",
+    )
     p.set_defaults(func=run)
 
 
@@ -35,9 +39,9 @@ def load_plan(path: Path) -> dict:
     recipe = _load_recipe(path)
     bag = DiagnosticBag(file=str(path))
     plan = build_plan(recipe, bag, base_dir=path.resolve().parent)
+    bag.raise_if_errors()  # the command line prints every diagnostic, warnings included
     if bag.items:
         print(render_all(bag.items), file=sys.stderr)
-    bag.raise_if_errors()
     return plan
 
 

@@ -16,7 +16,9 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("input", type=Path, help="a .recipe file or a plan.json")
-    p.add_argument("-o", "--output", type=Path, help="output folder (default: the recipe's `output`)")
+    p.add_argument(
+        "-o", "--output", type=Path, help="output folder (default: the recipe's `output`)"
+    )
     p.add_argument(
         "--resume",
         nargs="?",
@@ -25,7 +27,9 @@ def register(subparsers) -> None:
         metavar="CHECKPOINT",
         help="continue the run in the output folder from its latest checkpoint (or the one named)",
     )
-    p.add_argument("--force", action="store_true", help="replace an earlier run in the output folder")
+    p.add_argument(
+        "--force", action="store_true", help="replace an earlier run in the output folder"
+    )
     p.add_argument(
         "--format",
         choices=("kohya", "diffusers"),
@@ -36,7 +40,9 @@ def register(subparsers) -> None:
         action="store_true",
         help="allow a .ckpt/.pt/.bin base model (unpickling runs code from the file)",
     )
-    p.add_argument("--device", help="torch device, e.g. cuda:1 (default: cuda when available, else cpu)")
+    p.add_argument(
+        "--device", help="torch device, e.g. cuda:1 (default: cuda when available, else cpu)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     from lorafile.runtime import launch  # torch-free at import
 
@@ -49,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from lorafile.runtime.train import TrainOptions, train
 
     plan = load_plan(args.input)
+    _quiet_libraries()
     from lorafile.runtime import launch
 
     if launch.should_launch(plan, args):  # --gpus N / hardware gpus: start N processes
@@ -68,3 +75,11 @@ def run(args: argparse.Namespace) -> int:
     if result.log_dir:
         print(f"logs:    {result.log_dir}  (tensorboard --logdir {result.log_dir})")
     return 0
+
+
+def _quiet_libraries() -> None:
+    """transformers' per-file loading bars and torchvision notes drown the trainer's own lines."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from lorafile.compiler.diagnostics import DiagnosticBag
-from lorafile.compiler.syntax import Stmt, parse_statements
+from lorafile.compiler.syntax import Stmt, comment_start, parse_statements
 
 Key = tuple[tuple[str, int], ...]
 INDENT = "    "
@@ -39,24 +39,10 @@ def find_comments(text: str) -> list[tuple[int, str, bool]]:
     """(line, comment text from `#`, whole_line) for each comment, skipping `#` in strings."""
     found = []
     for number, line in enumerate(text.split("\n"), start=1):
-        at = _comment_start(line)
+        at = comment_start(line)
         if at is not None:
             found.append((number, line[at:].rstrip(), not line[:at].strip()))
     return found
-
-
-def _comment_start(line: str) -> int | None:
-    in_string = escaped = False
-    for i, char in enumerate(line):
-        if in_string and escaped:
-            escaped = False
-        elif in_string:
-            escaped, in_string = char == "\\", char != '"'
-        elif char == '"':
-            in_string = True
-        elif char == "#":
-            return i
-    return None
 
 
 def _anchors(stmts: list[Stmt], parent: Key = ()) -> list[tuple[int, str, Key]]:
@@ -112,8 +98,8 @@ def reattach(formatted: str, comments: Comments) -> str:
         if key == ():
             continue
         line, depth = present[kind][key]
-        indent = INDENT * (depth + (kind == "end"))
-        before.setdefault(line, []).extend(indent + b for b in bodies)
+        inside = kind == "end" and not _one_line_block(present, key)
+        before.setdefault(line, []).extend(INDENT * (depth + inside) + b for b in bodies)
     out = []
     for number, line in enumerate(lines, start=1):
         out += before.get(number, [])
@@ -136,8 +122,14 @@ def _place(stmts: list[Stmt], comments: Comments, before: dict, after_line: dict
         else:
             present["end"][key] = (line, depth)
             bodies = comments.block_end.get(key, [])
-            before.setdefault(line, []).extend(INDENT * (depth + 1) + b for b in bodies)
+            inside = not _one_line_block(present, key)
+            before.setdefault(line, []).extend(INDENT * (depth + inside) + b for b in bodies)
     return present
+
+
+def _one_line_block(present: dict, key: Key) -> bool:
+    """`passthrough kohya {}`: its end comments can only go above it."""
+    return present["head"][key][0] == present["end"][key][0]
 
 
 def _orphans(comments: Comments, present: dict) -> dict[tuple[str, Key], list[str]]:

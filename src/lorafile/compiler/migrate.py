@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorafile.backends import base
-from lorafile.compiler.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError, Severity
+from lorafile.compiler.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError
 from lorafile.compiler.load import load_input
 from lorafile.spec.models import Recipe
 
@@ -184,7 +184,7 @@ def _check_direction(kind: str, to: str, source: Path) -> None:
         bag = DiagnosticBag(file=str(source))
         what = "a recipe" if kind == "recipe" else f"already a {TRAINERS[to]} config"
         bag.error(
-            "R112",
+            "I655",
             f"`{source}` is {what}; migrate converts between trainers.",
             f"use `lorafile compile {source} --target {to}`"
             if kind == "recipe"
@@ -257,7 +257,9 @@ def table(recipe: Recipe, back: Recipe | None, source: str, target: str) -> list
     for path, value in before.items():
         new = after.get(path, None) if back is not None else "(not read back)"
         always = path.endswith(ALWAYS_SHOWN) or path in ALWAYS_SHOWN
-        if not always and value == defaults.get(path, object()) and new == value:
+        if (not always and value == defaults.get(path, object()) and new == value) or (
+            value is None and new is None
+        ):
             continue
         keys = _spelling(path)
         rows.append(Row(path, _key(keys, source), _value(value), _key(keys, target), _value(new)))
@@ -356,11 +358,7 @@ def render(report: Report, markdown: bool = False) -> str:
     )
     lines += _section(
         f"{h}Read from the source",
-        [
-            f"[{d.code}] {d.severity}: {d.message}"
-            for d in report.imported
-            if d.severity is not Severity.INFO or d.code.startswith("I")
-        ],
+        [f"[{d.code}] {d.severity}: {d.message}" for d in report.imported],
         markdown,
     )
     verdict = f"{len(report.losses)} setting(s) lost" if report.lossy else "nothing lost"
@@ -369,7 +367,7 @@ def render(report: Report, markdown: bool = False) -> str:
 
 
 def _table(rows: list[Row], src: str, dst: str, markdown: bool) -> list[str]:
-    header = ["field", f"{src} setting", "value", f"{dst} setting", "value"]
+    header = ["recipe field", f"{src} setting", "was", f"{dst} setting", "becomes"]
     cells = [[r.field, r.source_key, r.source_value, r.target_key, r.target_value] for r in rows]
     if markdown:
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -289,6 +289,13 @@ def _buckets(ctx: Ctx, stmt: Stmt, out: dict, path: Path) -> None:
     while i < len(args):
         arg = args[i]
         text = arg.text if arg.kind == "atom" else ""
+        if units.is_number(text):
+            raise Bad(
+                "R108",
+                f"`{text}` alone is not a bucket range.",
+                "write the smallest and largest bucket size as `256..2048`",
+                arg.span,
+            )
         key = (
             "range"
             if ".." in text

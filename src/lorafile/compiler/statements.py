@@ -1,10 +1,11 @@
 """The meaning of each recipe statement: statement records to the spec's plain data.
 
-One table per block (`TOP`, `DATASET`, `TRAIN`, ...) maps a statement name to a handler that
-reads its values (checking units as it goes) into a dict shaped like the pydantic models, and
-records the statement's `Span` under the field's path in the `SourceMap`. Problems are
-collected in the `DiagnosticBag` and reading goes on, so one run reports every bad statement.
-compiler/format.py is the inverse of these tables; docs/recipe.md documents them.
+One table per block (`TABLES["recipe"]` for the top level, `TABLES["dataset"]`, ...; filled
+in compiler/parse.py) maps a statement name to a handler that reads its values (checking units
+as it goes) into a dict shaped like the pydantic models, and records the statement's `Span`
+under the field's path in the `SourceMap`. This module holds the machinery the handlers share.
+Problems are collected in the `DiagnosticBag` and reading goes on, so one run reports every
+bad statement. compiler/format.py is the inverse of the tables; docs/recipe.md documents them.
 """
 
 from __future__ import annotations
@@ -313,13 +314,14 @@ def unknown_statement(ctx: Ctx, stmt: Stmt, table: str) -> Bad:
     if stmt.quoted:
         return Bad(
             "R105",
-            f'A statement name is not quoted: "{name}" {where}.',
-            "write the name without quotes",
+            f'Statement names are not quoted: "{name}" {where}.',
+            "write the name without quotes (only pass-through keys may be quoted)",
             stmt.head_span,
         )
     homes = [t for t, defs in TABLES.items() if name in defs and t not in RAW_TABLES]
     if homes:
-        home = "the top level" if homes[0] == "recipe" else f"the `{homes[0]} {{ }}` block"
+        places = ["the top level" if t == "recipe" else f"the `{t} {{ }}` block" for t in homes]
+        home = " or ".join(places)
         return Bad(
             "R105",
             f"`{name}` does not belong {where}.",

@@ -73,11 +73,16 @@ def parse_statements(text: str, bag: DiagnosticBag) -> list[Stmt] | None:
     """
     found, open_braces = 0, 0
     lines_done: set[int] = set()
+    seen: set[tuple] = set()
     while True:
         try:
             tree = _parser().parse(text)
         except UnexpectedInput_ as err:
             token = getattr(err, "token", None)
+            where = (err.line, err.column, getattr(token, "type", None))
+            if where in seen:  # a repair that changed nothing: stop rather than loop
+                return None
+            seen.add(where)
             partner = token is not None and token.type == "RBRACE" and open_braces > 0
             if partner:  # the `}` of a `{` already reported and blanked: not a new error
                 open_braces -= 1
@@ -88,7 +93,8 @@ def parse_statements(text: str, bag: DiagnosticBag) -> list[Stmt] | None:
             repaired = _repair(text, err)
             if repaired is None or found >= MAX_SYNTAX_ERRORS:
                 return None
-            open_braces += _removed_braces(text, repaired)
+            if len(repaired) == len(text):
+                open_braces += _removed_braces(text, repaired)
             text = repaired
             continue
         except LarkError as err:  # pragma: no cover - lark's other errors are grammar bugs
@@ -113,15 +119,32 @@ def _repair(text: str, err: Exception) -> str | None:
     pos = err.pos_in_stream if token is None else token.start_pos
     if pos is None:
         return None
-    if isinstance(err, UnexpectedToken) and "RSQB" in err.expected and token.type == "_NL":
-        return text[:pos] + "]" + text[pos:]
     line_start = text.rfind("\n", 0, pos) + 1
+    if isinstance(err, UnexpectedToken) and "RSQB" in err.expected and token.type == "_NL":
+        comment = comment_start(text[line_start:pos])  # close the list before a comment
+        at = pos if comment is None else line_start + comment
+        return text[:at] + "]" + text[at:]
     line_end = text.find("\n", pos)
     line_end = len(text) if line_end < 0 else line_end
     cut = pos if text[pos:line_end].strip() else line_start
     if not text[cut:line_end].strip():
         return None
     return text[:cut] + " " * (line_end - cut) + text[line_end:]
+
+
+def comment_start(line: str) -> int | None:
+    """The index of the `#` that starts a comment in `line`, skipping `#` inside strings."""
+    in_string = escaped = False
+    for i, char in enumerate(line):
+        if in_string and escaped:
+            escaped = False
+        elif in_string:
+            escaped, in_string = char == "\\", char != '"'
+        elif char == '"':
+            in_string = True
+        elif char == "#":
+            return i
+    return None
 
 
 UnexpectedInput_ = (UnexpectedCharacters, UnexpectedToken, UnexpectedEOF)
@@ -215,6 +238,9 @@ def _unexpected_token(err: UnexpectedToken, bag: DiagnosticBag) -> None:
     expected = set(err.expected)
     if token.type == "RBRACE":
         message, help = f"Unexpected {shown}: no block is open here.", "remove this `}`"
+    elif token.type == "COMMA":
+        message = "Unexpected `,`: commas only separate the values of a `[list]`."
+        help = "separate values with spaces, or put the text in quotes"
     elif token.type == "LBRACE":
         message = "Unexpected `{`: a block must follow a statement name on the same line."
         help = "write the block's name and `{` on one line, e.g. `train {`"

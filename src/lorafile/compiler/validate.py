@@ -180,19 +180,22 @@ def statement_name(loc: Path) -> str:
     return STATEMENT_OF.get(names[-1], names[-1])
 
 
+# pydantic's bound errors: (words in the message, the ctx key holding the bound, help).
+BOUNDS = {
+    "greater_than_equal": ("at least", "ge", "use {} or more"),
+    "greater_than": ("greater than", "gt", "use a value above {}"),
+    "less_than_equal": ("at most", "le", "use {} or less"),
+    "less_than": ("less than", "lt", "use a value below {}"),
+}
+
+
 def describe(error: dict, loc: Path) -> tuple[str, str, str]:
     """(code, message, help) for one pydantic error."""
     kind, name = error["type"], statement_name(loc)
     ctx = error.get("ctx") or {}
     shown = _show(error.get("input"))
-    bounds = {
-        "greater_than_equal": ("at least", "ge", "use {} or more"),
-        "greater_than": ("greater than", "gt", "use a value above {}"),
-        "less_than_equal": ("at most", "le", "use {} or less"),
-        "less_than": ("less than", "lt", "use a value below {}"),
-    }
-    if kind in bounds:
-        words, key, advice = bounds[kind]
+    if kind in BOUNDS:
+        words, key, advice = BOUNDS[kind]
         limit = _show(ctx.get(key))
         return (
             "R202",

@@ -39,7 +39,9 @@ def latest_checkpoint(out: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(out: Path, step: int, adapter: dict, state: dict, export, keep: int | None) -> Path:
+def save_checkpoint(
+    out: Path, step: int, adapter: dict, state: dict, export, keep: int | None
+) -> Path:
     """Write one checkpoint atomically; `export(path)` writes the user-format adapter file."""
     import torch
     from safetensors.torch import save_file
@@ -114,4 +116,11 @@ def export_adapter(path: Path, models, fmt: str, precision: str, facts: dict) ->
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return export.save_adapter(models, path, layout=fmt, metadata=facts, dtype=precision, title=facts.get("ss_output_name", ""))
+    return export.save_adapter(
+        models,
+        path,
+        layout=fmt,
+        metadata=facts,
+        dtype=precision,
+        title=facts.get("ss_output_name", ""),
+    )

@@ -135,6 +135,7 @@ class LoraFile:
     metadata: dict[str, str]
     layout: str
     path: str = ""
+    written: int = 0  # modules written by convert_file (fewer than modules with --allow-lossy)
 
     @property
     def matched(self) -> list[AdapterModule]:
@@ -239,7 +240,8 @@ def parse_lora(tensors: dict, metadata: dict, keymap: KeyMap | None = None, path
         modules.append(module)
     modules += [AdapterModule(None, key, key, {key: tensors[key]}) for key in stray]
     layout = detect_layout(list(grouped), keymap)
-    _alphas_from_metadata(modules, metadata, adapter_config)
+    # An adapter_config.json beside the file describes a peft file only.
+    _alphas_from_metadata(modules, metadata, adapter_config if layout == "diffusers" else None)
     return LoraFile(modules, metadata, layout, path)
 
 
@@ -256,8 +258,11 @@ def adapter_config_beside(path) -> dict | None:
 def _pattern_value(patterns: dict, path: str, default):
     """peft's rank_pattern/alpha_pattern lookup: the key matches the end of the module path."""
     for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", path) or re.match(rf"(.*\.)?({key})$", _short(path)):
-            return value
+        try:
+            if any(re.match(rf"(.*\.)?({key})$", p) for p in (path, _short(path))):
+                return value
+        except re.error:
+            continue  # not a pattern peft could have used either
     return default
 
 
@@ -281,10 +286,27 @@ def _component_configs(metadata: dict, adapter_config: dict | None) -> dict[str,
             out.setdefault(component, adapter_config)
     flat = {k: metadata[k] for k in ("lora_alpha", "alpha", "ss_network_alpha") if k in metadata}
     if flat:
-        value = float(next(iter(flat.values())))
+        value = _float(next(iter(flat.values())))
+        conv = _float(_network_args(metadata).get("conv_alpha"))
         for component in COMPONENTS:
-            out.setdefault(component, {"lora_alpha": value, "_flat": True})
+            out.setdefault(component, {"lora_alpha": value, "conv_alpha": conv})
     return out
+
+
+def _float(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _network_args(metadata: dict) -> dict:
+    """sd-scripts' `ss_network_args` (JSON of the string kwargs: conv_dim, conv_alpha, algo)."""
+    try:
+        args = json.loads(metadata.get("ss_network_args", "{}"))
+    except ValueError:
+        return {}
+    return args if isinstance(args, dict) else {}
 
 
 def _alphas_from_metadata(modules: list[AdapterModule], metadata: dict, adapter_config) -> None:
@@ -296,6 +318,8 @@ def _alphas_from_metadata(modules: list[AdapterModule], metadata: dict, adapter_
         if not cfg:
             continue
         base = cfg.get("lora_alpha", cfg.get("alpha"))
+        if m.is_conv and cfg.get("conv_alpha") is not None:
+            base = cfg["conv_alpha"]  # kohya's conv_alpha for the 3x3 convs
         alpha = _pattern_value(cfg.get("alpha_pattern"), m.path, base)
         if alpha is None:
             continue
@@ -457,7 +481,10 @@ def addnet_hashes(tensors: dict, metadata: dict[str, str]) -> dict[str, str]:
     data = save(tensors, metadata=ss_only)
     header = int.from_bytes(data[:8], "little")
     legacy = hashlib.sha256(data[0x100000 : 0x100000 + 0x10000]).hexdigest()[:8]
-    return {"sshs_model_hash": hashlib.sha256(data[8 + header :]).hexdigest(), "sshs_legacy_hash": legacy}
+    return {
+        "sshs_model_hash": hashlib.sha256(data[8 + header :]).hexdigest(),
+        "sshs_legacy_hash": legacy,
+    }
 
 
 def parse_dtype(dtype):
@@ -489,4 +516,5 @@ def convert_file(src, dst, to: str, dtype=None, alpha: float | None = None,
     fill_alphas(modules, alpha, bag)
     layout = to if to == "diffusers" or sgm else "kohya-diffusers"
     write_lora(modules, dst, layout, lora.metadata, dtype)
+    lora.written = len(modules)
     return lora, bag

@@ -243,11 +243,15 @@ class BucketSpec:
 
 def check_enough(result: ScanResult, folder: str, minimum: int = 1) -> str | None:
     """A message when too few readable images remain to train on, else None."""
-    total = len(result.items) + len(result.skipped)
-    if len(result.items) < minimum:
-        return f"`{folder}` has {len(result.items)} usable images ({len(result.skipped)} unreadable); at least {minimum} are needed."
-    if total and len(result.items) / total < MIN_READABLE_FRACTION:
-        return f"{len(result.skipped)} of {total} images in `{folder}` cannot be read; that looks like the wrong folder."
+    return check_counts(len(result.items), len(result.skipped), folder, minimum)
+
+
+def check_counts(usable: int, unreadable: int, folder: str, minimum: int = 1) -> str | None:
+    total = usable + unreadable
+    if usable < minimum:
+        return f"`{folder}` has {usable} usable images ({unreadable} unreadable); at least {minimum} are needed."
+    if total and usable / total < MIN_READABLE_FRACTION:
+        return f"{unreadable} of {total} images in `{folder}` cannot be read; that looks like the wrong folder."
     return None
 
 

@@ -79,7 +79,11 @@ def heldout_loss(models, folder: Path, trigger: str, seed: int = 1234) -> float:
         pixels, ids = data.load_pixels(item)
         with torch.no_grad():
             mean, _ = encode_latents(models.vae, pixels[None])
-            embeds, pooled = encode_prompts((models.tokenizer, models.tokenizer_2), (models.text_encoder, models.text_encoder_2), [caption])
+            embeds, pooled = encode_prompts(
+                (models.tokenizer, models.tokenizer_2),
+                (models.text_encoder, models.text_encoder_2),
+                [caption],
+            )
             latents = mean.repeat(len(EVAL_TIMESTEPS), 1, 1, 1)
             n = len(EVAL_TIMESTEPS)
             cond = {
@@ -89,7 +93,12 @@ def heldout_loss(models, folder: Path, trigger: str, seed: int = 1234) -> float:
             }
             generator = torch.Generator().manual_seed(seed)
             per_sample, _ = diffusion.denoising_loss(
-                models.unet, scheduler, latents, cond, generator, timesteps=torch.tensor(EVAL_TIMESTEPS)
+                models.unet,
+                scheduler,
+                latents,
+                cond,
+                generator,
+                timesteps=torch.tensor(EVAL_TIMESTEPS),
             )
         losses.append(per_sample.mean().item())
     return sum(losses) / len(losses)

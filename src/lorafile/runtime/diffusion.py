@@ -57,7 +57,17 @@ def min_snr_weights(scheduler, timesteps, gamma: float | None, prediction: str):
     return clipped / (s + 1.0) if prediction == "v" else clipped / s
 
 
-def denoising_loss(unet, scheduler, latents, cond: dict, generator, *, prediction="epsilon", noise_offset=0.0, timesteps=None):
+def denoising_loss(
+    unet,
+    scheduler,
+    latents,
+    cond: dict,
+    generator,
+    *,
+    prediction="epsilon",
+    noise_offset=0.0,
+    timesteps=None,
+):
     """Per-sample MSE (B,) of the UNet's prediction, and the timesteps used.
 
     `cond` holds `embeds`, `pooled`, `time_ids`. `timesteps` may be fixed (evaluation).
@@ -66,13 +76,18 @@ def denoising_loss(unet, scheduler, latents, cond: dict, generator, *, predictio
 
     noise = draw_noise(latents, generator, noise_offset)
     if timesteps is None:
-        timesteps = draw_timesteps(latents.shape[0], scheduler.config.num_train_timesteps, generator, latents.device)
+        timesteps = draw_timesteps(
+            latents.shape[0], scheduler.config.num_train_timesteps, generator, latents.device
+        )
     noisy = scheduler.add_noise(latents, noise, timesteps)
     pred = unet(
         noisy.to(unet.dtype),
         timesteps,
         cond["embeds"].to(unet.dtype),
-        added_cond_kwargs={"text_embeds": cond["pooled"].to(unet.dtype), "time_ids": cond["time_ids"]},
+        added_cond_kwargs={
+            "text_embeds": cond["pooled"].to(unet.dtype),
+            "time_ids": cond["time_ids"],
+        },
         return_dict=False,
     )[0]
     target = target_for(scheduler, latents, noise, timesteps, prediction)

@@ -127,6 +127,15 @@ def problems(modules: list[AdapterModule]) -> list[str]:
     if no_alpha:
         out.append(f"{len(no_alpha)} module(s) have no alpha; loaders assume alpha = rank "
                    f"(scale 1), e.g. `{no_alpha[0]}`.")  # fmt: skip
+    meta_only = [
+        m.source
+        for m in matched
+        if m.alpha_source == "metadata" and m.source.startswith(("lora_", "lycoris_"))
+    ]
+    if meta_only:
+        out.append(f"{len(meta_only)} kohya-named module(s) have alpha only in the metadata; kohya, "
+                   f"ComfyUI and A1111 read `.alpha` tensors and will use scale 1 "
+                   f"(`lorafile convert --to kohya` writes them), e.g. `{meta_only[0]}`.")  # fmt: skip
     for kind, mods in (("linear", [m for m in matched if not m.is_conv]),
                        ("3x3 conv", [m for m in matched if m.is_conv])):  # fmt: skip
         ranks = Counter(m.rank for m in mods if m.rank is not None)

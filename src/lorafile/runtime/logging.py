@@ -46,7 +46,14 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(log_dir))
-        self.bar = tqdm(total=total, initial=start, unit="step", disable=quiet, file=sys.stderr, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total,
+            initial=start,
+            unit="step",
+            disable=quiet,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
         self.device = device
         self.last = time.perf_counter()
 

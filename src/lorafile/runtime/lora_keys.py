@@ -193,7 +193,10 @@ def meta_sdxl_keymap() -> KeyMap:
 
 def module_table(keymap: KeyMap) -> list[list]:
     """The rows of the shipped module table: component, path, kind, in, out."""
-    return [[m.component, m.path, m.kind, m.in_features, m.out_features] for m in keymap.modules.values()]
+    return [
+        [m.component, m.path, m.kind, m.in_features, m.out_features]
+        for m in keymap.modules.values()
+    ]
 
 
 @functools.cache

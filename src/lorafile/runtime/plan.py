@@ -171,7 +171,7 @@ def fit_memory(recipe: Recipe, bag: DiagnosticBag) -> tuple[Recipe, list[str]]:
         bag.warning(
             "T566",
             "`memory auto` needs to know the GPU's memory; the recipe's settings are used as written.",
-            "add `gpu \"RTX 4090\"` or `vram 24GB` to the hardware block",
+            'add `gpu "RTX 4090"` or `vram 24GB` to the hardware block',
         )
         return recipe, []
     fitted, report = fit.fit_recipe(recipe, budget, trainer="native")
@@ -296,7 +296,12 @@ def describe_plan(plan: dict) -> str:
         f"plan for {r['output']['name']} (base {r['base']})",
         "",
         "training",
-        f"  steps            {r['steps']} ({r['steps_per_epoch']} per epoch, {r['epochs']} epochs)",
+        f"  steps            {r['steps']} "
+        + (
+            f"({r['steps_per_epoch']} per epoch, {r['epochs']} epochs)"
+            if r["steps_per_epoch"]
+            else "(epochs unknown: no images found)"
+        ),
         f"  batch            {plan['recipe']['train']['batch']} x accumulate {plan['recipe']['train']['accumulate']} = effective {r['effective_batch']}",
         f"  learning rate    unet {r['unet_lr']:g}, text encoders {r['text_encoder_lr']:g}, warmup {r['warmup_steps']} steps",
         f"  seed             {r['seed'] if r['seed'] is not None else 'random (recorded at start)'}",
@@ -305,7 +310,9 @@ def describe_plan(plan: dict) -> str:
         "",
         "memory",
     ]
-    lines += [f"  {k:<16} {v}" for k, v in m.items() if k not in ("vram_estimate_bytes", "auto_changes")]
+    lines += [
+        f"  {k:<16} {v}" for k, v in m.items() if k not in ("vram_estimate_bytes", "auto_changes")
+    ]
     lines += [f"  auto: {change}" for change in m.get("auto_changes", [])]
     lines.append(f"  {'vram estimate':<16} {f'{est / 2**30:.1f} GiB' if est else 'not available'}")
     lines += ["", "data"]

@@ -27,22 +27,40 @@ SAMPLERS = {
 }
 
 
+NEEDS = {"lms": "scipy"}
+"""Samplers whose diffusers scheduler imports an optional package when it steps."""
+
+
 def make_scheduler(name: str, base_config):
+    """The diffusers scheduler for a recipe sampler name; a missing package is T575."""
+    import importlib.util
+
     import diffusers
 
+    package = NEEDS.get(name)
+    if package and importlib.util.find_spec(package) is None:
+        from lorafile.compiler.diagnostics import DiagnosticBag
+
+        bag = DiagnosticBag()
+        bag.error(
+            "T575",
+            f"The sampler `{name}` needs the package `{package}`, which is not installed.",
+            f"install it with `pip install {package}`, or choose `sampler euler_a`",
+        )
+        bag.raise_if_errors()
     cls_name, options = SAMPLERS[name]
-    cls = getattr(diffusers, cls_name)
-    try:
-        return cls.from_config(base_config, **options)
-    except ImportError as err:
-        raise RuntimeError(f"The sampler `{name}` needs a package that is missing: {err}") from err
+    return getattr(diffusers, cls_name).from_config(base_config, **options)
 
 
-def sample_images(components, sample: dict, folder: Path, device) -> list[Path]:
+def sample_images(components, sample: dict, folder: Path, device, autocast=None) -> list[Path]:
     """Generate one PNG per prompt with a fixed seed into `folder`, plus `grid.png`.
 
-    `components` is the SDXLComponents whose UNet (and text encoders) carry the adapter.
+    `components` is the SDXLComponents whose UNet (and text encoders) carry the adapter;
+    `autocast` (a context-manager factory) runs it under the training's mixed precision, which
+    also lets the fp32 VAE decode half-precision latents.
     """
+    import contextlib
+
     import torch
     from diffusers import StableDiffusionXLPipeline
 
@@ -63,8 +81,8 @@ def sample_images(components, sample: dict, folder: Path, device) -> list[Path]:
     for i, prompt in enumerate(sample["prompts"]):
         # A fresh generator per prompt: every checkpoint's image i starts from the same noise.
         generator = torch.Generator("cpu").manual_seed(sample["seed"] + i)
-        with torch.no_grad():
-            image = pipe(
+        with torch.no_grad(), (autocast or contextlib.nullcontext)():
+            latents = pipe(
                 prompt,
                 negative_prompt=sample["negative"] or None,
                 num_inference_steps=sample["steps"],
@@ -72,12 +90,24 @@ def sample_images(components, sample: dict, folder: Path, device) -> list[Path]:
                 width=width,
                 height=height,
                 generator=generator,
-            ).images[0]
+                output_type="latent",
+            ).images
+        image = decode(components.vae, pipe.image_processor, latents)
         path = folder / f"{i:02d}.png"
         image.save(path)
         paths.append(path)
     make_grid(paths, folder / "grid.png")
     return paths
+
+
+def decode(vae, processor, latents):
+    """Latents to a PIL image with the VAE in its own (fp32) precision, outside autocast: the
+    pipeline's own decode fails when the UNet ran in half precision and the VAE did not."""
+    import torch
+
+    with torch.no_grad():
+        pixels = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
+    return processor.postprocess(pixels, output_type="pil")[0]
 
 
 def make_grid(paths: list[Path], out: Path, columns: int | None = None) -> Path:

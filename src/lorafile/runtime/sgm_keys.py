@@ -169,7 +169,6 @@ _VAE_ATTN = {
     "to_v": "v",
     "to_out.0": "proj_out",
 }
-_VAE_FIXED = {"conv_norm_out": "norm_out"}
 
 
 def vae_to_ldm(name: str, config: Mapping) -> str:
@@ -243,11 +242,6 @@ def is_vae_attention_matrix(ldm_name: str) -> bool:
 def te1_to_sgm(name: str) -> str:
     """HF CLIPTextModel key (with or without transformers 5's dropped `text_model.`) -> SGM."""
     return name if name.startswith("text_model.") else "text_model." + name
-
-
-def te1_from_sgm(name: str) -> str:
-    """SGM CLIP-L key -> the key of a CLIPTextModel (`text_model.` kept; loaders strip it)."""
-    return name
 
 
 _TE2_LAYER = {

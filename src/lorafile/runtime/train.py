@@ -119,7 +119,9 @@ class Trainer:
         if self.seed is None:
             self.seed = secrets.randbelow(2**32)  # the recipe asked for a random seed: record it
         torch.manual_seed(self.seed)  # peft's initial adapter weights draw from the global RNG
-        self.device = torch.device(self.options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(
+            self.options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        )
         self._write_run_file("running", resume_from)
         tmp = self.out / ".plan.json.tmp"
         tmp.write_text(json.dumps(self.plan, indent=2) + "\n")
@@ -135,11 +137,26 @@ class Trainer:
         from lorafile.runtime.logging import startup_line
 
         subject = [it for it in self.items if not it.is_reg]
-        print(startup_line(self.plan, len(subject), len(self.items) - len(subject), len({i.bucket for i in self.items}), self.device), flush=True)
+        print(
+            startup_line(
+                self.plan,
+                len(subject),
+                len(self.items) - len(subject),
+                len({i.bucket for i in self.items}),
+                self.device,
+            ),
+            flush=True,
+        )
         return self
 
     def _write_run_file(self, status: str, resume_from: Path | None = None, **extra) -> None:
-        info = {"status": status, "seed": self.seed, "steps": self.total, "step": self.step, **extra}
+        info = {
+            "status": status,
+            "seed": self.seed,
+            "steps": self.total,
+            "step": self.step,
+            **extra,
+        }
         if resume_from:
             info["resumed_from"] = str(resume_from)
         tmp = self.out / f".{RUN_FILE}.tmp"
@@ -151,36 +168,54 @@ class Trainer:
 
         from lorafile.runtime.sdxl import load_sdxl
 
-        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.bfloat16}
+        dtypes = {
+            "fp32": torch.float32,
+            "bf16": torch.bfloat16,
+            "fp16": torch.float16,
+            "fp8": torch.bfloat16,
+        }
         self.dtype = dtypes[self.plan["memory"]["base_precision"]]
         m = load_sdxl(self.r["base"], allow_pickle=self.options.allow_pickle)
         if self.r.get("vae"):
-            m.vae = load_sdxl(self.r["vae"], allow_pickle=self.options.allow_pickle, parts=("vae",)).vae
+            m.vae = load_sdxl(
+                self.r["vae"], allow_pickle=self.options.allow_pickle, parts=("vae",)
+            ).vae
         # The VAE stays fp32 (diffusers' scripts: SDXL's VAE overflows in fp16).
-        m.vae.to(self.device, torch.float32)
-        for module in (m.unet, m.text_encoder, m.text_encoder_2):
-            module.to(self.device, self.dtype)
+        for module, dtype in (
+            (m.vae, torch.float32),
+            (m.unet, self.dtype),
+            (m.text_encoder, self.dtype),
+            (m.text_encoder_2, self.dtype),
+        ):
+            module.to(self.device)
+            if module.dtype != dtype:  # cast only when needed: diffusers warns on every cast
+                module.to(dtype)
         self.models = m
         self.noise_scheduler = m.noise_scheduler()
+        if self.r["sample"]:  # fail now, not at the first sample after an hour of training
+            from lorafile.runtime.sampling import make_scheduler
+
+            make_scheduler(self.r["sample"]["sampler"], m.scheduler.config)
         if self.recipe.base.prediction == "v":
             self.noise_scheduler.register_to_config(prediction_type="v_prediction")
 
     def _load_data(self) -> None:
         bag = DiagnosticBag()
         base_dir = Path(self.plan.get("base_dir") or ".")
-        self.items, _, scans = scan_recipe(self.recipe, base_dir, bag)
+        self.items, summaries, _ = scan_recipe(self.recipe, base_dir, bag)
         for warning in bag.items:
             print(f"warning[{warning.code}]: {warning.message}", flush=True)
-        for scan, dataset in zip(scans, self.recipe.datasets, strict=False):
-            problem = data.check_enough(scan, dataset.path, minimum=1)
+        for summary in summaries["datasets"]:
+            problem = data.check_counts(summary["images"], len(summary["skipped"]), summary["path"])
             if problem:
-                raise _fail("T574", problem, "fix or replace the unreadable images, or check the dataset path")
-        if not any(not it.is_reg for it in self.items):
-            raise _fail("T574", "No training images were found.", "check the dataset paths in the recipe")
+                help = "fix or replace the unreadable images, or check the dataset path"
+                raise _fail("T574", problem, help)
+        regs = self.recipe.regularization
         self.repeats = [d.repeats for d in self.recipe.datasets]
         self.flips = [d.flip for d in self.recipe.datasets]
-        self.reg_ratio = self.recipe.regularization[0].ratio if self.recipe.regularization else 0.0
-        self.reg_weight = self.recipe.regularization[0].weight if self.recipe.regularization else 1.0
+        self.reg_ratio = regs[0].ratio if regs else 0.0
+        self.reg_weights = [r.weight for r in regs]
+        """Prior-loss weight per regularization folder (`weight` in the recipe)."""
 
     def _fill_caches(self) -> None:
         from lorafile.runtime import cache
@@ -193,12 +228,23 @@ class Trainer:
         self.te_id = cache.model_fingerprint(m.text_encoder, m.text_encoder_2)
         self.tokenizers = (m.tokenizer, m.tokenizer_2)
         if mem["cache_latents"]:
-            needed = {(i, f) for i, it in enumerate(self.items) for f in {False, self.flips[it.source] and not it.is_reg}}
+            needed = {
+                (i, f)
+                for i, it in enumerate(self.items)
+                for f in {False, self.flips[it.source] and not it.is_reg}
+            }
             cache.fill_latents(self.latent_cache, self.items, needed, m.vae, self.vae_id)
             self._offload(m.vae)
         if mem["cache_text"]:
             captions = {it.caption for it in self.items} | {""}  # "" for caption dropout
-            cache.fill_text(self.text_cache, captions, self.tokenizers, (m.text_encoder, m.text_encoder_2), self.te_id, self.recipe.base.clip_skip)
+            cache.fill_text(
+                self.text_cache,
+                captions,
+                self.tokenizers,
+                (m.text_encoder, m.text_encoder_2),
+                self.te_id,
+                self.recipe.base.clip_skip,
+            )
             self._offload(m.text_encoder, m.text_encoder_2)
 
     def _offload(self, *modules) -> None:
@@ -224,7 +270,13 @@ class Trainer:
             m.unet.enable_gradient_checkpointing()  # recompute block activations in backward
             if self.te_params:
                 for encoder in (m.text_encoder, m.text_encoder_2):
-                    encoder.gradient_checkpointing_enable()
+                    # transformers 5 renamed it; the old name still works with a warning
+                    enable = getattr(
+                        encoder,
+                        "activation_checkpointing_enable",
+                        encoder.gradient_checkpointing_enable,
+                    )
+                    enable()
         m.unet.train()
 
     def _build_optimizer(self) -> None:
@@ -236,18 +288,26 @@ class Trainer:
         groups = [{"params": self.unet_params, "lr": self.r["unet_lr"]}]
         if self.te_params:
             groups.append({"params": self.te_params, "lr": self.r["text_encoder_lr"]})
-        optimizer = build_optimizer(self.recipe.train.optimizer, groups, dict(self.recipe.train.optimizer_args))
+        optimizer = build_optimizer(
+            self.recipe.train.optimizer, groups, dict(self.recipe.train.optimizer_args)
+        )
         AcceleratorState._reset_state(True)  # a process may train more than once (tests, demo)
         precision = self.plan["memory"]["mixed_precision"]
         self.accelerator = Accelerator(mixed_precision=precision, cpu=self.device.type == "cpu")
         self.optimizer = self.accelerator.prepare_optimizer(optimizer, device_placement=False)
-        self.lr_scheduler = build_scheduler(optimizer, self.recipe.train, self.total, self.r["warmup_steps"])
+        self.lr_scheduler = build_scheduler(
+            optimizer, self.recipe.train, self.total, self.r["warmup_steps"]
+        )
 
     def _restore(self, adapter: dict, state: dict) -> None:
         from lorafile.runtime.adapters import load_adapter_state
 
         m = self.models
-        for prefix, module in (("unet.", m.unet), ("text_encoder.", m.text_encoder), ("text_encoder_2.", m.text_encoder_2)):
+        for prefix, module in (
+            ("unet.", m.unet),
+            ("text_encoder.", m.text_encoder),
+            ("text_encoder_2.", m.text_encoder_2),
+        ):
             part = {k[len(prefix) :]: v for k, v in adapter.items() if k.startswith(prefix)}
             if part:
                 load_adapter_state(module, part)
@@ -266,8 +326,13 @@ class Trainer:
         """The endless stream of (epoch, index, batch) from a position in the data order."""
         while True:
             order = data.epoch_batches(
-                self.items, repeats=self.repeats, reg_ratio=self.reg_ratio, batch=self.recipe.train.batch,
-                seed=self.seed, epoch=epoch, flip=self.flips,
+                self.items,
+                repeats=self.repeats,
+                reg_ratio=self.reg_ratio,
+                batch=self.recipe.train.batch,
+                seed=self.seed,
+                epoch=epoch,
+                flip=self.flips,
             )
             for k in range(index, len(order)):
                 yield epoch, k, order[k]
@@ -282,13 +347,25 @@ class Trainer:
         captions = [self._caption(epoch, index, k, s) for k, s in enumerate(batch)]
         m = self.models
         if self.plan["memory"]["cache_text"]:
-            entries = [self.text_cache.get(cache.text_key(c, self.te_id, self.recipe.base.clip_skip)) for c in captions]
+            entries = [
+                self.text_cache.get(cache.text_key(c, self.te_id, self.recipe.base.clip_skip))
+                for c in captions
+            ]
             embeds = torch.stack([e["embeds"] for e in entries]).to(self.device)
             pooled = torch.stack([e["pooled"] for e in entries]).to(self.device)
         else:
             with torch.set_grad_enabled(bool(self.te_params)):  # grads only for trained encoders
-                embeds, pooled = cache.encode_prompts(self.tokenizers, (m.text_encoder, m.text_encoder_2), captions, self.recipe.base.clip_skip)
-        time_ids = torch.tensor([data.time_ids(self.items[s.index]) for s in batch], dtype=torch.float32, device=self.device)
+                embeds, pooled = cache.encode_prompts(
+                    self.tokenizers,
+                    (m.text_encoder, m.text_encoder_2),
+                    captions,
+                    self.recipe.base.clip_skip,
+                )
+        time_ids = torch.tensor(
+            [data.time_ids(self.items[s.index]) for s in batch],
+            dtype=torch.float32,
+            device=self.device,
+        )
         return {"embeds": embeds, "pooled": pooled, "time_ids": time_ids.to(self.models.unet.dtype)}
 
     def _caption(self, epoch: int, index: int, k: int, sample: data.Sample) -> str:
@@ -297,8 +374,13 @@ class Trainer:
             return item.caption
         d = self.recipe.datasets[item.source]
         return data.caption_for_step(
-            item.caption, shuffle=d.shuffle_captions, keep_tokens=d.keep_tokens, dropout=d.caption_dropout,
-            seed=self.seed, epoch=epoch, position=index * 1024 + k,
+            item.caption,
+            shuffle=d.shuffle_captions,
+            keep_tokens=d.keep_tokens,
+            dropout=d.caption_dropout,
+            seed=self.seed,
+            epoch=epoch,
+            position=index * 1024 + k,
         )
 
     def latents(self, batch: list[data.Sample], generator):
@@ -331,11 +413,24 @@ class Trainer:
             latents = self.latents(batch, generator)
             cond = self.conditioning(epoch, index, batch)
             per_sample, timesteps = diffusion.denoising_loss(
-                self.models.unet, self.noise_scheduler, latents, cond, generator,
-                prediction=self.recipe.base.prediction, noise_offset=self.recipe.train.noise_offset,
+                self.models.unet,
+                self.noise_scheduler,
+                latents,
+                cond,
+                generator,
+                prediction=self.recipe.base.prediction,
+                noise_offset=self.recipe.train.noise_offset,
             )
-        weights = diffusion.min_snr_weights(self.noise_scheduler, timesteps, self.recipe.train.min_snr_gamma, self.recipe.base.prediction)
-        prior = torch.tensor([self.reg_weight if self.items[s.index].is_reg else 1.0 for s in batch], device=weights.device)
+        weights = diffusion.min_snr_weights(
+            self.noise_scheduler,
+            timesteps,
+            self.recipe.train.min_snr_gamma,
+            self.recipe.base.prediction,
+        )
+        # Prior preservation: a regularization image's loss counts its folder's `weight` times.
+        items = [self.items[s.index] for s in batch]
+        prior = [self.reg_weights[it.source] if it.is_reg else 1.0 for it in items]
+        prior = torch.tensor(prior, device=weights.device)
         return (per_sample * weights * prior).mean()
 
     def micro_batches(self, stream):
@@ -374,7 +469,9 @@ class Trainer:
             # 3. Clip, step, schedule; set_to_none frees the gradient memory right away.
             self.sync_gradients(params)  # several processes: average them (runtime/launch.py)
             max_norm = self.recipe.train.max_grad_norm
-            grad_norm = self.accelerator.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+            grad_norm = self.accelerator.clip_grad_norm_(
+                params, max_norm if max_norm > 0 else float("inf")
+            )
             self.optimizer.step()
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -395,7 +492,12 @@ class Trainer:
         if save_every and self.step % save_every == 0 and self.step < self.total:
             folder = self.save_checkpoint()
             log.write(f"lorafile: saved checkpoint {folder}")
-        if sample and sample["every_steps"] and self.step % sample["every_steps"] == 0 and self.step < self.total:
+        if (
+            sample
+            and sample["every_steps"]
+            and self.step % sample["every_steps"] == 0
+            and self.step < self.total
+        ):
             self.samples += self.sample()
 
     def _nan_error(self, value: float) -> DiagnosticError:
@@ -427,7 +529,9 @@ class Trainer:
     def export(self, path: Path) -> Path:
         """Write the adapter in the user's format (kohya by default) and save precision."""
         fmt = self.options.format or self.r["save"]["layout"]
-        return ckpt.export_adapter(path, self.models, fmt, self.r["save"]["precision"], kohya_metadata(self))
+        return ckpt.export_adapter(
+            path, self.models, fmt, self.r["save"]["precision"], kohya_metadata(self)
+        )
 
     def save_checkpoint(self) -> Path:
         state = {
@@ -442,7 +546,12 @@ class Trainer:
         }
         name = f"{self.r['output']['name']}-step{self.step:06d}.safetensors"
         return ckpt.save_checkpoint(
-            self.out, self.step, self.adapter_states(), state, lambda folder: self.export(folder / name), self.r["save"]["keep"]
+            self.out,
+            self.step,
+            self.adapter_states(),
+            state,
+            lambda folder: self.export(folder / name),
+            self.r["save"]["keep"],
         )
 
     def sample(self) -> list[Path]:
@@ -458,7 +567,7 @@ class Trainer:
         for module in (m.unet, m.text_encoder, m.text_encoder_2):
             module.eval()
         folder = self.out / "samples" / f"step-{self.step:06d}"
-        paths = sample_images(m, self.r["sample"], folder, self.device)
+        paths = sample_images(m, self.r["sample"], folder, self.device, self.accelerator.autocast)
         for module, mode in zip((m.unet, m.text_encoder, m.text_encoder_2), modes, strict=True):
             module.train(mode)
         if mem["cache_latents"]:
@@ -472,9 +581,13 @@ class Trainer:
         if self.r["sample"]:
             self.samples += self.sample()
         adapter = self.export(self.out / f"{self.r['output']['name']}.safetensors")
-        self._write_run_file("finished", adapter=str(adapter), loss=self.last_loss, seconds=round(seconds, 1))
+        self._write_run_file(
+            "finished", adapter=str(adapter), loss=self.last_loss, seconds=round(seconds, 1)
+        )
         print(f"lorafile: wrote {adapter}", flush=True)
-        return TrainResult(self.out, adapter, self.step, self.seed, self.last_loss, seconds, self.samples, log_dir)
+        return TrainResult(
+            self.out, adapter, self.step, self.seed, self.last_loss, seconds, self.samples, log_dir
+        )
 
 
 def kohya_metadata(trainer: Trainer) -> dict:
@@ -511,7 +624,7 @@ def kohya_metadata(trainer: Trainer) -> dict:
         "ss_noise_offset": t.noise_offset,
         "ss_min_snr_gamma": t.min_snr_gamma,
         "ss_max_grad_norm": t.max_grad_norm,
-        "ss_prior_loss_weight": trainer.reg_weight,
+        "ss_prior_loss_weight": trainer.reg_weights[0] if trainer.reg_weights else 1.0,
         "ss_clip_skip": recipe.base.clip_skip,
         "ss_caption_dropout_rate": d.caption_dropout,
         "ss_batch_size_per_device": t.batch,
