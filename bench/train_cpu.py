@@ -11,6 +11,8 @@ dataset, and the table's ratios come from this one run:
   -cache text         both text encoders run every step
   -checkpointing      activations kept instead of recomputed
   adamw               torch AdamW instead of bitsandbytes' 8-bit AdamW
+  all off             no caching, no checkpointing, torch AdamW: the trainer's own loop
+                      against the reference's with the same work per step
   reference           a straightforward loop written the way diffusers'
                       train_text_to_image_lora_sdxl.py does it: the image decoded, the VAE
                       encoding and both text encoders run every step, torch AdamW, no
@@ -42,6 +44,12 @@ CONFIGS = {
     "-cache text": {"cache_text": False},
     "-checkpointing": {"checkpointing": False},
     "adamw": {"optimizer": "adamw"},
+    "all off": {
+        "cache_latents": False,
+        "cache_text": False,
+        "checkpointing": False,
+        "optimizer": "adamw",
+    },
     "reference": None,
 }
 RANK = 4

@@ -43,19 +43,13 @@ def test_train_cpu_bench_prints_ratios_from_one_run():
 
 @pytest.mark.slow
 def test_gpu_bench_dry_run_on_cpu():
-    out = _run(["bash", "bench/gpu.sh", "--dry-run", "--json"])
+    out = _run(["bash", "bench/gpu.sh", "--dry-run", "--batches", "1", "--json"])
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads(out.stdout.strip().splitlines()[-1])
-    assert [(r["batch"], r["checkpointing"]) for r in rows] == [
-        (1, True),
-        (1, False),
-        (2, True),
-        (2, False),
-    ]
+    assert [(r["batch"], r["checkpointing"]) for r in rows] == [(1, True), (1, False)]
     for r in rows:
         assert r["s_per_step"] > 0 and r["tflop_per_step"] > 0
         assert r["max_memory_allocated"] is None  # no GPU: nothing is claimed as measured
     # Checkpointing recomputes the forward: the FLOP counter sees more work.
-    assert rows[0]["tflop_per_step"] > rows[1]["tflop_per_step"]
-    assert rows[2]["tflop_per_step"] > 1.5 * rows[0]["tflop_per_step"]
+    assert rows[0]["tflop_per_step"] > 1.2 * rows[1]["tflop_per_step"]
     assert "dry run" in out.stdout

@@ -127,3 +127,15 @@ def test_caption_dropout_and_shuffle_keep_tokens():
 def test_time_ids_are_original_crop_target():
     item = data.ImageItem("x.png", "h", 200, 100, "c", (64, 64), 0)
     assert data.time_ids(item) == (100, 200, 0, 32, 64, 64)
+
+
+def test_hue_shift_changes_colour_not_geometry(tmp_path):
+    import torch
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "a.png")
+    item = data.ImageItem(str(tmp_path / "a.png"), "h", 64, 64, "c", (64, 64), 0)
+    plain, ids = data.load_pixels(item)
+    shifted, ids2 = data.load_pixels(item, hue_shift=0.03)
+    assert ids == ids2 and plain.shape == shifted.shape == (3, 64, 64)
+    assert not torch.equal(plain, shifted)
+    assert torch.equal(shifted, data.load_pixels(item, hue_shift=0.03)[0])

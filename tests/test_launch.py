@@ -146,3 +146,22 @@ def test_launch_module_is_torch_free_at_import():
     code = "import sys, lorafile.runtime.launch; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_non_finite_loss_on_any_rank_stops_every_rank(monkeypatch):
+    """The NaN guard runs on the sum over ranks (here one process: its own losses)."""
+    import math
+
+    import torch
+
+    cls = launch.distributed_trainer_class()
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    trainer = cls.__new__(cls)
+    trainer.accumulate, trainer.position = 2, (0, 0)
+    trainer._nan_error = lambda value: RuntimeError(f"loss {value}")
+    stream = iter([(0, i, ["b"]) for i in range(4)])
+    with pytest.raises(RuntimeError, match="loss nan"):
+        for _ in trainer.micro_batches(stream):
+            trainer._losses.append(torch.tensor(math.nan))
+    assert launch.global_sum([1.0, 2.5]) == 3.5

@@ -132,3 +132,18 @@ def test_native_compile_path_imports_no_torch(project):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_compile_native_resolves_paths_next_to_the_recipe(project, tmp_path_factory, monkeypatch):
+    from lorafile.cli import main
+
+    (project / "r.recipe").write_text(
+        'recipe "r"\nbase sdxl "model.safetensors"\ndataset "data" {\n    resolution 96\n}\n'
+        'train {\n    epochs 1\n}\noutput "out"\n'
+    )
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    out = project / "compiled"
+    assert main(["compile", str(project / "r.recipe"), "--target", "native", "-o", str(out)]) == 0
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["datasets"][0]["images"] == 5 and plan["resolved"]["steps"] == 5
+    assert plan["resolved"]["output"]["path"] == str(project / "out")

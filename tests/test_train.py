@@ -237,7 +237,7 @@ def test_pickle_base_model_is_refused(tmp_path):
     assert "--allow-pickle" in str(err.value)
 
 
-def test_loha_with_text_encoders_trains_and_exports(tiny_sdxl_dir, tmp_path):
+def test_loha_text_encoders_color_aug_trains_and_exports(tiny_sdxl_dir, tmp_path):
     from safetensors import safe_open
 
     make_dataset(tmp_path / "data", 2, seed=5)
@@ -245,6 +245,13 @@ def test_loha_with_text_encoders_trains_and_exports(tiny_sdxl_dir, tmp_path):
         tiny_sdxl_dir / "diffusers",
         tmp_path / "data",
         tmp_path / "out",
+        datasets=(
+            Dataset(
+                path=str(tmp_path / "data"),
+                resolution=Resolution(width=64, height=64),
+                color_aug=True,
+            ),
+        ),
         adapter=Adapter(algo="loha", rank=2, text_encoder=True),
         train=Train(
             steps=2, lr=1e-3, optimizer="adamw", precision="no", checkpointing=True, seed=1
@@ -255,6 +262,7 @@ def test_loha_with_text_encoders_trains_and_exports(tiny_sdxl_dir, tmp_path):
     )
     plan = plan_for(recipe)
     assert plan["memory"]["cache_text"] is False
+    assert plan["memory"]["cache_latents"] is False  # color augmentation: pixels change each step
     result = train(plan, TrainOptions(quiet=True))
     with safe_open(result.adapter, "pt") as f:
         keys = list(f.keys())
@@ -299,3 +307,23 @@ def test_bf16_with_memory_measures_trains_and_samples(tiny_sdxl_dir, tmp_path, c
     assert "bf16 on cpu" in startup and "VRAM estimate" in startup
     with Image.open(result.samples[-1]) as image:
         assert image.size == (64, 64)
+
+
+def test_interrupted_checkpoint_write_is_never_picked(tmp_path):
+    import torch
+
+    from lorafile.runtime import checkpoint as ckpt
+
+    def export(folder):
+        (folder / "tiny-step.safetensors").write_bytes(b"x")
+
+    adapter = {"unet.a.lora_A.weight": torch.ones(2, 2)}
+    for step in (2, 4, 6):
+        ckpt.save_checkpoint(tmp_path, step, adapter, {"step": step}, export, keep=2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-000004", "step-000006"]
+    (tmp_path / "checkpoints" / ".step-000008.tmp").mkdir()  # a save killed half-way
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-000006"
+    weights, state = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path))
+    assert state == {"step": 6} and weights["unet.a.lora_A.weight"].equal(
+        adapter["unet.a.lora_A.weight"]
+    )

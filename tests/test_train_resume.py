@@ -8,12 +8,12 @@ import subprocess
 import sys
 
 from safetensors.torch import load_file
-from tests.test_train import plan_for, tiny_recipe
 
 from lorafile.compiler.diagnostics import DiagnosticError
 from lorafile.runtime.demo import make_dataset
 from lorafile.runtime.train import KILL_AT_STEP_ENV, TrainOptions, train
 from lorafile.spec.models import Cache, Interval, Resolution, Sample, Save, Train
+from test_train import plan_for, tiny_recipe
 
 
 def _train(plan_path, out, *extra, kill_at=None):

@@ -28,12 +28,17 @@ class Native(Backend):
     def __init__(self, allow_lossy: bool = False, base_dir: Path | None = None):
         super().__init__(allow_lossy=allow_lossy)
         self.base_dir = base_dir
-        """Folder that relative recipe paths are resolved against (default: the working folder)."""
+        """Folder that relative recipe paths are resolved against (default: the folder of the
+        file the diagnostics bag names, i.e. the recipe, else the working folder)."""
 
     def write(self, recipe: Recipe, bag: DiagnosticBag) -> Compiled:
         from lorafile.runtime.plan import build_plan
 
-        plan = build_plan(recipe, bag, self.base_dir)
+        base_dir = self.base_dir
+        if base_dir is None and bag.file and Path(bag.file).is_file():
+            # Relative recipe paths mean "next to the recipe", as for `lorafile train R.recipe`.
+            base_dir = Path(bag.file).resolve().parent
+        plan = build_plan(recipe, bag, base_dir)
         return Compiled(files={PLAN_FILE: json.dumps(plan, indent=2) + "\n"})
 
     def read(self, path: Path, bag: DiagnosticBag, **options) -> Recipe:

@@ -62,6 +62,9 @@ def _parser() -> Lark:
 
 
 MAX_SYNTAX_ERRORS = 10
+# Recipes nest three levels deep at most; far deeper input is rejected before parsing, since
+# turning it into statements recurses once per level.
+MAX_NESTING = 32
 
 
 def parse_statements(text: str, bag: DiagnosticBag) -> list[Stmt] | None:
@@ -71,6 +74,8 @@ def parse_statements(text: str, bag: DiagnosticBag) -> list[Stmt] | None:
     instead) and the text parsed again, so independent syntax errors on later lines are
     reported in the same run: at most one per line, at most MAX_SYNTAX_ERRORS.
     """
+    if _too_deep(text, bag):
+        return None
     found, open_braces = 0, 0
     lines_done: set[int] = set()
     seen: set[tuple] = set()
@@ -103,6 +108,19 @@ def parse_statements(text: str, bag: DiagnosticBag) -> list[Stmt] | None:
         if found:
             return None
         return [_statement(child, bag) for child in tree.children if isinstance(child, Tree)]
+
+
+def _too_deep(text: str, bag: DiagnosticBag) -> bool:
+    opened = _open_brackets(text, "{[}]", limit=MAX_NESTING + 1)
+    if len(opened) <= MAX_NESTING:
+        return False
+    bag.error(
+        "R102",
+        f"Blocks and lists are nested more than {MAX_NESTING} deep here.",
+        "a recipe nests at most three levels, e.g. `train { optimizer x { key value } }`",
+        opened[-1],
+    )
+    return True
 
 
 def _removed_braces(before: str, after: str) -> int:
@@ -280,7 +298,15 @@ def _unexpected_end(text: str, bag: DiagnosticBag) -> None:
 
 
 def _unclosed_brace(text: str) -> Span | None:
-    """The `{` left open at the end of the text, skipping strings and comments."""
+    """The `{` left open at the end of the text."""
+    stack = _open_brackets(text, "{}")
+    return stack[-1] if stack else None
+
+
+def _open_brackets(text: str, pairs: str, limit: int | None = None) -> list[Span]:
+    """Positions of the brackets (`pairs`: opening then closing chars) still open at the end,
+    skipping strings and comments; with `limit`, stop as soon as that many are open."""
+    opening, closing = pairs[: len(pairs) // 2], pairs[len(pairs) // 2 :]
     stack: list[Span] = []
     line, column, in_string, escaped, in_comment = 1, 0, False, False, False
     for char in text:
@@ -297,8 +323,10 @@ def _unclosed_brace(text: str) -> Span | None:
             in_string, escaped = True, False
         elif char == "#":
             in_comment = True
-        elif char == "{":
+        elif char in opening:
             stack.append(Span(line, column, line, column + 1))
-        elif char == "}" and stack:
+            if limit is not None and len(stack) >= limit:
+                return stack
+        elif char in closing and stack:
             stack.pop()
-    return stack[-1] if stack else None
+    return stack

@@ -46,7 +46,11 @@ def entry_key(**parts) -> str:
 
 @dataclass
 class TensorCache:
-    """Entries by key, in memory or as `<folder>/<key>.safetensors`; counts hits and misses."""
+    """Entries by key, in memory or as `<folder>/<key>.safetensors`; counts hits and misses.
+
+    A disk cache keeps nothing in RAM (a large dataset's latents would not fit); reading one
+    small safetensors file per image per step costs far less than a VAE encode.
+    """
 
     folder: Path | None = None
     memory: dict = field(default_factory=dict)
@@ -60,16 +64,15 @@ class TensorCache:
         if self.folder is not None and (self.folder / f"{key}.safetensors").is_file():
             from safetensors.torch import load_file
 
-            entry = load_file(self.folder / f"{key}.safetensors")
-            self.memory[key] = entry
-            return entry
+            return load_file(self.folder / f"{key}.safetensors")  # not kept: RAM stays flat
         return None
 
     def put(self, key: str, tensors: dict) -> None:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        self.memory[key] = tensors
         self.written.append(key)
-        if self.folder is not None:
+        if self.folder is None:
+            self.memory[key] = tensors
+        else:
             from safetensors.torch import save_file
 
             self.folder.mkdir(parents=True, exist_ok=True)

@@ -361,9 +361,12 @@ def caption_for_step(
 # Pixels (torch)
 
 
-def load_pixels(item: ImageItem, flip: bool = False):
+def load_pixels(item: ImageItem, flip: bool = False, hue_shift: float = 0.0):
     """The image as a (3, H, W) float tensor in [-1, 1], resized to cover its bucket and
-    centre-cropped; also the SDXL time ids (orig_h, orig_w, crop_top, crop_left, h, w)."""
+    centre-cropped; also the SDXL time ids (orig_h, orig_w, crop_top, crop_left, h, w).
+
+    `hue_shift` (a fraction of the hue circle, e.g. +-0.03) is the colour augmentation, like
+    kohya's color_aug (a small random hue rotation per step)."""
     import numpy as np
     import torch
     from PIL import Image, ImageOps
@@ -375,6 +378,10 @@ def load_pixels(item: ImageItem, flip: bool = False):
     rgb = rgb.resize((rw, rh), Image.Resampling.LANCZOS).crop((left, top, left + bw, top + bh))
     if flip:
         rgb = rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if hue_shift:
+        h, sat, val = rgb.convert("HSV").split()
+        h = h.point(lambda x: (x + round(hue_shift * 256)) % 256)
+        rgb = Image.merge("HSV", (h, sat, val)).convert("RGB")
     array = np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0
     pixels = torch.from_numpy(array).permute(2, 0, 1).contiguous()
     return pixels, time_ids(item)

@@ -233,17 +233,46 @@ def distributed_trainer_class():
             """Every rank walks all `accumulate` x N micro-batches of the step and computes its
             share, so positions (for resume) and noise seeds match a single-process run."""
             n, r = world_size(), rank()
+            self._losses = []
             for k in range(self.accumulate * n):
                 epoch, index, batch = next(stream)
                 if k % n == r:
                     yield epoch, index, batch
             self.position = (epoch, index + 1)  # the step's end, the same on every rank
+            self._stop_together_on_nan()
+
+        def loss_step(self, epoch, index, batch):
+            loss = super().loss_step(epoch, index, batch)
+            self._losses.append(loss.detach())
+            return loss
+
+        def _stop_together_on_nan(self):
+            """The NaN guard on the sum over all ranks: one rank stopping alone would leave
+            the others waiting at the next all-reduce."""
+            import math
+
+            total = global_sum([float(x) for x in getattr(self, "_losses", [])])
+            if not math.isfinite(total):
+                raise self._nan_error(total)
 
         def sync_gradients(self, params):
             """Average the gradients over the ranks: one flat all-reduce (DDP's buckets)."""
             average_gradients(params)
 
     return DistributedTrainer
+
+
+def global_sum(values: list[float]) -> float:
+    """The sum of `values` over all ranks (this rank's alone without a process group)."""
+    import torch
+    import torch.distributed as dist
+
+    total = torch.tensor([sum(values)], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_backend() == "nccl":
+            total = total.cuda()
+        dist.all_reduce(total)
+    return float(total[0])
 
 
 def average_gradients(params) -> None:

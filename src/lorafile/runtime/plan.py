@@ -143,16 +143,24 @@ def memory_measures(recipe: Recipe, bag: DiagnosticBag) -> dict:
             "turn off `shuffle_captions` to cache them (kohya refuses this combination)",
         )
         cache_text = False
+    cache_latents = train.cache.latents
+    if cache_latents and any(d.color_aug for d in recipe.datasets):
+        bag.warning(
+            "T567",
+            "Latents are not cached because color augmentation changes the pixels every step.",
+            "turn off `color_aug` to cache latents (kohya refuses this combination)",
+        )
+        cache_latents = False
     return {
         "gradient_checkpointing": train.checkpointing,
-        "cache_latents": train.cache.latents,
+        "cache_latents": cache_latents,
         "cache_text": cache_text,
         "cache_location": train.cache.location,
         "optimizer": train.optimizer,
         "mixed_precision": train.precision,
         "base_precision": train.effective_base_precision,
         "attention": "sdpa",
-        "free_encoders_after_caching": train.cache.latents and cache_text,
+        "free_encoders_after_caching": cache_latents and cache_text,
     }
 
 

@@ -175,6 +175,12 @@ class Trainer:
             "fp8": torch.bfloat16,
         }
         self.dtype = dtypes[self.plan["memory"]["base_precision"]]
+        if self.plan["memory"]["base_precision"] == "fp8":
+            print(
+                "warning: the native trainer stores fp8 base weights as bf16 for now; "
+                "expect the bf16 memory use, not the fp8 estimate",
+                flush=True,
+            )
         m = load_sdxl(self.r["base"], allow_pickle=self.options.allow_pickle)
         if self.r.get("vae"):
             m.vae = load_sdxl(
@@ -187,9 +193,9 @@ class Trainer:
             (m.text_encoder, self.dtype),
             (m.text_encoder_2, self.dtype),
         ):
-            module.to(self.device)
             if module.dtype != dtype:  # cast only when needed: diffusers warns on every cast
-                module.to(dtype)
+                module.to(dtype)  # on the host first: an fp32 copy never reaches the GPU
+            module.to(self.device)
         self.models = m
         self.noise_scheduler = m.noise_scheduler()
         if self.r["sample"]:  # fail now, not at the first sample after an hour of training
@@ -392,9 +398,15 @@ class Trainer:
         means, stds = [], []
         for s in batch:
             item = self.items[s.index]
-            entry = self.latent_cache.get(cache.latent_key(item, s.flip, self.vae_id))
+            color = not item.is_reg and self.recipe.datasets[item.source].color_aug
+            hue = (torch.rand((), generator=generator).item() - 0.5) * 0.06 if color else 0.0
+            entry = (
+                None
+                if color
+                else self.latent_cache.get(cache.latent_key(item, s.flip, self.vae_id))
+            )
             if entry is None:  # not cached: encode this step (the VAE stays on the device)
-                pixels, _ = data.load_pixels(item, s.flip)
+                pixels, _ = data.load_pixels(item, s.flip, hue)
                 mean, std = cache.encode_latents(self.models.vae, pixels[None])
                 entry = {"mean": mean[0], "std": std[0]}
             means.append(entry["mean"])
