@@ -1,6 +1,7 @@
 """GPU benchmark: full-size SDXL LoRA training steps, speed, FLOPs, MFU and peak memory.
 
     bench/gpu.sh                      # on a CUDA machine (H200): the full matrix below
+    bench/gpu.sh --levers             # the speed levers one at a time, batch 1 and 4
     .venv/bin/python bench/gpu_train.py --dry-run   # CPU: tiny model, 1 step, same code
 
 For each of batch {1, 4} x gradient checkpointing {on, off} at 1024², adamw8bit, bf16:
@@ -9,6 +10,13 @@ random weights cost the same time and memory as real ones), attaches the recipe'
 lorafile's `runtime.adapters.attach` (rank 16, attention + ff), and runs `--steps` optimizer
 steps of lorafile's denoising loss (`runtime.diffusion.denoising_loss`, the core of
 Trainer.loss_step) on cached-style inputs (latents and text embeddings already on the device).
+
+The trainer's CUDA settings are on in every case unless the lever sweep turns one off:
+TF32 matmuls, cudnn.benchmark, channels_last UNet and latents, fused AdamW (with `adamw`).
+`--levers` measures, at batch 1 with checkpointing and at batch 4 without: eager NCHW
+(channels_last off), the trainer default (channels_last on), + torch.compile (dynamic=False;
+its compile time is excluded by the warm-up and printed), and torch AdamW fused instead of
+adamw8bit. The dry run skips torch.compile (inductor on a CPU takes minutes).
 
 Prints per configuration: s/step (median after `--warmup` steps), images/s, FLOPs per step
 (counted once with torch.utils.flop_counter, recomputation included), achieved TFLOP/s and
@@ -39,6 +47,26 @@ class Case:
     size: int = 1024
     rank: int = 16
     optimizer: str = "adamw8bit"
+    channels_last: bool = True
+    compile: bool = False
+    label: str = "default"
+
+
+def lever_cases(size: int, dry_run: bool, batches: list[int] | None = None) -> list[Case]:
+    """Each speed lever on its own, at the two shapes the goals name (issue 7): batch 1 with
+    checkpointing, batch 4 without (`batches` keeps only those shapes' batch sizes)."""
+    cases = []
+    for batch, gc in ((1, True), (4, False)):
+        if batches and batch not in batches:
+            continue
+        base = {"batch": batch, "checkpointing": gc, "size": size}
+        cases += [
+            Case(**base, channels_last=False, label="NCHW"),
+            Case(**base, label="default"),
+            Case(**base, compile=True, label="+compile"),
+            Case(**base, optimizer="adamw", label="fused adamw"),
+        ]
+    return [c for c in cases if not (dry_run and c.compile)]
 
 
 def build_unet(device, dtype, tiny: bool):
@@ -91,12 +119,18 @@ def setup_case(case: Case, device, tiny: bool):
     if case.checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
+    if case.channels_last and device.type == "cuda":
+        unet.to(memory_format=torch.channels_last)  # as Trainer._speed_up
+    if case.compile:
+        from lorafile.runtime.diffusion import compile_unet
+
+        compile_unet(unet, buckets=1)
     opt = optim.build_optimizer(case.optimizer, [{"params": params, "lr": 1e-4}], {})
     sched = DDPMScheduler.from_config(sdxl.sdxl_config("scheduler"))
     return unet, params, opt, sched
 
 
-def train_step(unet, params, opt, sched, latents, cond, step: int, autocast):
+def train_step(unet, params, opt, sched, latents, cond, step: int, autocast, channels_last):
     """One optimizer step of lorafile's loss; no host synchronisation inside."""
     import torch
 
@@ -104,7 +138,9 @@ def train_step(unet, params, opt, sched, latents, cond, step: int, autocast):
 
     generator = diffusion.step_generator(0, 0, step)
     with autocast():
-        per_sample, _ = diffusion.denoising_loss(unet, sched, latents, cond, generator)
+        per_sample, _ = diffusion.denoising_loss(
+            unet, sched, latents, cond, generator, channels_last=channels_last, dtype=unet.dtype
+        )
     loss = per_sample.mean()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -135,11 +171,14 @@ def run_case(case: Case, args, device) -> dict:
         if device.type == "cuda"
         else contextlib.nullcontext
     )
-    step = lambda i: train_step(unet, params, opt, sched, latents, cond, i, autocast)  # noqa: E731
+    cl = case.channels_last and device.type == "cuda"
+    step = lambda i: train_step(unet, params, opt, sched, latents, cond, i, autocast, cl)  # noqa: E731
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
     for i in range(args.warmup):
         step(i)
     sync()
+    warmup_s = time.perf_counter() - t0  # includes torch.compile's compilation
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -149,9 +188,17 @@ def run_case(case: Case, args, device) -> dict:
         sync()  # timing only; the step itself never waits for the GPU
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-    flops = count_flops(lambda: step(10_000))
+    eager = torch.compiler.set_stance("force_eager") if case.compile else contextlib.nullcontext()
+    with eager:  # FLOPs are counted on the eager module: the same maths
+        flops = count_flops(lambda: step(10_000))
     s_step = statistics.median(times)
     return {
+        "label": case.label,
+        "compile": case.compile,
+        "channels_last": cl,
+        "optimizer": case.optimizer,
+        "fused": bool(opt.defaults.get("fused")),
+        "warmup_s": warmup_s,
         "batch": case.batch,
         "checkpointing": case.checkpointing,
         "size": 64 if tiny else case.size,
@@ -212,17 +259,25 @@ def report(rows: list[dict], gpu: str) -> str:
     peak = PEAK_BF16_TFLOPS.get(gpu)
     measured = MEASURED_MATMUL_TFLOPS.get(gpu)
     gib = lambda n: f"{n / 2**30:6.2f}" if n else "   n/a"  # noqa: E731
-    head = (f"{'batch':>5} {'GC':>3} {'s/step':>7} {'img/s':>6} {'TFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>6} "
+    head = (f"{'case':<12} {'optimizer':<9} {'batch':>5} {'GC':>3} {'s/step':>7} {'img/s':>6} {'TFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>6} "
             f"{'MFU790':>6} {'alloc GiB':>9} {'lint GiB':>8} {'sim GiB':>7}")  # fmt: skip
     lines = [head]
     for r in rows:
         mfu = f"{r['tflops'] / peak:6.1%}" if peak else "   n/a"
         mfu2 = f"{r['tflops'] / measured:6.1%}" if measured else "   n/a"
+        optimizer = r["optimizer"] + (" F" if r["fused"] else "")
         lines.append(
+            f"{r['label']:<12} {optimizer:<9} "
             f"{r['batch']:>5} {'on' if r['checkpointing'] else 'off':>3} {r['s_per_step']:7.3f} "
             f"{r['images_per_s']:6.2f} {r['tflop_per_step']:10.2f} {r['tflops']:8.1f} {mfu} {mfu2} "
             f"{gib(r['max_memory_allocated']):>9} {gib(r.get('lint_allocated')):>8} {gib(r.get('simulated')):>7}"
         )
+    lines.append(
+        "F: fused AdamW. Warm-up seconds (torch.compile's compile time): "
+        + ", ".join(f"{r['label']} b{r['batch']} {r['warmup_s']:.1f}" for r in rows if r["compile"])
+        if any(r["compile"] for r in rows)
+        else "F: fused AdamW."
+    )
     return "\n".join(lines)
 
 
@@ -240,22 +295,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-sim", action="store_true", help="skip the exact simulation (CPU, ~20 s per case)"
     )
+    p.add_argument(
+        "--levers",
+        action="store_true",
+        help="measure the speed levers one at a time (channels_last, compile, fused AdamW)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.dry_run:
-        args.steps, args.warmup, args.batches = 1, 0, args.batches or "1,2"
+        default = None if args.levers else "1,2"
+        args.steps, args.warmup, args.batches = 1, 0, args.batches or default
         device = torch.device("cpu")
         torch.set_num_threads(1)  # shared CPUs: waiting OpenMP threads only add noise
     elif not torch.cuda.is_available():
         p.error("no CUDA device; use --dry-run on a CPU machine")
     else:
         device = torch.device("cuda")
-        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = True  # as Trainer._speed_up
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     batches = (args.batches or "1,4").split(",")
     cases = [Case(int(b), gc, args.size) for b in batches for gc in (True, False)]
+    if args.levers:
+        chosen = [int(b) for b in args.batches.split(",")] if args.batches else None
+        cases = lever_cases(args.size, args.dry_run, chosen)
     rows = []
     for case in cases:
-        row = run_case(case, args, device)
+        try:
+            row = run_case(case, args, device)
+        except Exception as err:  # one lever failing (e.g. compile) must not lose the others
+            print(f"{case.label} batch {case.batch}: failed: {err!r}", flush=True)
+            continue
         if not args.no_sim and not args.dry_run:
             row.update(memory_models(case))
         rows.append(row)

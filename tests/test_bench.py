@@ -53,3 +53,17 @@ def test_gpu_bench_dry_run_on_cpu():
     # Checkpointing recomputes the forward: the FLOP counter sees more work.
     assert rows[0]["tflop_per_step"] > 1.2 * rows[1]["tflop_per_step"]
     assert "dry run" in out.stdout
+
+
+@pytest.mark.slow
+def test_gpu_bench_lever_sweep_dry_run_on_cpu():
+    """The lever sweep runs (compile is left out of a CPU dry run: inductor takes minutes);
+    on a CPU the CUDA-only levers report themselves off instead of claiming an effect."""
+    out = _run(["bash", "bench/gpu.sh", "--dry-run", "--levers", "--batches", "1", "--json"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [r["label"] for r in rows] == ["NCHW", "default", "fused adamw"]
+    assert [r["optimizer"] for r in rows] == ["adamw8bit", "adamw8bit", "adamw"]
+    assert all(r["batch"] == 1 and r["checkpointing"] for r in rows)
+    assert not any(r["channels_last"] or r["fused"] or r["compile"] for r in rows)
+    assert all(r["s_per_step"] > 0 and r["tflop_per_step"] > 0 for r in rows)

@@ -100,8 +100,11 @@ def test_prepare_plan_fixes_one_seed_for_all_ranks(tmp_path):
     assert launch.prepare_plan(kept, tmp_path / "r", launch.World(gpus=2))["resolved"]["seed"] == 42
 
 
-@pytest.mark.parametrize(("rank", "expect_sub"), [("0", False), ("1", True), ("3", True)])
-def test_ranks_other_than_zero_write_under_ranks(monkeypatch, tmp_path, rank, expect_sub):
+@pytest.mark.parametrize(("rank", "quiet"), [("0", False), ("1", True), ("3", True)])
+def test_ranks_share_the_output_folder_and_only_rank_zero_shows_progress(
+    monkeypatch, tmp_path, rank, quiet
+):
+    """No per-rank output folders any more: rank 0 alone writes (Trainer.writes)."""
     from dataclasses import dataclass
 
     @dataclass
@@ -115,11 +118,7 @@ def test_ranks_other_than_zero_write_under_ranks(monkeypatch, tmp_path, rank, ex
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     plan = {"resolved": {"output": {"path": str(tmp_path)}}}
     opts = launch.worker_options(Options(), plan)
-    assert opts.device == "cpu"
-    if expect_sub:
-        assert opts.out == tmp_path / "ranks" / f"rank{rank}" and opts.quiet
-    else:
-        assert opts.out is None and not opts.quiet
+    assert opts.device == "cpu" and opts.out is None and opts.quiet is quiet
 
 
 def test_micro_batches_are_split_by_rank_and_positions_agree(monkeypatch):
@@ -148,20 +147,23 @@ def test_launch_module_is_torch_free_at_import():
     assert out.stdout.strip() == "False"
 
 
-def test_a_non_finite_loss_on_any_rank_stops_every_rank(monkeypatch):
-    """The NaN guard runs on the sum over ranks (here one process: its own losses)."""
+def test_the_nan_guard_over_ranks_keeps_the_earliest_bad_step(monkeypatch):
+    """Without a process group the guard is this rank's own; the DDP trainer routes it
+    through earliest_bad_step (an all-reduce MIN of the step) at the same steps on every rank."""
     import math
 
     import torch
 
+    from lorafile.runtime.logging import StepGuard
+
+    guard = StepGuard(torch.device("cpu"))
+    guard.record(torch.tensor(0.5), 1)
+    assert math.isinf(launch.earliest_bad_step(guard.state)[0])
+    guard.record(torch.tensor(math.inf), 2)
+    guard.record(torch.tensor(math.nan), 3)
     cls = launch.distributed_trainer_class()
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("WORLD_SIZE", "1")
     trainer = cls.__new__(cls)
-    trainer.accumulate, trainer.position = 2, (0, 0)
-    trainer._nan_error = lambda value: RuntimeError(f"loss {value}")
-    stream = iter([(0, i, ["b"]) for i in range(4)])
-    with pytest.raises(RuntimeError, match="loss nan"):
-        for _ in trainer.micro_batches(stream):
-            trainer._losses.append(torch.tensor(math.nan))
+    step, value = trainer.reduce_guard(guard.state).tolist()
+    assert (step, value) == (2.0, math.inf)
+    assert launch.adapter_difference([torch.ones(3)]) is None  # one process: nothing to compare
     assert launch.global_sum([1.0, 2.5]) == 3.5

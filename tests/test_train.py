@@ -304,7 +304,7 @@ def test_bf16_with_memory_measures_trains_and_samples(tiny_sdxl_dir, tmp_path, c
     assert startup.startswith(
         "lorafile: 2 images in 1 buckets, 3 steps (2/epoch), effective batch 1"
     )
-    assert "bf16 on cpu" in startup and "VRAM estimate" in startup
+    assert "bf16 mixed precision on cpu" in startup and "VRAM estimate" in startup
     with Image.open(result.samples[-1]) as image:
         assert image.size == (64, 64)
 

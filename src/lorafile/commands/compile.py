@@ -9,12 +9,11 @@ then a rename) and only the backend's own file names are touched: other files in
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from lorafile.compiler.diagnostics import DiagnosticBag, render_all, summary_line
+from lorafile.files import write_files
 
 TARGETS = ("kohya", "simpletuner", "native")
 
@@ -88,13 +87,9 @@ def run(args) -> int:
 
 
 def _load(path: Path, from_: str | None):
-    """The recipe to compile: `load_input` (any format) when present, else the recipe parser."""
-    try:
-        from lorafile.compiler.load import load_input
-    except ImportError:  # pragma: no cover - the loader ships with the language front end
-        from lorafile.compiler.parse import parse_recipe
+    """The recipe to compile, from a recipe or a kohya / SimpleTuner config."""
+    from lorafile.compiler.load import load_input
 
-        return parse_recipe(path.read_text(encoding="utf-8"), file=str(path)), []
     loaded = load_input(path, from_=from_)
     return loaded.recipe, loaded.diagnostics
 
@@ -120,25 +115,3 @@ def _print_diagnostics(bag: DiagnosticBag, fmt: str) -> None:
         return
     print(render_all(bag.items), file=sys.stderr)
     print(summary_line(bag.items), file=sys.stderr)
-
-
-def write_files(
-    folder: Path, files: dict[str, str], executable: set[str] = frozenset()
-) -> list[Path]:
-    """Write each file atomically (temporary file + rename); return the paths written."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in files.items():
-        target = folder / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as out:
-                out.write(text)
-            os.chmod(temporary, 0o755 if name in executable else 0o644)
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        written.append(target)
-    return written

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import difflib
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, render_all
 from lorafile.compiler.format import format_source
 from lorafile.compiler.load import detect_kind, read_text
+from lorafile.files import write_text_atomic
 
 
 def register(subparsers) -> None:
@@ -81,28 +80,8 @@ def _one(path: Path, args) -> int:
         return 1
     if args.write:
         if formatted != text:
-            write_atomic(path, formatted)
+            write_text_atomic(path, formatted)
             print(f"reformatted {path}", file=sys.stderr)
         return 0
     sys.stdout.write(formatted)
     return 0
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path`'s content so that a crash leaves either the old or the new file.
-
-    The new text goes to a temporary file in the same folder (same file system, so the rename
-    is atomic), is flushed to disk, takes the old file's permissions, then replaces it.
-    """
-    path = Path(os.path.realpath(path))  # write through a symlink, do not replace the link
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, path.stat().st_mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

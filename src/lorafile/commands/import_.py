@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, render_all, summary_line
+from lorafile.files import write_text_atomic
 
 
 def register(subparsers) -> None:
@@ -65,8 +66,7 @@ def run(args) -> int:
         return 1
     text = format_recipe(recipe)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text, encoding="utf-8")
+        write_text_atomic(args.output, text)
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -8,12 +8,12 @@ became, every change of meaning, every loss. Exits 1 when something is lost, unl
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from lorafile.compiler import migrate as mg
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
+from lorafile.files import write_files
 
 
 def register(subparsers) -> None:
@@ -82,7 +82,7 @@ def run(args) -> int:
     report, _, files, executable = mg.migrate(args.source, args.to, options, target_options)
     blocked = report.lossy and not args.allow_lossy
     if not blocked:
-        _write(args.output, files, executable)
+        write_files(args.output, files, executable)
         report.out_dir = str(args.output)
     print(mg.render(report))
     if args.report:
@@ -96,13 +96,3 @@ def run(args) -> int:
         )
         return 1
     return 0
-
-
-def _write(folder: Path, files: dict[str, str], executable: set[str]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        target = folder / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
-        if name in executable:
-            os.chmod(target, 0o755)

@@ -44,6 +44,20 @@ def register(subparsers) -> None:
         "--device", help="torch device, e.g. cuda:1 (default: cuda when available, else cpu)"
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--log-every",
+        type=int,
+        default=10,
+        metavar="N",
+        help="steps between reading the loss back from the GPU (progress, TensorBoard, NaN "
+        "check); the loop never waits for the GPU in between (default 10)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet, one graph per bucket shape: faster steps on a GPU, but "
+        "the first step of each bucket shape compiles (minutes for SDXL)",
+    )
     from lorafile.runtime import launch  # torch-free at import
 
     launch.add_arguments(p)
@@ -69,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
         device=args.device,
         quiet=args.quiet,
+        log_every=args.log_every,
+        compile=args.compile,
     )
     result = launch.train(plan, options) if launch.in_worker() else train(plan, options)
     print(f"adapter: {result.adapter}")

@@ -14,6 +14,7 @@ back beside the statement with the same key in the formatted text:
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -64,6 +65,7 @@ def collect(text: str, stmts: list[Stmt]) -> Comments:
     """Attach each comment of `text` (parsed as `stmts`) to a statement key."""
     comments = Comments()
     anchors = sorted(_anchors(stmts), key=lambda a: (a[0], a[1] != "head"))
+    lines = [anchor[0] for anchor in anchors]
     heads = {}
     for line, kind, key in anchors:
         if kind == "head":
@@ -72,15 +74,15 @@ def collect(text: str, stmts: list[Stmt]) -> Comments:
         if not whole and line in heads:
             comments.trailing[heads[line]] = body
             continue
-        after = next(
-            ((k, key) for ln, k, key in anchors if ln > line or (ln == line and k == "end")), None
-        )
-        if after is None:
+        # The next anchor at or after this line (a line with a comment but no statement holds
+        # at most block ends, e.g. `}  # end of train`).
+        at = bisect.bisect_left(lines, line)
+        if at == len(anchors):
             comments.block_end.setdefault((), []).append(body)
-        elif after[0] == "head":
-            comments.leading.setdefault(after[1], []).append(body)
+        elif anchors[at][1] == "head":
+            comments.leading.setdefault(anchors[at][2], []).append(body)
         else:
-            comments.block_end.setdefault(after[1], []).append(body)
+            comments.block_end.setdefault(anchors[at][2], []).append(body)
     return comments
 
 

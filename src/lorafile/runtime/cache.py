@@ -54,6 +54,9 @@ class TensorCache:
 
     folder: Path | None = None
     memory: dict = field(default_factory=dict)
+    pin: bool = False
+    """Keep in-memory entries in pinned (page-locked) host memory: set when training on CUDA,
+    so each step's copy to the GPU is asynchronous (diffusion.to_device)."""
     hits: int = 0
     misses: int = 0
     written: list[str] = field(default_factory=list)
@@ -71,6 +74,8 @@ class TensorCache:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         self.written.append(key)
         if self.folder is None:
+            if self.pin:
+                tensors = {k: v.pin_memory() for k, v in tensors.items()}
             self.memory[key] = tensors
         else:
             from safetensors.torch import save_file
@@ -103,8 +108,10 @@ def encode_latents(vae, pixels):
     """
     import torch
 
+    from lorafile.runtime.diffusion import to_device
+
     with torch.no_grad():
-        dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+        dist = vae.encode(to_device(pixels, vae.device).to(vae.dtype)).latent_dist
     scale = vae.config.scaling_factor
     return dist.mean.float() * scale, dist.std.float() * scale
 
@@ -118,6 +125,8 @@ def encode_prompts(tokenizers, text_encoders, captions: list[str], clip_skip: in
     """
     import torch
 
+    from lorafile.runtime.diffusion import to_device
+
     layer = -(clip_skip or 2)
     states, pooled = [], None
     for tokenizer, encoder in zip(tokenizers, text_encoders, strict=True):
@@ -127,7 +136,8 @@ def encode_prompts(tokenizers, text_encoders, captions: list[str], clip_skip: in
             max_length=tokenizer.model_max_length,
             truncation=True,
             return_tensors="pt",
-        ).input_ids.to(encoder.device)
+        ).input_ids
+        ids = to_device(ids, encoder.device)  # pinned + non_blocking on CUDA: no host wait
         out = encoder(ids, output_hidden_states=True, return_dict=False)
         states.append(out[-1][layer])
         pooled = out[0]  # text_embeds of CLIPTextModelWithProjection (the second encoder)
@@ -176,3 +186,32 @@ def fill_text(cache: TensorCache, captions, tokenizers, encoders, te_id: str, cl
             return {"embeds": embeds[0].float(), "pooled": pooled[0].float()}
 
         cache.lookup_or_compute(text_key(caption, te_id, clip_skip), compute)
+
+
+def fill_once(cache: TensorCache, fill, accelerator) -> None:
+    """Fill a cache once for all processes of a run instead of once per process.
+
+    One process: `fill()`. Several (DDP): a disk cache is filled by the first process of each
+    machine while the others wait at a barrier, then read the files; an in-memory cache is
+    filled by rank 0 and its entries are sent to the other ranks (torch.distributed
+    broadcast_object_list), which re-pin them for the GPU copy.
+    """
+    if accelerator is None or accelerator.num_processes == 1:
+        fill()
+        return
+    if cache.folder is not None:
+        if accelerator.is_local_main_process:
+            fill()
+        accelerator.wait_for_everyone()  # the files exist before any rank reads them
+        return
+    import torch.distributed as dist
+
+    if accelerator.is_main_process:
+        fill()
+    box = [cache.memory if accelerator.is_main_process else None]
+    dist.broadcast_object_list(box, src=0)
+    if not accelerator.is_main_process:
+        cache.memory = {
+            key: {k: v.pin_memory() if cache.pin else v for k, v in entry.items()}
+            for key, entry in box[0].items()
+        }

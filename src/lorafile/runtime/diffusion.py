@@ -8,8 +8,28 @@ noise and timesteps are a function of (seed, position) and a resumed run repeats
 from __future__ import annotations
 
 
+def to_device(tensor, device):
+    """Move a host tensor to `device` without making the host wait for the GPU.
+
+    On CUDA a plain `.to(device)` from pageable memory synchronises the stream (the host waits
+    for every queued kernel); from pinned memory with `non_blocking=True` it is queued like a
+    kernel. Pinned entries of the caches are used as they are; others are copied into pinned
+    memory first (PyTorch's caching host allocator reuses those blocks). Elsewhere: `.to`.
+    """
+    if getattr(device, "type", str(device).split(":")[0]) != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    if not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 def step_generator(seed: int, epoch: int, index: int):
-    """A CPU generator private to one micro-batch (seed, epoch, batch index)."""
+    """A CPU generator private to one micro-batch (seed, epoch, batch index).
+
+    Every random tensor of a step is drawn on the host from it and then moved with
+    `to_device`: the values are the same on every device (a CPU run and a GPU run draw the
+    same noise), and a resume needs no device generator state.
+    """
     import torch
 
     return torch.Generator("cpu").manual_seed((seed * 1_000_003 + epoch * 100_003 + index) % 2**63)
@@ -23,13 +43,13 @@ def draw_noise(latents, generator, noise_offset: float = 0.0):
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
     if noise_offset:
         noise += noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
-    return noise.to(latents.device)
+    return to_device(noise, latents.device)
 
 
 def draw_timesteps(batch: int, num_timesteps: int, generator, device):
     import torch
 
-    return torch.randint(0, num_timesteps, (batch,), generator=generator).to(device)
+    return to_device(torch.randint(0, num_timesteps, (batch,), generator=generator), device)
 
 
 def target_for(scheduler, latents, noise, timesteps, prediction: str):
@@ -67,11 +87,19 @@ def denoising_loss(
     prediction="epsilon",
     noise_offset=0.0,
     timesteps=None,
+    channels_last=False,
+    dtype=None,
 ):
     """Per-sample MSE (B,) of the UNet's prediction, and the timesteps used.
 
     `cond` holds `embeds`, `pooled`, `time_ids`. `timesteps` may be fixed (evaluation).
+    `channels_last`: hand the UNet NHWC latents (faster convolutions on CUDA tensor cores;
+    the UNet's weights must be channels_last too, see Trainer._speed_up).
+    `dtype`: the UNet's weight dtype if the caller knows it. diffusers' `unet.dtype` walks
+    every submodule (get_parameter_dtype): with peft layers that was a fifth of a tiny
+    model's step, so it is read at most once per call here.
     """
+    import torch
     import torch.nn.functional as F
 
     noise = draw_noise(latents, generator, noise_offset)
@@ -79,13 +107,16 @@ def denoising_loss(
         timesteps = draw_timesteps(
             latents.shape[0], scheduler.config.num_train_timesteps, generator, latents.device
         )
-    noisy = scheduler.add_noise(latents, noise, timesteps)
+    dtype = unet.dtype if dtype is None else dtype
+    noisy = scheduler.add_noise(latents, noise, timesteps).to(dtype)
+    if channels_last:
+        noisy = noisy.contiguous(memory_format=torch.channels_last)
     pred = unet(
-        noisy.to(unet.dtype),
+        noisy,
         timesteps,
-        cond["embeds"].to(unet.dtype),
+        cond["embeds"].to(dtype),
         added_cond_kwargs={
-            "text_embeds": cond["pooled"].to(unet.dtype),
+            "text_embeds": cond["pooled"].to(dtype),
             "time_ids": cond["time_ids"],
         },
         return_dict=False,
@@ -93,3 +124,16 @@ def denoising_loss(
     target = target_for(scheduler, latents, noise, timesteps, prediction)
     per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     return per_sample, timesteps
+
+
+def compile_unet(unet, buckets: int) -> None:
+    """`torch.compile` the UNet in place (`Module.compile`: parameter names, hence the
+    adapter's state dict and export, stay the same). `dynamic=False` specialises one graph per
+    input shape: each bucket shape (and sampling's batch) compiles once, on its first step,
+    which takes minutes for SDXL; the cache limit is raised so no bucket falls back to eager."""
+    import torch
+
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), 2 * buckets + 4))  # train + sample shapes
+    unet.compile(dynamic=False)

@@ -14,8 +14,11 @@ How a run is spread (the same as accelerate's DDP, which the trainer already use
   optimizer step. A step with N processes therefore sees exactly the micro-batches a single
   process with `accumulate` x N would see, with the same noise and timesteps (they are drawn
   per micro-batch position), and ends with the same adapter up to float summation order.
-* Rank 0 writes the outputs into the output folder; the other ranks write theirs (the same
-  adapter, as a check) under `<output>/ranks/rank<N>/`.
+* Only rank 0 writes (run.json, checkpoints, samples, logs, the adapter); the other ranks
+  wait at a barrier while it does. Caches are filled once: a disk cache by the first process
+  of each machine, an in-memory cache by rank 0 and sent to the others (cache.fill_once).
+  At the end the ranks compare their adapters; run.json records the largest difference
+  (`ranks_max_difference`, 0.0 when they agree bit for bit).
 
 Effective batch = batch x accumulate x processes. The learning rate is NOT scaled with the
 number of processes: each optimizer step averages over more images, so the same lr takes steps
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import secrets
 import subprocess
@@ -37,7 +41,6 @@ from typing import Any
 
 WORKER_ENV = "LORAFILE_DDP_WORKER"
 """Set by the launcher for the processes it starts: they train instead of launching again."""
-RANKS_DIR = "ranks"
 
 
 @dataclass(frozen=True)
@@ -133,11 +136,13 @@ def worker_args(args: argparse.Namespace) -> list[str]:
         out += ["-o", str(Path(args.output).resolve())]
     if args.resume:
         out += ["--resume"] + ([] if args.resume is True else [str(args.resume)])
-    for flag in ("force", "allow_pickle", "quiet", "cpu"):
+    for flag in ("force", "allow_pickle", "quiet", "cpu", "compile"):
         if getattr(args, flag, False):
             out.append("--" + flag.replace("_", "-"))
     if getattr(args, "format", None):
         out += ["--format", args.format]
+    if getattr(args, "log_every", None):
+        out += ["--log-every", str(args.log_every)]
     return out
 
 
@@ -197,15 +202,15 @@ def world_size() -> int:
 
 
 def worker_options(options: Any, plan: dict) -> Any:
-    """Per-rank options: a device per local rank; ranks other than 0 write under ranks/."""
+    """Per-rank options: a device per local rank; ranks other than 0 show no progress bar
+    (they write nothing either: Trainer.writes is rank 0 only)."""
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = options.device
     if device is None:
         device = "cpu" if os.environ.get("ACCELERATE_USE_CPU") == "1" else _default_device(local)
     if rank() == 0:
         return replace(options, device=device)
-    out = Path(options.out or plan["resolved"]["output"]["path"])
-    return replace(options, out=out / RANKS_DIR / f"rank{rank()}", device=device, quiet=True)
+    return replace(options, device=device, quiet=True)
 
 
 def _default_device(local_rank: int) -> str:
@@ -233,27 +238,21 @@ def distributed_trainer_class():
             """Every rank walks all `accumulate` x N micro-batches of the step and computes its
             share, so positions (for resume) and noise seeds match a single-process run."""
             n, r = world_size(), rank()
-            self._losses = []
             for k in range(self.accumulate * n):
                 epoch, index, batch = next(stream)
                 if k % n == r:
                     yield epoch, index, batch
             self.position = (epoch, index + 1)  # the step's end, the same on every rank
-            self._stop_together_on_nan()
 
-        def loss_step(self, epoch, index, batch):
-            loss = super().loss_step(epoch, index, batch)
-            self._losses.append(loss.detach())
-            return loss
+        def reduce_guard(self, guard):
+            """The NaN guard over all ranks (the earliest bad step on any rank), read at the
+            same steps on every rank: one rank stopping alone would leave the others waiting
+            at the next all-reduce."""
+            return earliest_bad_step(guard)
 
-        def _stop_together_on_nan(self):
-            """The NaN guard on the sum over all ranks: one rank stopping alone would leave
-            the others waiting at the next all-reduce."""
-            import math
-
-            total = global_sum([float(x) for x in getattr(self, "_losses", [])])
-            if not math.isfinite(total):
-                raise self._nan_error(total)
+        def rank_difference(self):
+            """The largest difference between this rank's adapter and rank 0's, over ranks."""
+            return adapter_difference(self.unet_params + self.te_params)
 
         def sync_gradients(self, params):
             """Average the gradients over the ranks: one flat all-reduce (DDP's buckets)."""
@@ -273,6 +272,41 @@ def global_sum(values: list[float]) -> float:
             total = total.cuda()
         dist.all_reduce(total)
     return float(total[0])
+
+
+def _group_ready() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def earliest_bad_step(guard):
+    """[first bad step, loss] of the NaN guard with the step reduced by MIN over the ranks
+    (a rank's own loss value is kept: another rank's is reported as the rank's nan/inf)."""
+    import torch
+    import torch.distributed as dist
+
+    if not _group_ready():
+        return guard
+    step = guard[:1].clone()
+    dist.all_reduce(step, op=dist.ReduceOp.MIN)
+    value = torch.where(step == guard[:1], guard[1:], torch.full_like(guard[1:], math.nan))
+    return torch.cat([step, value])
+
+
+def adapter_difference(params) -> float | None:
+    """max |this rank's adapter - rank 0's| over all ranks (None with one process)."""
+    import torch
+    import torch.distributed as dist
+
+    if not _group_ready():
+        return None
+    flat = torch._utils._flatten_dense_tensors([p.detach() for p in params])
+    reference = flat.clone()
+    dist.broadcast(reference, src=0)
+    difference = (flat - reference).abs().max().reshape(1)
+    dist.all_reduce(difference, op=dist.ReduceOp.MAX)
+    return float(difference[0])  # once, at the end of the run
 
 
 def average_gradients(params) -> None:

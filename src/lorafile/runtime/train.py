@@ -50,6 +50,12 @@ class TrainOptions:
     allow_pickle: bool = False
     device: str | None = None
     quiet: bool = False
+    log_every: int = 10
+    """Steps between host synchronisations: the loss, grad norm and NaN guard are read back
+    from the GPU once per interval (and before every checkpoint and at the end)."""
+    compile: bool = False
+    """torch.compile the UNet (dynamic=False: one graph per bucket shape; the first step of
+    each shape compiles, which takes minutes for SDXL)."""
 
 
 @dataclass
@@ -70,18 +76,25 @@ def _fail(code: str, message: str, help: str) -> DiagnosticError:
     return DiagnosticError(bag.items)
 
 
+def resume_checkpoint(out: Path, options: TrainOptions) -> Path | None:
+    """The checkpoint `options.resume` names (None without --resume); reads, never writes."""
+    if not options.resume:
+        return None
+    found = Path(options.resume) if options.resume is not True else ckpt.latest_checkpoint(out)
+    if found is None or not (found / "state.pt").is_file():
+        raise _fail(
+            "T572",
+            f"There is no checkpoint to resume from in `{found or out / ckpt.CHECKPOINTS}`.",
+            "start without --resume (add --force to replace the earlier run), or name a checkpoint folder",
+        )
+    return found
+
+
 def prepare_output(out: Path, options: TrainOptions) -> Path | None:
     """Guard the output folder; return the checkpoint to resume from (None: fresh run)."""
     earlier = [name for name in RUN_ARTIFACTS if (out / name).exists()]
     if options.resume:
-        found = Path(options.resume) if options.resume is not True else ckpt.latest_checkpoint(out)
-        if found is None or not (found / "state.pt").is_file():
-            raise _fail(
-                "T572",
-                f"There is no checkpoint to resume from in `{found or out / ckpt.CHECKPOINTS}`.",
-                "start without --resume (add --force to replace the earlier run), or name a checkpoint folder",
-            )
-        return found
+        return resume_checkpoint(out, options)
     if earlier and not options.force:
         raise _fail(
             "T571",
@@ -112,44 +125,60 @@ class Trainer:
     def setup(self) -> Trainer:
         import torch
 
-        # 1. Output folder guard, then the state to resume from (it holds the seed).
-        resume_from = prepare_output(self.out, self.options)
-        state = ckpt.load_checkpoint(resume_from) if resume_from else None
-        self.seed = state[1]["seed"] if state else self.r["seed"]
-        if self.seed is None:
-            self.seed = secrets.randbelow(2**32)  # the recipe asked for a random seed: record it
-        torch.manual_seed(self.seed)  # peft's initial adapter weights draw from the global RNG
+        # 1. Device and accelerator (several processes: this joins the process group).
         self.device = torch.device(
             self.options.device or ("cuda" if torch.cuda.is_available() else "cpu")
         )
-        self._write_run_file("running", resume_from)
-        tmp = self.out / ".plan.json.tmp"
-        tmp.write_text(json.dumps(self.plan, indent=2) + "\n")
-        os.replace(tmp, self.out / "plan.json")  # what this run trained with, for `--resume`
-        # 2. Models, data, caches, adapters, optimizer.
+        self._make_accelerator()
+        # Only rank 0 writes (checkpoints, samples, logs, run.json); the others wait at barriers.
+        self.writes = self.accelerator.is_main_process
+        # 2. Output folder guard, then the state to resume from (it holds the seed).
+        state = self._prepare_output()
+        torch.manual_seed(self.seed)  # peft's initial adapter weights draw from the global RNG
+        # 3. Models, data, caches, adapters, speed settings, optimizer.
         self._load_models()
         self._load_data()
         self._fill_caches()
         self._attach_adapters()
+        self._speed_up()
         self._build_optimizer()
         if state:
             self._restore(*state)
+        if self.writes:
+            self._print_startup()
+        return self
+
+    def _prepare_output(self) -> tuple | None:
+        """Rank 0 guards (and with --force clears) the folder while the others wait; every
+        rank then loads the checkpoint to resume from. Sets the seed; returns the state."""
+        resume_from = prepare_output(self.out, self.options) if self.writes else None
+        self.accelerator.wait_for_everyone()  # rank 0 has cleared (--force) or checked the folder
+        if not self.writes:
+            resume_from = resume_checkpoint(self.out, self.options)
+        state = ckpt.load_checkpoint(resume_from) if resume_from else None
+        self.seed = state[1]["seed"] if state else self.r["seed"]
+        if self.seed is None:
+            self.seed = secrets.randbelow(2**32)  # the recipe asked for a random seed: record it
+        self._write_run_file("running", resume_from)
+        if self.writes:
+            tmp = self.out / ".plan.json.tmp"
+            tmp.write_text(json.dumps(self.plan, indent=2) + "\n")
+            os.replace(tmp, self.out / "plan.json")  # what this run trained with, for `--resume`
+        return state
+
+    def _print_startup(self) -> None:
         from lorafile.runtime.logging import startup_line
 
         subject = [it for it in self.items if not it.is_reg]
-        print(
-            startup_line(
-                self.plan,
-                len(subject),
-                len(self.items) - len(subject),
-                len({i.bucket for i in self.items}),
-                self.device,
-            ),
-            flush=True,
+        buckets = len({i.bucket for i in self.items})
+        line = startup_line(
+            self.plan, len(subject), len(self.items) - len(subject), buckets, self.device
         )
-        return self
+        print(line, flush=True)
 
     def _write_run_file(self, status: str, resume_from: Path | None = None, **extra) -> None:
+        if not self.writes:
+            return
         info = {
             "status": status,
             "seed": self.seed,
@@ -228,8 +257,9 @@ class Trainer:
 
         mem, m = self.plan["memory"], self.models
         folder = self.out / "cache" if mem["cache_location"] == "disk" else None
-        self.latent_cache = cache.TensorCache(folder / "latents" if folder else None)
-        self.text_cache = cache.TensorCache(folder / "text" if folder else None)
+        pin = self.device.type == "cuda"  # pinned entries: asynchronous copies to the GPU
+        self.latent_cache = cache.TensorCache(folder / "latents" if folder else None, pin=pin)
+        self.text_cache = cache.TensorCache(folder / "text" if folder else None, pin=pin)
         self.vae_id = cache.model_fingerprint(m.vae)
         self.te_id = cache.model_fingerprint(m.text_encoder, m.text_encoder_2)
         self.tokenizers = (m.tokenizer, m.tokenizer_2)
@@ -239,11 +269,17 @@ class Trainer:
                 for i, it in enumerate(self.items)
                 for f in {False, self.flips[it.source] and not it.is_reg}
             }
-            cache.fill_latents(self.latent_cache, self.items, needed, m.vae, self.vae_id)
+            cache.fill_once(
+                self.latent_cache,
+                lambda: cache.fill_latents(
+                    self.latent_cache, self.items, needed, m.vae, self.vae_id
+                ),
+                self.accelerator,
+            )
             self._offload(m.vae)
         if mem["cache_text"]:
             captions = {it.caption for it in self.items} | {""}  # "" for caption dropout
-            cache.fill_text(
+            fill = lambda: cache.fill_text(  # noqa: E731
                 self.text_cache,
                 captions,
                 self.tokenizers,
@@ -251,6 +287,7 @@ class Trainer:
                 self.te_id,
                 self.recipe.base.clip_skip,
             )
+            cache.fill_once(self.text_cache, fill, self.accelerator)
             self._offload(m.text_encoder, m.text_encoder_2)
 
     def _offload(self, *modules) -> None:
@@ -285,10 +322,36 @@ class Trainer:
                     enable()
         m.unet.train()
 
-    def _build_optimizer(self) -> None:
+    def _speed_up(self) -> None:
+        """CUDA only: TF32 matmuls, cuDNN autotuning, channels_last UNet; opt-in torch.compile.
+
+        TF32 keeps fp32 range with a 10-bit mantissa: it changes only fp32 matmuls (fp32
+        `precision no`, the fp32 adapter's own products), as every SDXL trainer allows it.
+        cudnn.benchmark times the convolution algorithms once per input shape (per bucket).
+        """
+        import torch
+
+        unet = self.models.unet
+        self.channels_last = self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+            unet.to(memory_format=torch.channels_last)  # NHWC convolutions on tensor cores
+        if self.options.compile:
+            from lorafile.runtime.diffusion import compile_unet
+
+            compile_unet(unet, buckets=len({i.bucket for i in self.items}))
+
+    def _make_accelerator(self) -> None:
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState
 
+        AcceleratorState._reset_state(True)  # a process may train more than once (tests, demo)
+        precision = self.plan["memory"]["mixed_precision"]
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=self.device.type == "cpu")
+
+    def _build_optimizer(self) -> None:
         from lorafile.runtime.optim import build_optimizer, build_scheduler
 
         groups = [{"params": self.unet_params, "lr": self.r["unet_lr"]}]
@@ -297,9 +360,6 @@ class Trainer:
         optimizer = build_optimizer(
             self.recipe.train.optimizer, groups, dict(self.recipe.train.optimizer_args)
         )
-        AcceleratorState._reset_state(True)  # a process may train more than once (tests, demo)
-        precision = self.plan["memory"]["mixed_precision"]
-        self.accelerator = Accelerator(mixed_precision=precision, cpu=self.device.type == "cpu")
         self.optimizer = self.accelerator.prepare_optimizer(optimizer, device_placement=False)
         self.lr_scheduler = build_scheduler(
             optimizer, self.recipe.train, self.total, self.r["warmup_steps"]
@@ -349,6 +409,7 @@ class Trainer:
         import torch
 
         from lorafile.runtime import cache
+        from lorafile.runtime.diffusion import to_device
 
         captions = [self._caption(epoch, index, k, s) for k, s in enumerate(batch)]
         m = self.models
@@ -357,8 +418,9 @@ class Trainer:
                 self.text_cache.get(cache.text_key(c, self.te_id, self.recipe.base.clip_skip))
                 for c in captions
             ]
-            embeds = torch.stack([e["embeds"] for e in entries]).to(self.device)
-            pooled = torch.stack([e["pooled"] for e in entries]).to(self.device)
+            # Pinned entries, copied without a host wait, stacked on the device.
+            embeds = torch.stack([to_device(e["embeds"], self.device) for e in entries])
+            pooled = torch.stack([to_device(e["pooled"], self.device) for e in entries])
         else:
             with torch.set_grad_enabled(bool(self.te_params)):  # grads only for trained encoders
                 embeds, pooled = cache.encode_prompts(
@@ -367,12 +429,12 @@ class Trainer:
                     captions,
                     self.recipe.base.clip_skip,
                 )
-        time_ids = torch.tensor(
-            [data.time_ids(self.items[s.index]) for s in batch],
-            dtype=torch.float32,
-            device=self.device,
+        time_ids = to_device(
+            torch.tensor([data.time_ids(self.items[s.index]) for s in batch], dtype=torch.float32),
+            self.device,
         )
-        return {"embeds": embeds, "pooled": pooled, "time_ids": time_ids.to(self.models.unet.dtype)}
+        dtype = getattr(self, "dtype", None) or self.models.unet.dtype  # unet.dtype walks modules
+        return {"embeds": embeds, "pooled": pooled, "time_ids": time_ids.to(dtype)}
 
     def _caption(self, epoch: int, index: int, k: int, sample: data.Sample) -> str:
         item = self.items[sample.index]
@@ -390,15 +452,22 @@ class Trainer:
         )
 
     def latents(self, batch: list[data.Sample], generator):
-        """A fresh sample from each image's VAE posterior (cached mean/std, or encoded now)."""
+        """A fresh sample from each image's VAE posterior (cached mean/std, or encoded now).
+
+        The posterior sample's noise is drawn on the host from the step's generator and moved
+        to the device with `to_device` (asynchronous on CUDA): the same values on every
+        device, and nothing mixes host and device tensors.
+        """
         import torch
 
         from lorafile.runtime import cache
+        from lorafile.runtime.diffusion import to_device
 
         means, stds = [], []
         for s in batch:
             item = self.items[s.index]
             color = not item.is_reg and self.recipe.datasets[item.source].color_aug
+            # .item() of a host generator's draw: no GPU involved, no device sync
             hue = (torch.rand((), generator=generator).item() - 0.5) * 0.06 if color else 0.0
             entry = (
                 None
@@ -409,10 +478,11 @@ class Trainer:
                 pixels, _ = data.load_pixels(item, s.flip, hue)
                 mean, std = cache.encode_latents(self.models.vae, pixels[None])
                 entry = {"mean": mean[0], "std": std[0]}
-            means.append(entry["mean"])
-            stds.append(entry["std"])
+            means.append(to_device(entry["mean"], self.device))
+            stds.append(to_device(entry["std"], self.device))
         mean, std = torch.stack(means), torch.stack(stds)
-        return (mean + std * torch.randn(mean.shape, generator=generator)).to(self.device)
+        eps = torch.randn(mean.shape, generator=generator)
+        return mean + std * to_device(eps, self.device)
 
     def loss_step(self, epoch: int, index: int, batch: list[data.Sample]):
         """The weighted denoising loss of one micro-batch (scalar tensor with grad)."""
@@ -432,18 +502,22 @@ class Trainer:
                 generator,
                 prediction=self.recipe.base.prediction,
                 noise_offset=self.recipe.train.noise_offset,
+                channels_last=getattr(self, "channels_last", False),
+                dtype=getattr(self, "dtype", None),  # known: diffusers' unet.dtype is slow
             )
-        weights = diffusion.min_snr_weights(
-            self.noise_scheduler,
-            timesteps,
-            self.recipe.train.min_snr_gamma,
-            self.recipe.base.prediction,
-        )
+        if self.recipe.train.min_snr_gamma is not None:
+            per_sample = per_sample * diffusion.min_snr_weights(
+                self.noise_scheduler,
+                timesteps,
+                self.recipe.train.min_snr_gamma,
+                self.recipe.base.prediction,
+            )
         # Prior preservation: a regularization image's loss counts its folder's `weight` times.
         items = [self.items[s.index] for s in batch]
-        prior = [self.reg_weights[it.source] if it.is_reg else 1.0 for it in items]
-        prior = torch.tensor(prior, device=weights.device)
-        return (per_sample * weights * prior).mean()
+        if any(it.is_reg for it in items):
+            prior = [self.reg_weights[it.source] if it.is_reg else 1.0 for it in items]
+            per_sample = per_sample * diffusion.to_device(torch.tensor(prior), per_sample.device)
+        return per_sample.mean()
 
     def micro_batches(self, stream):
         """The `accumulate` micro-batches of one optimizer step (launch.DistributedTrainer
@@ -454,70 +528,130 @@ class Trainer:
     def sync_gradients(self, params) -> None:
         """One process: nothing to do."""
 
+    def reduce_guard(self, guard):
+        """One process: the guard as it is (DistributedTrainer takes the earliest over ranks)."""
+        return guard
+
+    def rank_difference(self) -> float | None:
+        """One process: nothing to compare (DistributedTrainer: largest adapter difference)."""
+        return None
+
     # ---- the loop -------------------------------------------------------------------------------
 
     def train(self) -> TrainResult:
-        """Run from the current step to the end; returns where everything was written."""
-        from lorafile.runtime.logging import RunLog
+        """Run from the current step to the end; returns where everything was written.
+
+        The loop never waits for the GPU: the loss stays a device tensor, and the losses,
+        grad norms and the NaN guard are read back once per `log_every` steps, before every
+        checkpoint and at the end (`_flush`, the one host synchronisation).
+        """
+        from lorafile.runtime.logging import RunLog, StepGuard
 
         log_dir = Path(self.r["log"]["path"]) if self.r["log"]["to"] == "tensorboard" else None
-        log = RunLog(log_dir, self.total, self.step, self.device, quiet=self.options.quiet)
-        params = self.unet_params + self.te_params
+        log_dir = log_dir if self.writes else None
+        quiet = self.options.quiet or not self.writes
+        log = RunLog(log_dir, self.total, self.step, self.device, quiet=quiet)
+        self.guard, self.pending = StepGuard(self.device), []
+        kill_at = os.environ.get(KILL_AT_STEP_ENV)
         stream, start = self.batches(*self.position), time.perf_counter()
-        while self.step < self.total:
-            # 1. Forward and backward over `accumulate` micro-batches; gradients add up.
-            loss_sum, images = 0.0, 0
-            for epoch, index, batch in self.micro_batches(stream):
-                loss = self.loss_step(epoch, index, batch)
-                self.accelerator.backward(loss / self.accumulate)
-                loss_sum += loss.item()  # GPU sync, once per micro-batch: the NaN guard needs it
-                images += len(batch)
-                self.position = (epoch, index + 1)
-            # 2. Guard: a non-finite loss would poison the adapter; stop before stepping.
-            loss_value = loss_sum / self.accumulate
-            if not math.isfinite(loss_value):
-                log.close()
-                raise self._nan_error(loss_value)
-            # 3. Clip, step, schedule; set_to_none frees the gradient memory right away.
-            self.sync_gradients(params)  # several processes: average them (runtime/launch.py)
-            max_norm = self.recipe.train.max_grad_norm
-            grad_norm = self.accelerator.clip_grad_norm_(
-                params, max_norm if max_norm > 0 else float("inf")
-            )
-            self.optimizer.step()
-            self.lr_scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step, self.last_loss = self.step + 1, loss_value
-            # 4. Report, then save and sample on their schedules.
-            lr = self.lr_scheduler.get_last_lr()[0]
-            log.step(self.step, loss_value, lr, float(grad_norm), images)  # float(): a GPU sync
-            self._maybe_save_and_sample(log)
-            if os.environ.get(KILL_AT_STEP_ENV) == str(self.step):
-                import signal
+        try:
+            while self.step < self.total:
+                self._one_step(stream, log)
+                if self.step % max(self.options.log_every, 1) == 0:
+                    self._flush(log)
+                self._maybe_save_and_sample(log)
+                if kill_at == str(self.step):
+                    import signal
 
-                os.kill(os.getpid(), signal.SIGKILL)  # fault injection (tests/test_train_resume.py)
-        log.close()
+                    os.kill(os.getpid(), signal.SIGKILL)  # fault injection (test_train_resume.py)
+            self._flush(log)  # the final loss, and no NaN adapter is exported
+        finally:
+            log.close()
         return self._finish(time.perf_counter() - start, log_dir)
+
+    def _one_step(self, stream, log) -> None:
+        """Forward and backward over `accumulate` micro-batches, clip, step, schedule."""
+        import torch
+
+        params = self.unet_params + self.te_params
+        loss_sum, images = torch.zeros((), device=self.device), 0
+        for epoch, index, batch in self.micro_batches(stream):
+            loss = self.loss_step(epoch, index, batch)
+            self.accelerator.backward(loss / self.accumulate)
+            loss_sum += loss.detach().float()  # stays on the device: no sync
+            images += len(batch)
+            self.position = (epoch, index + 1)
+        loss = loss_sum / self.accumulate
+        self.guard.record(loss, self.step + 1)  # device-side: remembers the first bad step
+        self.sync_gradients(params)  # several processes: average them (runtime/launch.py)
+        max_norm = self.recipe.train.max_grad_norm
+        grad_norm = self.accelerator.clip_grad_norm_(
+            params, max_norm if max_norm > 0 else float("inf")
+        )  # a device tensor; fp16 only: the loss scaler's step reads found_inf (a sync)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)  # frees the gradient memory right away
+        self.step += 1
+        lr = self.lr_scheduler.get_last_lr()[0]  # a Python float: no sync
+        self.pending.append((self.step, loss, grad_norm, lr))
+        log.advance(images)
+
+    def _flush(self, log) -> None:
+        """Read the pending steps' losses and grad norms back (ONE host sync), log them, and
+        stop with T573 if a loss was non-finite, naming the first such step."""
+        import torch
+
+        if not self.pending:
+            return
+        rows, self.pending = self.pending, []
+        as_tensor = lambda x: (  # noqa: E731
+            x.detach().float().reshape(())
+            if torch.is_tensor(x)
+            else torch.full((), math.nan if x is None else float(x), device=self.device)
+        )
+        packed = torch.stack(
+            [*self.reduce_guard(self.guard.state)]
+            + [as_tensor(r[1]) for r in rows]
+            + [as_tensor(r[2]) for r in rows]
+        )
+        values = packed.tolist()  # the host sync: once per log interval / checkpoint / end
+        bad_step, bad_value, rest = values[0], values[1], values[2:]
+        losses, norms = rest[: len(rows)], rest[len(rows) :]
+        if math.isfinite(bad_step):
+            log.close()
+            raise self._nan_error(bad_value, int(bad_step))
+        self.last_loss = losses[-1]
+        log.report(
+            [(r[0], loss, r[3], norm) for r, loss, norm in zip(rows, losses, norms, strict=True)]
+        )
 
     def _maybe_save_and_sample(self, log) -> None:
         save_every, sample = self.r["save"]["every_steps"], self.r["sample"]
-        if save_every and self.step % save_every == 0 and self.step < self.total:
-            folder = self.save_checkpoint()
-            log.write(f"lorafile: saved checkpoint {folder}")
-        if (
+        save = save_every and self.step % save_every == 0 and self.step < self.total
+        draw = (
             sample
             and sample["every_steps"]
             and self.step % sample["every_steps"] == 0
             and self.step < self.total
-        ):
+        )
+        if not (save or draw):
+            return
+        self._flush(log)  # never save or sample a NaN adapter: check the guard first
+        if save and self.writes:
+            folder = self.save_checkpoint()
+            log.write(f"lorafile: saved checkpoint {folder}")
+        if draw and self.writes:
             self.samples += self.sample()
+        self.accelerator.wait_for_everyone()  # the other ranks wait while rank 0 writes
 
-    def _nan_error(self, value: float) -> DiagnosticError:
+    def _nan_error(self, value: float, step: int | None = None) -> DiagnosticError:
+        step = self.step + 1 if step is None else step
         last = ckpt.latest_checkpoint(self.out)
-        self._write_run_file("failed", reason=f"loss {value} at step {self.step + 1}")
+        self._write_run_file("failed", reason=f"loss {value} at step {step}")
         return _fail(
             "T573",
-            f"The loss became {value} at step {self.step + 1}; training stopped before the adapter was damaged. "
+            f"The loss became {value} at step {step}; training stopped before a checkpoint or "
+            f"adapter file was written with it. "
             f"Last good checkpoint: {last or 'none (no checkpoint was saved yet)'}.",
             "likely causes: a learning rate too high for the optimizer, fp16 overflow (use bf16), "
             "or a base model with broken (NaN) weights; lower lr or change precision, then "
@@ -590,13 +724,22 @@ class Trainer:
         return paths
 
     def _finish(self, seconds: float, log_dir: Path | None) -> TrainResult:
-        if self.r["sample"]:
-            self.samples += self.sample()
-        adapter = self.export(self.out / f"{self.r['output']['name']}.safetensors")
-        self._write_run_file(
-            "finished", adapter=str(adapter), loss=self.last_loss, seconds=round(seconds, 1)
-        )
-        print(f"lorafile: wrote {adapter}", flush=True)
+        difference = self.rank_difference()  # several processes: do the adapters agree?
+        adapter = self.out / f"{self.r['output']['name']}.safetensors"
+        if self.writes:
+            if self.r["sample"]:
+                self.samples += self.sample()
+            adapter = self.export(adapter)
+            extra = {} if difference is None else {"ranks_max_difference": difference}
+            self._write_run_file(
+                "finished",
+                adapter=str(adapter),
+                loss=self.last_loss,
+                seconds=round(seconds, 1),
+                **extra,
+            )
+            print(f"lorafile: wrote {adapter}", flush=True)
+        self.accelerator.wait_for_everyone()  # every rank returns once the adapter is written
         return TrainResult(
             self.out, adapter, self.step, self.seed, self.last_loss, seconds, self.samples, log_dir
         )

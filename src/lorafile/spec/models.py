@@ -11,7 +11,7 @@ differs from these.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,16 +21,17 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 # Scalars a pass-through block may hold (TOML/JSON values a trainer accepts).
 PassValue = str | int | float | bool | list[str | int | float | bool]
 
-OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "prodigy", "lion", "lion8bit", "sgd")
-SCHEDULERS = (
+# Each choice is declared once as a Literal type; the tuples are for did-you-mean and docs.
+Optimizer = Literal["adamw", "adamw8bit", "adafactor", "prodigy", "lion", "lion8bit", "sgd"]
+Scheduler = Literal[
     "constant",
     "constant_with_warmup",
     "linear",
     "cosine",
     "cosine_with_restarts",
     "polynomial",
-)
-SAMPLERS = (
+]
+Sampler = Literal[
     "euler_a",
     "euler",
     "ddim",
@@ -44,15 +45,27 @@ SAMPLERS = (
     "dpmpp_2m_karras",
     "dpmpp_sde",
     "unipc",
-)
-ADAPTER_ALGOS = ("lora", "locon", "loha")
-TARGETS = ("attention", "ff", "conv")
-DATASET_KINDS = ("style", "character", "concept")
-PRECISIONS = ("no", "fp16", "bf16")
-BASE_PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
-SAVE_PRECISIONS = ("fp32", "fp16", "bf16")
-LOGGERS = ("none", "tensorboard", "wandb")
-LAYOUTS = ("kohya", "diffusers")
+]
+AdapterAlgo = Literal["lora", "locon", "loha"]
+Target = Literal["attention", "ff", "conv"]
+DatasetKind = Literal["style", "character", "concept"]
+Precision = Literal["no", "fp16", "bf16"]
+BasePrecision = Literal["fp32", "bf16", "fp16", "fp8"]
+SavePrecision = Literal["fp32", "fp16", "bf16"]
+Logger = Literal["none", "tensorboard", "wandb"]
+Layout = Literal["kohya", "diffusers"]
+
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
+SAMPLERS: tuple[str, ...] = get_args(Sampler)
+ADAPTER_ALGOS: tuple[str, ...] = get_args(AdapterAlgo)
+TARGETS: tuple[str, ...] = get_args(Target)
+DATASET_KINDS: tuple[str, ...] = get_args(DatasetKind)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+BASE_PRECISIONS: tuple[str, ...] = get_args(BasePrecision)
+SAVE_PRECISIONS: tuple[str, ...] = get_args(SavePrecision)
+LOGGERS: tuple[str, ...] = get_args(Logger)
+LAYOUTS: tuple[str, ...] = get_args(Layout)
 
 
 class Spec(BaseModel):
@@ -116,7 +129,7 @@ class Dataset(Spec):
     """One folder of training images with their captions."""
 
     path: Annotated[str, Field(min_length=1)]
-    kind: Literal["style", "character", "concept"] = "style"
+    kind: DatasetKind = "style"
     """Drives lint advice (learning rate, dataset size, regularization)."""
     captions: Annotated[str, Field(min_length=1)] = "txt"
     """`txt`, `caption` or any extension (a sidecar file per image), `filename` (the image's
@@ -149,11 +162,11 @@ class Regularization(Spec):
 class Adapter(Spec):
     """The trained network: LoRA, or the LyCORIS variants LoCon and LoHa."""
 
-    algo: Literal["lora", "locon", "loha"] = "lora"
+    algo: AdapterAlgo = "lora"
     rank: Annotated[int, Field(ge=1, le=1024)] = 16
     alpha: Annotated[float, Field(gt=0.0, le=4096.0)] | None = None
     """Scale is alpha/rank. Default: equal to rank (scale 1)."""
-    targets: tuple[Literal["attention", "ff", "conv"], ...] = ("attention", "ff")
+    targets: tuple[Target, ...] = ("attention", "ff")
     """Which UNet layers get adapters. Default: attention and ff, plus conv for locon/loha
     (LyCORIS trains the 3x3 convolutions by default)."""
     conv_rank: Annotated[int, Field(ge=1, le=1024)] | None = None
@@ -240,26 +253,17 @@ class Train(Spec):
     """Default: lr."""
     text_encoder_lr: Annotated[float, Field(ge=0.0, le=10.0)] | None = None
     """Default: lr. Only used when the adapter trains the text encoders."""
-    scheduler: Literal[
-        "constant",
-        "constant_with_warmup",
-        "linear",
-        "cosine",
-        "cosine_with_restarts",
-        "polynomial",
-    ] = "constant"
+    scheduler: Scheduler = "constant"
     cycles: PositiveInt | None = None
     """Restarts for cosine_with_restarts (default 1)."""
     power: Annotated[float, Field(gt=0.0)] | None = None
     """Exponent for polynomial (default 1.0)."""
     warmup: Warmup | None = None
-    optimizer: Literal["adamw", "adamw8bit", "adafactor", "prodigy", "lion", "lion8bit", "sgd"] = (
-        "adamw8bit"
-    )
+    optimizer: Optimizer = "adamw8bit"
     optimizer_args: dict[str, str | int | float | bool] = {}
-    precision: Literal["no", "fp16", "bf16"] = "bf16"
+    precision: Precision = "bf16"
     """Mixed-precision compute dtype (`no` = fp32)."""
-    base_precision: Literal["fp32", "bf16", "fp16", "fp8"] | None = None
+    base_precision: BasePrecision | None = None
     """Dtype of the frozen base weights. Default: the mixed-precision dtype (fp32 for `no`)."""
     checkpointing: bool = True
     """Gradient checkpointing: ~6 GiB less at 1024², ~1.8x slower step."""
@@ -303,8 +307,8 @@ class Save(Spec):
     keep: PositiveInt | None = None
     """Keep only the last K intermediate files (default: keep all)."""
     format: Literal["safetensors"] = "safetensors"
-    precision: Literal["fp32", "fp16", "bf16"] = "fp16"
-    layout: Literal["kohya", "diffusers"] = "kohya"
+    precision: SavePrecision = "fp16"
+    layout: Layout = "kohya"
     """`kohya` loads in ComfyUI, AUTOMATIC1111 and diffusers; `diffusers` is the peft layout."""
 
 
@@ -312,21 +316,7 @@ class Sample(Spec):
     """Preview images generated during training."""
 
     every: Interval
-    sampler: Literal[
-        "euler_a",
-        "euler",
-        "ddim",
-        "ddpm",
-        "pndm",
-        "lms",
-        "heun",
-        "dpm_2",
-        "dpm_2_a",
-        "dpmpp_2m",
-        "dpmpp_2m_karras",
-        "dpmpp_sde",
-        "unipc",
-    ] = "euler_a"
+    sampler: Sampler = "euler_a"
     steps: Annotated[int, Field(ge=1, le=1000)] = 28
     cfg: Annotated[float, Field(ge=0.0, le=50.0)] = 7.0
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
@@ -365,7 +355,7 @@ class Output(Spec):
 class Log(Spec):
     """Training metrics: where they are logged."""
 
-    to: Literal["none", "tensorboard", "wandb"] = "none"
+    to: Logger = "none"
     path: str | None = None
     """Default: `<output>/logs`."""
 

@@ -1,0 +1,178 @@
+"""The native trainer's speed measures, checked for their CPU behaviour (issue 7).
+
+* Every random tensor of a step is drawn on the host and moved to the step's device (a GPU
+  run used to mix a device posterior with host noise).
+* The loop reads values back from the device only once per `log_every` steps, yet the NaN
+  guard still names the first bad step and stops before a checkpoint is written with it.
+* `--compile` compiles the UNet in place with `dynamic=False`; fused AdamW only on CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from lorafile.compiler.diagnostics import DiagnosticError
+from lorafile.runtime import data, diffusion
+from lorafile.runtime.demo import make_dataset
+from lorafile.runtime.train import Trainer, TrainOptions, train
+from lorafile.spec.models import Interval, Save
+from test_train import plan_for, tiny_recipe
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _stub_trainer(device):
+    """A Trainer with only what `latents` reads: one image, no latent cache entry."""
+    trainer = Trainer.__new__(Trainer)
+    item = data.ImageItem("img.png", "", 64, 64, "", (64, 64), source=0)
+    trainer.items, trainer.device, trainer.vae_id = [item], device, "vae"
+    trainer.recipe = SimpleNamespace(datasets=[SimpleNamespace(color_aug=False)])
+    trainer.latent_cache = SimpleNamespace(get=lambda key: None)
+    trainer.models = SimpleNamespace(vae=None)
+    return trainer
+
+
+def test_latents_encoded_on_the_device_get_noise_on_the_same_device(monkeypatch):
+    """The uncached path: the posterior comes from the VAE on the training device (meta here,
+    standing in for cuda) and the host-drawn noise must follow it there."""
+    import torch
+
+    from lorafile.runtime import cache
+
+    meta = torch.device("meta")
+    monkeypatch.setattr(data, "load_pixels", lambda item, flip, hue: (torch.zeros(3, 64, 64), None))
+    monkeypatch.setattr(
+        cache,
+        "encode_latents",
+        lambda vae, pixels: (torch.zeros(1, 4, 8, 8, device=meta),) * 2,
+    )
+    out = Trainer.latents(_stub_trainer(meta), [data.Sample(0)], torch.Generator().manual_seed(1))
+    assert out.device == meta and out.shape == (1, 4, 8, 8)
+
+
+def test_cpu_latents_are_the_host_draw_of_the_step_generator(monkeypatch):
+    import torch
+
+    from lorafile.runtime import cache
+
+    mean, std = torch.full((1, 4, 8, 8), 0.5), torch.full((1, 4, 8, 8), 2.0)
+    monkeypatch.setattr(data, "load_pixels", lambda item, flip, hue: (torch.zeros(3, 64, 64), None))
+    monkeypatch.setattr(cache, "encode_latents", lambda vae, pixels: (mean, std))
+    trainer = _stub_trainer(torch.device("cpu"))
+    out = Trainer.latents(trainer, [data.Sample(0)], torch.Generator().manual_seed(3))
+    expected = 0.5 + 2.0 * torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(out, expected)
+    noise = diffusion.draw_noise(out, torch.Generator().manual_seed(3))
+    draw = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3))
+    assert noise.device == out.device and torch.equal(noise, draw)
+
+
+def test_startup_line_says_fp32_for_precision_no():
+    from lorafile.runtime.logging import precision_words
+
+    assert precision_words("no") == "fp32 (mixed precision off)"
+    assert precision_words("bf16") == "bf16 mixed precision"
+
+
+def test_fused_adamw_only_for_cuda_floating_point_parameters():
+    import torch
+
+    from lorafile.runtime.optim import adamw_implementation, build_optimizer
+
+    cuda = SimpleNamespace(is_cuda=True, is_floating_point=lambda: True)
+    host = SimpleNamespace(is_cuda=False, is_floating_point=lambda: True)
+    assert adamw_implementation([{"params": [cuda, cuda]}]) == {"fused": True}
+    assert adamw_implementation([{"params": [cuda]}, {"params": [host]}]) == {}
+    opt = build_optimizer("adamw", [{"params": [torch.nn.Parameter(torch.ones(2))]}], {})
+    assert not opt.defaults["fused"]  # CPU: torch's default loop, bit-for-bit as before
+
+
+class _SyncCounter:
+    """Counts tensor-to-host reads (`.item()`, `.tolist()`, `float()`, `bool()`) made by
+    lorafile's own runtime code: each is a GPU synchronisation when the tensor is on CUDA."""
+
+    NAMES = ("item", "tolist", "__float__", "__bool__", "__int__")
+
+    def __init__(self, monkeypatch):
+        import torch
+
+        self.calls: list[str] = []
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, self._wrap(name, original))
+
+    def _wrap(self, name, original):
+        def counted(tensor, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if f"lorafile{Path('/').as_posix()}runtime" in Path(caller).as_posix():
+                self.calls.append(f"{name} in {Path(caller).name}")
+            return original(tensor, *args, **kwargs)
+
+        return counted
+
+
+def test_loop_syncs_once_per_log_interval_and_compiles_in_place(
+    tiny_sdxl_dir, tmp_path, monkeypatch
+):
+    import torch
+
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append(kw))
+    make_dataset(tmp_path / "data", 2, seed=5)
+    recipe = tiny_recipe(
+        tiny_sdxl_dir / "tiny_sdxl.safetensors",
+        tmp_path / "data",
+        tmp_path / "out",
+        sample=None,
+        save=Save(),
+    )
+    trainer = Trainer(plan_for(recipe), TrainOptions(quiet=True, log_every=4, compile=True))
+    trainer.setup()
+    counter = _SyncCounter(monkeypatch)
+    result = trainer.train()
+    assert result.steps == 8 and math.isfinite(result.last_loss)
+    # 8 steps, log_every 4: one read-back at step 4 and one at step 8, whatever the step count.
+    assert counter.calls == ["tolist in train.py"] * 2
+    assert compiled == [{"dynamic": False}]
+
+
+def test_nan_guard_names_the_first_bad_step_and_never_saves_it(
+    tiny_sdxl_dir, tmp_path, monkeypatch
+):
+    """The loss turns NaN at step 5; the guard is read only at step 6 (before that step's
+    checkpoint): the error names step 5 and the last good checkpoint, step 3."""
+    original = Trainer.loss_step
+
+    def poisoned(self, epoch, index, batch):
+        loss = original(self, epoch, index, batch)
+        return loss * math.nan if self.step + 1 >= 5 else loss
+
+    monkeypatch.setattr(Trainer, "loss_step", poisoned)
+    make_dataset(tmp_path / "data", 2, seed=6)
+    recipe = tiny_recipe(
+        tiny_sdxl_dir / "tiny_sdxl.safetensors",
+        tmp_path / "data",
+        tmp_path / "out",
+        sample=None,
+        save=Save(every=Interval(every=3)),
+    )
+    with pytest.raises(DiagnosticError, match="T573") as err:
+        train(plan_for(recipe), TrainOptions(quiet=True, log_every=100))
+    text = str(err.value)
+    assert "loss became nan at step 5" in text and "step-000003" in text
+    checkpoints = sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir())
+    assert checkpoints == ["step-000003"]
+    assert not (tmp_path / "out" / "tiny.safetensors").exists()
