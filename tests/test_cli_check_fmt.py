@@ -169,6 +169,24 @@ def test_fmt_refuses_trainer_configs(tmp_path, capsys):
     assert path.read_text() == 'pretrained_model_name_or_path = "/m"\n'
 
 
+def test_fmt_prints_the_recipe_a_kohya_config_means(tmp_path, capsys):
+    path = tmp_path / "config.toml"
+    path.write_text(
+        'pretrained_model_name_or_path = "/m.safetensors"\ntrain_data_dir = "/d"\n'
+        'max_train_steps = 700\nnetwork_module = "networks.lora"\nnetwork_dim = 8\n'
+        'network_train_unet_only = true\noutput_dir = "/out"\nresolution = "1024,1024"\n'
+        "learning_rate = 1e-4\nsdpa = true\n",
+        encoding="utf-8",
+    )
+    assert main(["fmt", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert 'base sdxl "/m.safetensors"' in out
+    assert "steps 700" in out and "rank 8" in out
+    assert "lorafile import kohya" in err
+    assert main(["fmt", "--check", str(path)]) == 1
+    assert "lorafile import kohya" in capsys.readouterr().err
+
+
 def test_help_documents_check_and_fmt(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])

@@ -176,3 +176,27 @@ def test_nan_guard_names_the_first_bad_step_and_never_saves_it(
     checkpoints = sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir())
     assert checkpoints == ["step-000003"]
     assert not (tmp_path / "out" / "tiny.safetensors").exists()
+
+
+def test_a_disk_cache_is_filled_by_one_process_per_machine(tmp_path):
+    """DDP: the first process of a machine fills a disk cache; the others only wait at the
+    barrier and then read its files (no per-rank encoding, no racing writes)."""
+    from lorafile.runtime.cache import TensorCache, fill_once
+
+    events = []
+
+    def accelerator(local_main: bool):
+        return SimpleNamespace(
+            num_processes=2,
+            is_local_main_process=local_main,
+            is_main_process=local_main,
+            wait_for_everyone=lambda: events.append("barrier"),
+        )
+
+    disk = TensorCache(tmp_path / "latents")
+    fill_once(disk, lambda: events.append("fill"), accelerator(True))
+    fill_once(disk, lambda: events.append("fill"), accelerator(False))
+    assert events == ["fill", "barrier", "barrier"]
+    events.clear()
+    fill_once(TensorCache(), lambda: events.append("fill"), None)  # one process
+    assert events == ["fill"]

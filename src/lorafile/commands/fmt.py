@@ -36,6 +36,13 @@ def register(subparsers) -> None:
         action="store_true",
         help="change nothing; print a diff and exit 1 when a file is not in canonical form",
     )
+    p.add_argument(
+        "--from",
+        dest="from_",
+        choices=("recipe", "kohya", "simpletuner"),
+        default=None,
+        help="the input's format, when detection guesses wrong (default: detected)",
+    )
     p.set_defaults(func=run)
 
 
@@ -59,14 +66,9 @@ def _one(path: Path, args) -> int:
         sys.stdout.write(formatted)
         return 0
     bag = DiagnosticBag(file=str(path))
-    kind = detect_kind(path, bag)
+    kind = getattr(args, "from_", None) or detect_kind(path, bag)
     if kind != "recipe":
-        bag.error(
-            "R111",
-            f"`{path}` looks like a {kind} config; `fmt` formats recipes only.",
-            f"turn it into a recipe with `lorafile import {path}`, then format that",
-        )
-        raise DiagnosticError(bag.items)
+        return _trainer_config(path, kind, args, bag)
     text = read_text(path, bag)
     formatted = format_source(text, file=str(path))
     if args.check:
@@ -84,4 +86,30 @@ def _one(path: Path, args) -> int:
             print(f"reformatted {path}", file=sys.stderr)
         return 0
     sys.stdout.write(formatted)
+    return 0
+
+
+def _trainer_config(path: Path, kind: str, args, bag: DiagnosticBag) -> int:
+    """A kohya / SimpleTuner config: print the canonical recipe it means; never rewrite it."""
+    if args.write or args.check:
+        bag.error(
+            "R111",
+            f"`{path}` is a {kind} config, not a recipe, so it has no canonical recipe text "
+            "to check or rewrite in place.",
+            f"save its recipe with `lorafile import {kind} {path} -o NAME.recipe`, "
+            "then format that",
+        )
+        raise DiagnosticError(bag.items)
+    from lorafile.compiler.format import format_recipe
+    from lorafile.compiler.load import load_input
+
+    loaded = load_input(path, from_=kind)
+    if loaded.diagnostics:
+        print(render_all(loaded.diagnostics), file=sys.stderr)
+    sys.stdout.write(format_recipe(loaded.recipe))
+    print(
+        f"note: printed the recipe that the {kind} config `{path}` means; "
+        f"`lorafile import {kind} {path} -o NAME.recipe` saves it.",
+        file=sys.stderr,
+    )
     return 0
