@@ -146,7 +146,9 @@ class DiagnosticBag:
         self.items.append(diag)
         return diag
 
-    def error(self, code: str, message: str, help: str = "", span: Span | None = None) -> Diagnostic:
+    def error(
+        self, code: str, message: str, help: str = "", span: Span | None = None
+    ) -> Diagnostic:
         return self.add(code, message, help, span=span, severity=Severity.ERROR)
 
     def warning(
