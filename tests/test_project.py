@@ -37,10 +37,11 @@ def test_ruff_is_clean():
     ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
     if not Path(ruff).exists():
         pytest.fail("ruff is not installed: `pip install -e .[test]` installs it")
-    result = subprocess.run(
-        [ruff, "check", "src", "tests", "bench"], cwd=ROOT, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    for command in (["check"], ["format", "--check"]):
+        result = subprocess.run(
+            [ruff, *command, "src", "tests", "bench"], cwd=ROOT, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_readme_documents_every_command():
