@@ -59,6 +59,16 @@ def test_image_headers(tmp_path):
     assert lint_rules.image_size(tmp_path / "c.png") is None
 
 
+def test_l318_base_named_sdxl_2():
+    def with_base(path: str) -> m.Recipe:
+        return recipe().model_copy(update={"base": m.Base(path=path)})
+
+    for wrong in ("/models/sdxl-2.0-base.safetensors", "stabilityai/stable-diffusion-xl-base-2.0"):
+        assert "L318" in codes(with_base(wrong))
+    for right in ("/models/sd_xl_base_1.0.safetensors", "/m/sdxl_20k_steps.safetensors"):
+        assert "L318" not in codes(with_base(right))
+
+
 def test_l301_fp16():
     assert "L301" in codes(recipe(train={"precision": "fp16"}))
     assert "L301" not in codes(recipe(train={"precision": "bf16"}))

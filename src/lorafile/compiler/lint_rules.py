@@ -10,6 +10,7 @@ file comes from that trainer or the lint targets it.
 from __future__ import annotations
 
 import math
+import re
 import struct
 from collections import Counter
 from collections.abc import Callable
@@ -149,6 +150,24 @@ def caption_file(image: Path, captions: str) -> Path | None:
     if captions in ("filename", "trigger"):
         return None
     return image.with_suffix("." + captions.lstrip("."))
+
+
+# ==== base model ================================================================================
+# "SDXL 2.0" comes from a widely copied blog post; Stability AI never released one.
+SDXL_2_SPELLINGS = re.compile(r"(sdxl|xl-base|xl_base)[-_ ]?2(\.0)?\b", re.IGNORECASE)
+
+
+def base_named_sdxl_2(ctx: LintContext) -> None:
+    path = ctx.recipe.base.path
+    if SDXL_2_SPELLINGS.search(path):
+        ctx.bag.warning(
+            "L318",
+            f"The base model `{path}` is named as an SDXL 2.0, which was never released; the "
+            "SDXL family is base 1.0 and its fine-tunes.",
+            "check that the file is SDXL base 1.0 (sd_xl_base_1.0.safetensors) or a fine-tune "
+            "of it, and rename it so the name says what it is",
+            ctx.span("base"),
+        )
 
 
 # ==== precision and learning rate ===============================================================
@@ -520,6 +539,7 @@ def _below(image: Image, minimum: float) -> bool:
 
 Rule = Callable[[LintContext], None]
 RULES: tuple[Rule, ...] = (
+    base_named_sdxl_2,
     precision_fp16,
     learning_rate,
     steps_heuristic,
