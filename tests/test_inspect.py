@@ -6,7 +6,6 @@ Set LORAFILE_UPDATE_SNAPSHOTS=1 to rewrite tests/snapshots/inspect/ after an int
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,9 @@ from safetensors.torch import save_file
 
 from lorafile.runtime import convert, export
 from lorafile.runtime.inspect_lora import inspect_file, render_text
+from snapshot import assert_snapshot
 
 SNAPSHOTS = Path(__file__).parent / "snapshots" / "inspect"
-UPDATE = os.environ.get("LORAFILE_UPDATE_SNAPSHOTS") == "1"
 
 
 def _lora(gen, fan_in, fan_out, rank, conv=False):
@@ -119,13 +118,7 @@ def files(tmp_path_factory):
 
 
 def _check_snapshot(name: str, text: str) -> None:
-    path = SNAPSHOTS / name
-    if UPDATE or not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        if not UPDATE:
-            pytest.fail(f"Snapshot {name} was missing and has been written; run again.")
-    assert text == path.read_text(), f"inspect output changed: compare with {path}"
+    assert_snapshot(SNAPSHOTS / name, text)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@ originals when those are present). Regenerate after an intended change with
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -16,12 +15,12 @@ from lorafile.backends.base import get
 from lorafile.compiler.diagnostics import DiagnosticBag
 from lorafile.compiler.format import format_recipe
 from lorafile.compiler.parse import parse_recipe
+from snapshot import assert_snapshot_folder
 
 HERE = Path(__file__).parent
 INPUTS = HERE / "fixtures" / "kohya" / "_shared"
 SHARED = HERE.resolve().parents[1] / "shared"
 GOLDEN = HERE / "golden" / "kohya"
-UPDATE = os.environ.get("LORAFILE_UPDATE_GOLDEN") == "1"
 RECIPES = sorted(INPUTS.glob("*.recipe"))
 
 
@@ -38,20 +37,9 @@ def compile_files(path: Path) -> dict[str, str]:
     return files
 
 
-def check_golden(folder: Path, files: dict[str, str]) -> None:
-    if UPDATE:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, text in files.items():
-            (folder / name).write_text(text, encoding="utf-8")
-    assert folder.is_dir(), f"no golden output in {folder}; run with LORAFILE_UPDATE_GOLDEN=1"
-    assert sorted(p.name for p in folder.iterdir()) == sorted(files)
-    for name, text in files.items():
-        assert (folder / name).read_text(encoding="utf-8") == text, f"{folder.name}/{name} changed"
-
-
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_golden_compile(path: Path):
-    check_golden(GOLDEN / path.stem, compile_files(path))
+    assert_snapshot_folder(GOLDEN / path.stem, compile_files(path))
 
 
 def test_golden_import_of_the_seed_config():
@@ -60,7 +48,7 @@ def test_golden_import_of_the_seed_config():
     recipe = get("kohya").read(config, bag)
     text = format_recipe(recipe)
     assert parse_recipe(text) == recipe  # the imported recipe is a valid, lossless recipe
-    check_golden(
+    assert_snapshot_folder(
         GOLDEN / "import_seed_style_lora",
         {"recipe.recipe": text, "diagnostics.txt": _diagnostics(bag)},
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +14,10 @@ from lorafile.compiler import fit, lint, vram
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
 from lorafile.compiler.parse import parse_recipe_with_positions
 from lorafile.spec import models as m
+from snapshot import assert_snapshot
 from vram_helpers import recipe
 
 SNAPSHOTS = Path(__file__).parent / "snapshots" / "lint"
-UPDATE = os.environ.get("LORAFILE_UPDATE_SNAPSHOTS") == "1"
 GB = 10**9
 
 
@@ -203,10 +202,7 @@ def test_snapshot(name, args, capsys, monkeypatch):
     out = capsys.readouterr().out
     suffix = "-".join(a.strip("-").replace(" ", "") for a in args) or "default"
     expected = SNAPSHOTS / f"{name}.{suffix}.{'json' if '--format' in args else 'txt'}"
-    if UPDATE:
-        expected.write_text(out)
-    assert expected.exists(), f"no snapshot {expected.name}: run with LORAFILE_UPDATE_SNAPSHOTS=1"
-    assert out == expected.read_text()
+    assert_snapshot(expected, out)
 
 
 def test_render_text_sections():

@@ -13,12 +13,12 @@ from lorafile.backends.base import get
 from lorafile.cli import main
 from lorafile.compiler import migrate as mg
 from lorafile.compiler.diagnostics import DiagnosticBag
+from snapshot import assert_snapshot_folder
 
 HERE = Path(__file__).parent
 SHARED_INPUTS = HERE / "fixtures" / "simpletuner" / "_shared"
 ST_FIXTURES = HERE / "fixtures" / "simpletuner"
 GOLDEN = HERE / "golden" / "migrate"
-UPDATE = os.environ.get("LORAFILE_UPDATE_GOLDEN") == "1"
 
 
 @pytest.fixture
@@ -57,13 +57,7 @@ def test_seed_config_migrates_to_golden_files(seed, capsys):
     files["report.md"] = Path("report.md").read_text()
     files["stdout.txt"] = capsys.readouterr().out
     folder = GOLDEN / "seed_style_lora_to_simpletuner"
-    if UPDATE:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, text in files.items():
-            (folder / name).write_text(text)
-    assert sorted(p.name for p in folder.iterdir()) == sorted(files)
-    for name, text in files.items():
-        assert (folder / name).read_text() == text, f"{name} changed"
+    assert_snapshot_folder(folder, files)
     assert os.access("out/train.sh", os.X_OK)
 
 

@@ -6,17 +6,16 @@ then read the diff by eye: the snapshot *is* the user-facing text (ruff's snapsh
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from lorafile.compiler.diagnostics import MAX_REPORTED, DiagnosticError, render_all
 from lorafile.compiler.parse import parse_recipe
+from snapshot import assert_snapshot
 
 BAD = Path(__file__).parent / "fixtures" / "bad"
 CASES = sorted(p.stem for p in BAD.glob("*.recipe"))
-UPDATE = os.environ.get("LORAFILE_UPDATE_SNAPSHOTS") == "1"
 
 
 def render_bad(name: str) -> DiagnosticError:
@@ -34,12 +33,7 @@ def test_there_are_at_least_30_bad_recipes():
 def test_bad_recipe_snapshot(name):
     err = render_bad(name)
     rendered = render_all(err.diagnostics) + "\n"
-    snapshot = BAD / f"{name}.expected"
-    if UPDATE or not snapshot.exists():
-        snapshot.write_text(rendered, encoding="utf-8")
-        if not UPDATE:
-            pytest.fail(f"wrote a new snapshot {snapshot.name}; review it and rerun")
-    assert rendered == snapshot.read_text(encoding="utf-8")
+    assert_snapshot(BAD / f"{name}.expected", rendered)
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -7,7 +7,6 @@ originals when those are present). Regenerate after an intended change with
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,11 @@ import pytest
 from lorafile.backends.base import get
 from lorafile.compiler.diagnostics import DiagnosticBag
 from lorafile.compiler.parse import parse_recipe
+from snapshot import assert_snapshot_folder
 
 INPUTS = Path(__file__).parent / "fixtures" / "simpletuner" / "_shared"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 GOLDEN = Path(__file__).parent / "golden" / "simpletuner"
-UPDATE = os.environ.get("LORAFILE_UPDATE_GOLDEN") == "1"
 RECIPES = sorted(INPUTS.glob("*.recipe"))
 
 
@@ -32,21 +31,9 @@ def compile_files(path: Path) -> dict[str, str]:
     return files
 
 
-def check_golden(folder: Path, files: dict[str, str]) -> None:
-    """Compare `files` with the golden folder (or write it when updating)."""
-    if UPDATE:
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, text in files.items():
-            (folder / name).write_text(text, encoding="utf-8")
-    assert folder.is_dir(), f"no golden output in {folder}; run with LORAFILE_UPDATE_GOLDEN=1"
-    assert sorted(p.name for p in folder.iterdir()) == sorted(files)
-    for name, text in files.items():
-        assert (folder / name).read_text(encoding="utf-8") == text, f"{folder.name}/{name} changed"
-
-
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_golden(path: Path):
-    check_golden(GOLDEN / path.stem, compile_files(path))
+    assert_snapshot_folder(GOLDEN / path.stem, compile_files(path))
 
 
 def test_inputs_are_the_shared_files():
