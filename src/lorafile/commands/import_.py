@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from lorafile.commands._kohya_source import add_kohya_source_options, kohya_source_options
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, render_all, summary_line
 from lorafile.files import write_text_atomic
 
@@ -28,16 +29,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("trainer", choices=("kohya", "simpletuner"), help="the config's trainer")
     p.add_argument("path", type=Path, help="the config file (or its folder)")
-    p.add_argument(
-        "--dataset-config",
-        metavar="D.toml",
-        help="kohya: the --dataset_config file (default: the config's own)",
-    )
-    p.add_argument(
-        "--sample-prompts",
-        metavar="P.txt",
-        help="kohya: the sample prompts file, when the config's path is elsewhere",
-    )
+    add_kohya_source_options(p)
     p.add_argument(
         "-o",
         "--output",
@@ -52,11 +44,7 @@ def run(args) -> int:
     from lorafile.backends import base
     from lorafile.compiler.format import format_recipe
 
-    options = {}
-    if args.dataset_config:
-        options["dataset_config"] = args.dataset_config
-    if args.sample_prompts:
-        options["sample_prompts"] = args.sample_prompts
+    options = kohya_source_options(args)
     bag = DiagnosticBag(file=str(args.path))
     try:
         recipe = base.get(args.trainer).read(args.path, bag, **options)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from lorafile.commands._kohya_source import add_kohya_source_options, kohya_source_options
 from lorafile.compiler import migrate as mg
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
 from lorafile.files import write_files
@@ -49,16 +50,7 @@ def register(subparsers) -> None:
         metavar="FILE",
         help="also write the migration report as Markdown to FILE",
     )
-    p.add_argument(
-        "--dataset-config",
-        metavar="D",
-        help="kohya source: the --dataset_config TOML (default: the config's own)",
-    )
-    p.add_argument(
-        "--sample-prompts",
-        metavar="P",
-        help="kohya source: the sample prompts file, if the config's path is elsewhere",
-    )
+    add_kohya_source_options(p)
     p.add_argument(
         "--format",
         choices=("json", "toml"),
@@ -69,11 +61,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    options = {}
-    if args.dataset_config:
-        options["dataset_config"] = args.dataset_config
-    if args.sample_prompts:
-        options["sample_prompts"] = args.sample_prompts
+    options = kohya_source_options(args)
     if args.format == "json" and args.to == "kohya":
         bag = DiagnosticBag()
         bag.error("T519", "kohya's --config_file is TOML only.", "drop --format json")
