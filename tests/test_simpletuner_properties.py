@@ -6,10 +6,12 @@ import json
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 from lorafile.backends import simpletuner_options as opts
 from lorafile.backends.base import get
+from lorafile.compiler import dataset_count
 from lorafile.compiler.diagnostics import DiagnosticBag
 from strategies import recipes
 
@@ -19,6 +21,17 @@ SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_dataset_walks():
+    """Generated paths such as `/` or `..` exist on this machine: an epoch-counted run would walk
+    them to count images (up to dataset_count.MAX_ENTRIES each). The properties hold whatever
+    the folders hold, so every folder counts as empty here; test_simpletuner_warmup.py covers
+    counted folders."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dataset_count, "list_images", lambda *args, **kwargs: [])
+        yield
 
 
 def _write_read(recipe, fmt="json"):

@@ -41,7 +41,9 @@ class SimpleTuner(Backend):
     def __init__(self, allow_lossy: bool = False, options: dict | None = None):
         super().__init__(allow_lossy=allow_lossy)
         self.options: dict = dict(options or {})
-        """`format`: "json" (default) or "toml" for the main config file."""
+        """`format`: "json" (default) or "toml" for the main config file; `base_dir`: the folder
+        relative dataset paths are resolved against (default: the folder of the file the
+        diagnostics bag names, i.e. the recipe, else the working folder)."""
 
     def write(self, recipe: Recipe, bag: DiagnosticBag, format: str | None = None) -> Compiled:
         """SimpleTuner's files for `recipe`; every setting it cannot express is a T5xx."""
@@ -54,7 +56,7 @@ class SimpleTuner(Backend):
             )
             fmt = "json"
         report = self._reporter(bag)
-        normal = m.normalize(recipe, report)
+        normal = m.normalize(recipe, report, self._base_dir(bag))
         gen = w.generate(normal)
         pt.apply(gen, normal, report)
         config_name, config_text = w.render_config(_without_none(gen.config), fmt)
@@ -75,7 +77,7 @@ class SimpleTuner(Backend):
 
     def project(self, recipe: Recipe) -> Recipe:
         """The recipe as SimpleTuner runs it: `read(write(recipe)) == project(recipe)`."""
-        normal = m.normalize(recipe, lambda *args: None)
+        normal = m.normalize(recipe, lambda *args: None, self._base_dir(None))
         passthrough = pt.project(normal)
         datasets = []
         for i, ds in enumerate(normal.datasets):
@@ -96,6 +98,14 @@ class SimpleTuner(Backend):
                 "passthrough": {"simpletuner": passthrough} if passthrough else {},
             }
         )
+
+    def _base_dir(self, bag: DiagnosticBag | None) -> Path | None:
+        # Where the dataset folders are counted (a warmup % of an epoch-counted run, T550).
+        if self.options.get("base_dir") is not None:
+            return Path(self.options["base_dir"])
+        if bag is not None and bag.file and Path(bag.file).is_file():
+            return Path(bag.file).resolve().parent  # relative paths mean "next to the recipe"
+        return None
 
     def _reporter(self, bag: DiagnosticBag):
         def report(code: str, message: str, help: str, loss: bool) -> None:

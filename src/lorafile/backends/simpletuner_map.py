@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
+from lorafile.compiler import dataset_count
+from lorafile.compiler.dataset_count import Counts
 from lorafile.spec import Recipe
 from lorafile.spec.models import Buckets, Resolution, Warmup
 
@@ -166,15 +169,19 @@ def lycoris_alpha(alpha: float) -> int:
     return max(1, int(alpha))
 
 
-def normalize(recipe: Recipe, report: Report) -> Recipe:
-    """The recipe as SimpleTuner will run it, reporting each difference (see module doc)."""
+def normalize(recipe: Recipe, report: Report, base_dir: Path | None = None) -> Recipe:
+    """The recipe as SimpleTuner will run it, reporting each difference (see module doc).
+
+    `base_dir` is the folder relative dataset paths are resolved against (the recipe's folder):
+    a warmup percentage of an epoch-counted run needs the images counted there.
+    """
     update = {
         "base": _base(recipe, report),
         "datasets": _datasets(recipe, report),
         "regularization": _regularization(recipe, report),
         "adapter": _adapter(recipe, report),
-        "train": _train(recipe, report),
-        "save": _save(recipe, report),
+        "train": _train(recipe, report, base_dir),
+        "save": _save(recipe, report, base_dir),
         "sample": _sample(recipe, report),
         "hardware": _hardware(recipe, report),
         "output": _output(recipe, report),
@@ -405,7 +412,7 @@ def _int_alpha(name: str, alpha: float, report: Report) -> int:
     return value
 
 
-def _train(recipe: Recipe, report: Report):
+def _train(recipe: Recipe, report: Report, base_dir: Path | None):
     train = recipe.train
     lr = train.unet_lr or train.lr
     update: dict = {"lr": lr, "unet_lr": None, "text_encoder_lr": None}
@@ -418,7 +425,9 @@ def _train(recipe: Recipe, report: Report):
             "use the same learning rate for the UNet and the text encoders",
             True,
         )
-    update["warmup"] = _warmup(train, report)
+    counts = _epoch_counts(recipe, base_dir)
+    update["warmup"] = _warmup(recipe, report, counts)
+    _epoch_length(recipe, report, counts)
     if train.power == 1.0:
         update["power"] = None  # the recipe default; SimpleTuner's is 0.8, so it is written
     update["optimizer_args"] = _optimizer_args(train.optimizer_args, report)
@@ -437,21 +446,104 @@ def _train(recipe: Recipe, report: Report):
     return train.model_copy(update=update)
 
 
-def _warmup(train, report: Report) -> Warmup | None:
+def _epoch_counts(recipe: Recipe, base_dir: Path | None) -> Counts | None:
+    """The images SimpleTuner will find, when an epoch-counted run needs them (names only)."""
+    train = recipe.train
+    percent = train.warmup is not None and train.warmup.unit == "percent"
+    if train.epochs is None or not (percent or recipe.regularization):
+        return None
+    return dataset_count.count_recipe(recipe, dataset_count.SIMPLETUNER, base_dir)
+
+
+def _warmup(recipe: Recipe, report: Report, counts: Counts | None) -> Warmup | None:
+    train = recipe.train
     warmup = train.warmup
     if warmup is None or warmup.unit == "steps":
         return None if warmup is None or warmup.value == 0 else warmup
-    if train.steps is None:
-        report(
-            "T536",
-            f"warmup {warmup.value}% of a run measured in epochs cannot be written: "
-            "SimpleTuner's `lr_warmup_steps` counts steps.",
-            "give the warmup in steps",
-            True,
-        )
+    if train.steps is not None:
+        steps = warmup.steps(train.steps)
+        return Warmup(value=steps) if steps else None
+    # `lr_warmup_steps` is an int argument (no ratio form, no warmup-ratio option), so the
+    # percentage needs the run's length: SimpleTuner's own arithmetic over the counted images.
+    run = dataset_count.simpletuner_steps(recipe, counts)
+    if run is None:
+        report("T536", _uncounted(warmup, counts), _uncounted_help(recipe, counts), True)
         return None
-    steps = warmup.steps(train.steps)
+    steps = warmup.steps(run.total)
+    estimate = "" if run.exact else _BUCKET_NOTE
+    report(
+        "T550",
+        f"warmup {warmup.value:g}% of {train.epochs} epochs is written as "
+        f"`lr_warmup_steps: {steps}`, counted from the dataset folders: {run.how}; "
+        f"{warmup.value:g}% of {run.total} is {steps}.{estimate}",
+        "the number holds only while the folders keep these images: compile again after "
+        "adding or removing images, or give the warmup in steps",
+        False,
+    )
     return Warmup(value=steps) if steps else None
+
+
+_BUCKET_NOTE = (
+    " With batch > 1 this assumes each dataset's images share one aspect bucket; images of "
+    "different shapes add partial batches, so the run can be a little longer than counted."
+)
+
+
+def _epoch_length(recipe: Recipe, report: Report, counts: Counts | None) -> None:
+    """T551: with regularization, SimpleTuner's epoch is not the recipe's (kohya's) epoch."""
+    if counts is None or not recipe.regularization:
+        return
+    ratio = recipe.regularization[0].ratio
+    ours = dataset_count.simpletuner_steps(recipe, counts)
+    gpus = recipe.hardware.gpus * recipe.hardware.machines
+    meant = dataset_count.recipe_steps(recipe, counts, gpus)
+    lead = (
+        "an epoch in SimpleTuner passes once over every regularisation image, where the "
+        f"recipe (like kohya and lorafile's trainer) means {ratio:g} regularization sample(s) "
+        "per training sample"
+    )
+    if ours is None or meant is None:
+        report(
+            "T551",
+            f"{lead}, so `epochs {recipe.train.epochs}` can be a different number of steps.",
+            "compile where the dataset folders are to see both step counts, or give the run "
+            "in `steps`",
+            False,
+        )
+    elif ours.total != meant.total:
+        report(
+            "T551",
+            f"{lead}: `epochs {recipe.train.epochs}` is {ours.total} steps in SimpleTuner "
+            f"({ours.how}) against {meant.total} in the recipe's meaning ({meant.how}).",
+            f"to train as long as the recipe means, write `steps {meant.total}` instead of "
+            f"`epochs {recipe.train.epochs}` (valid while the folders keep these images)",
+            False,
+        )
+
+
+def _uncounted_help(recipe: Recipe, counts: Counts) -> str:
+    """What to do, with the per-image arithmetic so a warmup in steps is one multiplication."""
+    train = recipe.train
+    share = train.warmup.value / 100 * train.epochs / (train.batch * train.accumulate)
+    terms = " + ".join(
+        f"{share * f.repeats:.3g} × the images in `{f.path}`" for f in counts.folders
+    )
+    return (
+        f"give the warmup in steps: `warmup N` with N ≈ {terms} ({train.warmup.value:g}% of "
+        f"{train.epochs} epochs × repeats / batch {train.batch} / accumulation "
+        f"{train.accumulate}); or compile where the dataset folders are, so that lorafile "
+        "counts the images; or pass --allow-lossy to write `lr_warmup_steps: 0` (no warmup)"
+    )
+
+
+def _uncounted(warmup: Warmup, counts: Counts) -> str:
+    why = "SimpleTuner's `lr_warmup_steps` counts steps and the run's step count "
+    if counts.missing:
+        where = "; ".join(f"`{f.folder}` {f.why_missing}" for f in counts.missing)
+        why += f"needs the images, but {where}"
+    else:
+        why += "needs the images, but the folders have fewer images than one batch"
+    return f"warmup {warmup.value:g}% of a run measured in epochs cannot be written: {why}."
 
 
 def _optimizer_args(args: dict, report: Report) -> dict:
@@ -518,7 +610,7 @@ def _snr(gamma: float | None, report: Report) -> float | None:
     return float(whole)
 
 
-def _save(recipe: Recipe, report: Report):
+def _save(recipe: Recipe, report: Report, base_dir: Path | None):
     save = recipe.save
     update: dict = {"precision": "fp16"}
     if save.precision != "fp16":
@@ -545,7 +637,7 @@ def _save(recipe: Recipe, report: Report):
                 "T542",
                 "SimpleTuner keeps 5 checkpoints by default and the number this "
                 "run makes is unknown, so `keep all` cannot be written.",
-                "set `keep N` in the save statement",
+                _keep_help(recipe, base_dir),
                 True,
             )
             keep = 5
@@ -553,6 +645,30 @@ def _save(recipe: Recipe, report: Report):
         keep = None
     update["keep"] = keep
     return save.model_copy(update=update)
+
+
+def _keep_help(recipe: Recipe, base_dir: Path | None) -> str:
+    """T542's help: the checkpoint count, as far as the recipe and the images tell it."""
+    every, train = recipe.save.every, recipe.train
+    counts = dataset_count.count_recipe(recipe, dataset_count.SIMPLETUNER, base_dir)
+    if every.unit == "epochs":  # a steps-counted run: every epoch has at least one step
+        most = train.steps // every.every
+        text = f"set `keep N` in the save statement: this run makes at most {most} checkpoints"
+        epoch = dataset_count.simpletuner_steps(recipe, counts, epochs=1)
+        if epoch is not None:
+            about = train.steps // epoch.per_epoch // every.every
+            text += f", about {about} with the images there now ({epoch.per_epoch} steps per epoch)"
+        return text
+    run = dataset_count.simpletuner_steps(recipe, counts)
+    if run is None:
+        return (
+            "set `keep N` in the save statement; compile where the dataset folders are to "
+            "have the run's length counted"
+        )
+    return (
+        f"set `keep N` in the save statement: with the images there now the run is {run.total} "
+        f"steps ({run.how}), about {run.total // every.every} checkpoints"
+    )
 
 
 def _sample(recipe: Recipe, report: Report):

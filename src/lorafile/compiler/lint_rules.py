@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorafile.compiler import clip_bpe
+from lorafile.compiler.dataset_count import NATIVE, list_images
 from lorafile.compiler.diagnostics import DiagnosticBag, Span
 from lorafile.spec import Recipe
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MAX_SCANNED = 5000
 
 # Usual learning rates for AdamW-family optimizers (kohya/SimpleTuner guides; vram_perf.md).
@@ -84,12 +84,10 @@ def scan_images(folder: Path) -> list[Image] | None:
     """Images in `folder`, or in its immediate subfolders (kohya's `N_name` layout)."""
     if not folder.is_dir():
         return None
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_images(folder, NATIVE)
     if not files:
         subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
-        files = sorted(
-            f for d in subdirs for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES
-        )
+        files = sorted(f for d in subdirs for f in list_images(d, NATIVE))
     out = []
     for path in files[:MAX_SCANNED]:
         size = image_size(path)
@@ -228,7 +226,10 @@ def steps_heuristic(ctx: LintContext) -> None:
         return
     views = sum(len(c) * ds.repeats for c, ds in zip(counts, r.datasets, strict=True))  # type: ignore[arg-type]
     if r.regularization:
-        views *= 2  # kohya and SimpleTuner add as many regularization images per epoch
+        # kohya repeats the class images until they match the training samples, doubling an
+        # epoch; SimpleTuner adds one pass over them instead (T551). The 3x band of this
+        # heuristic covers the difference; the kohya reading is the one documented.
+        views *= 2
     effective = r.train.batch * r.train.accumulate * (ctx.gpus or r.hardware.gpus)
     usual = max(1, math.ceil(views * HEURISTIC_EPOCHS / effective))
     steps = r.train.steps

@@ -159,7 +159,7 @@ def migrate(
     report = Report(loaded.kind, to, str(source), "")
     report.imported = list(loaded.diagnostics)
     strict = DiagnosticBag()
-    target = _backend(to, allow_lossy=False, options=target_options)
+    target = _backend(to, allow_lossy=False, options=_target_options(target_options, source))
     compiled = target.write(recipe, strict)
     for diag in strict:
         if diag.is_error:
@@ -191,6 +191,13 @@ def _check_direction(kind: str, to: str, source: Path) -> None:
             else "choose the other trainer with --to",
         )
         raise DiagnosticError(bag.items)
+
+
+def _target_options(options: dict | None, source: Path) -> dict:
+    # Relative dataset paths are counted next to the source config, as `compile` counts them
+    # next to its input: an epoch-counted warmup % becomes steps for SimpleTuner (T550).
+    folder = source if source.is_dir() else source.parent
+    return {"base_dir": folder.resolve(), **(options or {})}
 
 
 def _backend(name: str, allow_lossy: bool, options: dict | None):

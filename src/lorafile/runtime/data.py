@@ -18,7 +18,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+from lorafile.compiler.dataset_count import KOHYA_EXTENSIONS, NATIVE
+from lorafile.compiler.dataset_count import list_images as find_images
+
+IMAGE_EXTENSIONS = KOHYA_EXTENSIONS
 """kohya's list (library/train_util.py IMAGE_EXTENSIONS), any case; discovery is not recursive."""
 
 MIN_READABLE_FRACTION = 0.5
@@ -117,7 +120,9 @@ def bucket_table(items: list[ImageItem]) -> list[dict]:
 
 
 def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    """The native trainer's images in `folder`: one counting function, shared with the compile
+    path's per-trainer counts (compiler/dataset_count.py, rule NATIVE = IMAGE_EXTENSIONS)."""
+    return find_images(folder, NATIVE)
 
 
 def file_sha256(path: Path) -> str:
