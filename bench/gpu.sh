@@ -4,11 +4,26 @@
 #                           the same cases' lint estimate and exact simulation (CPU)
 #   bench/gpu.sh --levers   each speed lever alone (channels_last, torch.compile, fused AdamW)
 #   bench/gpu.sh --dry-run  tiny model on the CPU, 1 step: checks that the script runs
+#   bench/gpu.sh --budget-s S   start no new case after S seconds (the device allows 600 s a call)
+#   bench/gpu.sh --tests    the CUDA-only tests (tests/test_gpu.py: CUDA graphs, pinned caches)
+# On the device machine: bash bench/gpu_wheels.sh here first, and carry .whl (see that script).
 # Builds the SDXL architecture with random weights: nothing is downloaded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
+# The device machine has torch but not these: install the wheels carried in .whl/ (made here by
+# bench/gpu_wheels.sh). Where they import already (this project's .venv), nothing is installed.
+if ! "$PY" -c 'import diffusers, bitsandbytes, pydantic, lark' 2>/dev/null; then
+  ls .whl/*.whl >/dev/null 2>&1 || { echo "gpu.sh: diffusers/bitsandbytes/pydantic/lark are missing; run bench/gpu_wheels.sh here and carry .whl" >&2; exit 2; }
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # lorafile itself, uninstalled
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+if [ "${1:-}" = "--tests" ]; then
+  shift
+  exec "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_gpu.py "$@"
+fi
 exec "$PY" bench/gpu_train.py "$@"

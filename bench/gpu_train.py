@@ -15,8 +15,10 @@ The trainer's CUDA settings are on in every case unless the lever sweep turns on
 TF32 matmuls, cudnn.benchmark, channels_last UNet and latents, fused AdamW (with `adamw`).
 `--levers` measures, at batch 1 with checkpointing and at batch 4 without: eager NCHW
 (channels_last off), the trainer default (channels_last on), + torch.compile (dynamic=False;
-its compile time is excluded by the warm-up and printed), and torch AdamW fused instead of
-adamw8bit. The dry run skips torch.compile (inductor on a CPU takes minutes).
+its compile time is excluded by the warm-up and printed), + CUDA graphs (torch.compile mode
+"reduce-overhead": each step replays one recorded graph), and torch AdamW fused instead of
+adamw8bit. The dry run skips torch.compile (inductor on a CPU takes minutes: 224 s for the
+tiny UNet's forward and backward, measured 2026-11-28).
 
 Prints per configuration: s/step (median after `--warmup` steps), images/s, FLOPs per step
 (counted once with torch.utils.flop_counter, recomputation included), achieved TFLOP/s and
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -49,6 +52,8 @@ class Case:
     optimizer: str = "adamw8bit"
     channels_last: bool = True
     compile: bool = False
+    compile_mode: str = "default"
+    """torch.compile's mode; "reduce-overhead" also replays each shape as a CUDA graph."""
     label: str = "default"
 
 
@@ -64,6 +69,7 @@ def lever_cases(size: int, dry_run: bool, batches: list[int] | None = None) -> l
             Case(**base, channels_last=False, label="NCHW"),
             Case(**base, label="default"),
             Case(**base, compile=True, label="+compile"),
+            Case(**base, compile=True, compile_mode="reduce-overhead", label="+cudagraphs"),
             Case(**base, optimizer="adamw", label="fused adamw"),
         ]
     return [c for c in cases if not (dry_run and c.compile)]
@@ -124,18 +130,21 @@ def setup_case(case: Case, device, tiny: bool):
     if case.compile:
         from lorafile.runtime.diffusion import compile_unet
 
-        compile_unet(unet, buckets=1)
+        compile_unet(unet, buckets=1, mode=case.compile_mode)
     opt = optim.build_optimizer(case.optimizer, [{"params": params, "lr": 1e-4}], {})
     sched = DDPMScheduler.from_config(sdxl.sdxl_config("scheduler"))
     return unet, params, opt, sched
 
 
-def train_step(unet, params, opt, sched, latents, cond, step: int, autocast, channels_last):
+def train_step(unet, params, opt, sched, latents, cond, step: int, autocast, channels_last,
+               cuda_graphs: bool = False):  # fmt: skip
     """One optimizer step of lorafile's loss; no host synchronisation inside."""
     import torch
 
     from lorafile.runtime import diffusion
 
+    if cuda_graphs:
+        torch.compiler.cudagraph_mark_step_begin()  # as Trainer.loss_step
     generator = diffusion.step_generator(0, 0, step)
     with autocast():
         per_sample, _ = diffusion.denoising_loss(
@@ -163,6 +172,8 @@ def run_case(case: Case, args, device) -> dict:
 
     import torch
 
+    from lorafile.runtime import diffusion
+
     tiny = args.dry_run
     unet, params, opt, sched = setup_case(case, device, tiny)
     latents, cond = make_inputs(unet, case, device, tiny)
@@ -172,7 +183,9 @@ def run_case(case: Case, args, device) -> dict:
         else contextlib.nullcontext
     )
     cl = case.channels_last and device.type == "cuda"
-    step = lambda i: train_step(unet, params, opt, sched, latents, cond, i, autocast, cl)  # noqa: E731
+    graphs = case.compile and case.compile_mode in diffusion.CUDA_GRAPH_MODES
+    graphs = graphs and device.type == "cuda"
+    step = lambda i: train_step(unet, params, opt, sched, latents, cond, i, autocast, cl, graphs)  # noqa: E731
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
     for i in range(args.warmup):
@@ -243,7 +256,12 @@ def memory_models(case: Case) -> dict:
     est = vram.estimate(recipe)
     allocated = sum(c.bytes for c in est.components if not c.name.startswith("CUDA context"))
     sim = memsim.simulate(recipe)
-    return {"lint_allocated": allocated, "lint_total": est.total_bytes, "simulated": sim.peak}
+    return {
+        "lint_allocated": allocated,
+        "lint_total": est.total_bytes,
+        "simulated": sim.peak,
+        "simulated_tflop_per_step": sim.total_flops / 1e12,  # counted on the meta device
+    }
 
 
 def gpu_name(device) -> str:
@@ -260,7 +278,7 @@ def report(rows: list[dict], gpu: str) -> str:
     measured = MEASURED_MATMUL_TFLOPS.get(gpu)
     gib = lambda n: f"{n / 2**30:6.2f}" if n else "   n/a"  # noqa: E731
     head = (f"{'case':<12} {'optimizer':<9} {'batch':>5} {'GC':>3} {'s/step':>7} {'img/s':>6} {'TFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>6} "
-            f"{'MFU790':>6} {'alloc GiB':>9} {'lint GiB':>8} {'sim GiB':>7}")  # fmt: skip
+            f"{'MFU790':>6} {'alloc GiB':>9} {'lint GiB':>8} {'sim GiB':>7} {'sim TFLOP':>9}")  # fmt: skip
     lines = [head]
     for r in rows:
         mfu = f"{r['tflops'] / peak:6.1%}" if peak else "   n/a"
@@ -270,7 +288,8 @@ def report(rows: list[dict], gpu: str) -> str:
             f"{r['label']:<12} {optimizer:<9} "
             f"{r['batch']:>5} {'on' if r['checkpointing'] else 'off':>3} {r['s_per_step']:7.3f} "
             f"{r['images_per_s']:6.2f} {r['tflop_per_step']:10.2f} {r['tflops']:8.1f} {mfu} {mfu2} "
-            f"{gib(r['max_memory_allocated']):>9} {gib(r.get('lint_allocated')):>8} {gib(r.get('simulated')):>7}"
+            f"{gib(r['max_memory_allocated']):>9} {gib(r.get('lint_allocated')):>8} {gib(r.get('simulated')):>7} "
+            f"{r.get('simulated_tflop_per_step', math.nan):9.2f}"
         )
     lines.append(
         "F: fused AdamW. Warm-up seconds (torch.compile's compile time): "
@@ -298,9 +317,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--levers",
         action="store_true",
-        help="measure the speed levers one at a time (channels_last, compile, fused AdamW)",
+        help="measure the speed levers one at a time (channels_last, compile, CUDA graphs, fused "
+        "AdamW)",
     )
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        help="start no new case after this many seconds: the device tool allows 600 s per call, "
+        "and the cases finished by then are still reported",
+    )
     args = p.parse_args(argv)
     if args.dry_run:
         default = None if args.levers else "1,2"
@@ -319,8 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.levers:
         chosen = [int(b) for b in args.batches.split(",")] if args.batches else None
         cases = lever_cases(args.size, args.dry_run, chosen)
-    rows = []
-    for case in cases:
+    rows, started = [], time.perf_counter()
+    for n, case in enumerate(cases):
+        if args.budget_s and time.perf_counter() - started > args.budget_s:
+            print(f"budget of {args.budget_s:.0f} s spent: {len(cases) - n} case(s) not run: "
+                  + ", ".join(f"{c.label} b{c.batch}" for c in cases[n:]), flush=True)  # fmt: skip
+            break
         try:
             row = run_case(case, args, device)
         except Exception as err:  # one lever failing (e.g. compile) must not lose the others

@@ -67,3 +67,30 @@ def test_gpu_bench_lever_sweep_dry_run_on_cpu():
     assert all(r["batch"] == 1 and r["checkpointing"] for r in rows)
     assert not any(r["channels_last"] or r["fused"] or r["compile"] for r in rows)
     assert all(r["s_per_step"] > 0 and r["tflop_per_step"] > 0 for r in rows)
+
+
+def test_gpu_lever_sweep_measures_cuda_graphs_on_a_gpu(monkeypatch):
+    """On a GPU the sweep has both torch.compile levers: default mode and "reduce-overhead"
+    (CUDA graphs); the CPU dry run leaves both out rather than wait minutes for inductor."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import gpu_train
+
+    labels = [(c.label, c.batch, c.compile_mode) for c in gpu_train.lever_cases(1024, False)]
+    for batch in (1, 4):
+        assert ("+compile", batch, "default") in labels
+        assert ("+cudagraphs", batch, "reduce-overhead") in labels
+    assert not any(c.compile for c in gpu_train.lever_cases(1024, True))
+
+
+def test_gpu_wheels_are_the_versions_the_tests_run():
+    """bench/gpu_wheels.sh pins the wheels carried to the device machine: the same versions
+    as this environment, so the GPU runs the code the CPU suite tested."""
+    import re
+    from importlib.metadata import version
+
+    script = (ROOT / "bench" / "gpu_wheels.sh").read_text()
+    pins = re.findall(r"([A-Za-z0-9_.-]+)==([0-9][^\s)]*)", script)
+    assert {name.lower().replace("_", "-") for name, _ in pins} >= {
+        "bitsandbytes", "diffusers", "pydantic", "pydantic-core", "lark",
+    }  # fmt: skip
+    assert [(name, version(name)) for name, _ in pins] == pins

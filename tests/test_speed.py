@@ -147,6 +147,41 @@ def test_loop_syncs_once_per_log_interval_and_compiles_in_place(
     # 8 steps, log_every 4: one read-back at step 4 and one at step 8, whatever the step count.
     assert counter.calls == ["tolist in train.py"] * 2
     assert compiled == [{"dynamic": False}]
+    assert trainer.cuda_graphs is False  # the default mode records no CUDA graphs
+
+
+def test_compile_mode_reaches_torch_compile_and_cuda_graphs_only_on_cuda(
+    tiny_sdxl_dir, tmp_path, monkeypatch
+):
+    """`--compile-mode reduce-overhead` (CUDA graphs) from the command line to
+    `Module.compile`, through the DDP worker arguments too; on a CPU no step is marked."""
+    import torch
+
+    from lorafile.cli import build_parser
+    from lorafile.runtime import launch
+
+    args = build_parser().parse_args(["train", "r.recipe", "--compile-mode", "reduce-overhead"])
+    worker = launch.worker_args(args)
+    assert worker[worker.index("--compile-mode") + 1] == "reduce-overhead"
+    with pytest.raises(SystemExit):  # argparse refuses a mode torch.compile does not have
+        build_parser().parse_args(["train", "r.recipe", "--compile-mode", "fast"])
+    compiled, marks = [], []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append(kw))
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    make_dataset(tmp_path / "data", 2, seed=5)
+    recipe = tiny_recipe(tiny_sdxl_dir / "tiny_sdxl.safetensors", tmp_path / "data",
+                         tmp_path / "out", sample=None, save=Save())  # fmt: skip
+    trainer = Trainer(plan_for(recipe), TrainOptions(quiet=True, compile="reduce-overhead"))
+    trainer.setup()
+    assert compiled == [{"dynamic": False, "mode": "reduce-overhead"}]
+    assert trainer.cuda_graphs is False  # CPU: inductor records no CUDA graphs
+    trainer.loss_step(0, 0, [data.Sample(0)])
+    assert marks == []
+    trainer.cuda_graphs = True  # as on a GPU: every micro-batch starts a new graph iteration
+    trainer.loss_step(0, 0, [data.Sample(0)])
+    assert marks == [1]
+    with pytest.raises(ValueError, match=r"unknown torch\.compile mode"):
+        diffusion.compile_unet(trainer.models.unet, 1, "fast")
 
 
 def test_nan_guard_names_the_first_bad_step_and_never_saves_it(

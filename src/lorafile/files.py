@@ -1,16 +1,59 @@
 """Writing user-visible files so that a crash never leaves a half-written one.
 
-Every text file lorafile writes for a user (formatted recipes, compiled trainer configs, migrated
-configs, imported recipes) goes through here: the text goes to a temporary file in the same
-folder (same file system, so the rename is atomic), is flushed to disk, then replaces the target.
+Every file lorafile writes for a user goes through here: text (formatted recipes, compiled
+trainer configs, migrated configs, imported recipes, the trainer's plan.json and run.json) with
+`write_text_atomic`, bytes from another writer (safetensors adapters, cache entries) with
+`atomic_path`. The content goes to a temporary file in the same folder (same file system, so
+the rename is atomic), is flushed to disk, then replaces the target; on any failure, a
+KeyboardInterrupt included, the temporary file is removed and the target is untouched.
+Torch-free: the compile path imports this module.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: Path, mode: int | None = None) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; it replaces `path` when the block ends.
+
+        with atomic_path(out) as tmp:
+            save_file(tensors, str(tmp))
+
+    On success the temporary file is fsynced and renamed onto `path` (afterwards `path` holds
+    either the old or the new content, never a part); on any exception it is removed and the
+    exception propagates. Writes through a symlink rather than replacing the link. `mode`
+    defaults to the existing file's permissions, or 0o644 for a new file.
+    """
+    path = Path(os.path.realpath(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode is None:
+        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file the caller's writer closed: the rename must not reach the disk first."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_text_atomic(path: Path, text: str, mode: int | None = None) -> Path:
@@ -20,20 +63,8 @@ def write_text_atomic(path: Path, text: str, mode: int | None = None) -> Path:
     file's permissions, or 0o644 for a new file.
     """
     path = Path(os.path.realpath(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if mode is None:
-        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, mode) as tmp:
+        tmp.write_text(text, encoding="utf-8", newline="\n")
     return path
 
 

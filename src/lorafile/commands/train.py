@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from lorafile.runtime.diffusion import COMPILE_MODES  # torch-free at import
 
 
 def register(subparsers) -> None:
@@ -58,6 +61,12 @@ def register(subparsers) -> None:
         help="torch.compile the UNet, one graph per bucket shape: faster steps on a GPU, but "
         "the first step of each bucket shape compiles (minutes for SDXL)",
     )
+    p.add_argument(
+        "--compile-mode",
+        choices=COMPILE_MODES,
+        help="the torch.compile mode (implies --compile): reduce-overhead also records each "
+        "bucket shape as a CUDA graph and replays it (one launch per step); default: default",
+    )
     from lorafile.runtime import launch  # torch-free at import
 
     launch.add_arguments(p)
@@ -66,7 +75,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lorafile.commands.plan import load_plan
-    from lorafile.runtime.train import TrainOptions, train
+    from lorafile.runtime.train import Trainer, TrainOptions
 
     plan = load_plan(args.input)
     _quiet_libraries()
@@ -84,13 +93,58 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         quiet=args.quiet,
         log_every=args.log_every,
-        compile=args.compile,
+        compile=args.compile_mode or args.compile,
     )
-    result = launch.train(plan, options) if launch.in_worker() else train(plan, options)
+    trainer = launch.trainer(plan, options) if launch.in_worker() else Trainer(plan, options)
+    try:
+        trainer.setup()
+    except KeyboardInterrupt:  # loading or caching: nothing trained yet (cache entries are atomic)
+        wrote = trainer.abandon("interrupted before training started")
+        if launch.rank() == 0:
+            print(_not_started(args, wrote), file=sys.stderr)
+        return 130
+    return _train(trainer, args)
+
+
+def _train(trainer, args: argparse.Namespace) -> int:
+    """Run the loop; a signal ends it with a checkpoint, 130 (SIGINT) or 143 (SIGTERM)."""
+    from lorafile.runtime import launch
+    from lorafile.runtime.checkpoint import latest_checkpoint
+    from lorafile.runtime.train import TrainingInterrupted
+
+    # In a DDP worker the launcher prints the command (the worker's input is a temp plan).
+    again = None if launch.in_worker() else launch.resume_command(args)
+    try:
+        result = trainer.train()
+    except TrainingInterrupted as stop:
+        if trainer.writes:
+            print(stop.sentence(again), file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C while stopping: aborted at once
+        if trainer.abandon("aborted at once by a second signal"):
+            last = latest_checkpoint(trainer.out)
+            print(
+                f"Aborted at once after step {trainer.step}; the steps after the last "
+                f"checkpoint ({last or 'none was saved'}) are lost."
+                + (f" To continue from it, run: {again}" if last and again else ""),
+                file=sys.stderr,
+            )
+        return 130
     print(f"adapter: {result.adapter}")
     if result.log_dir:
         print(f"logs:    {result.log_dir}  (tensorboard --logdir {result.log_dir})")
     return 0
+
+
+def _not_started(args: argparse.Namespace, wrote_run_file: bool) -> str:
+    """The sentence for a Ctrl-C before the first step."""
+    fresh = wrote_run_file and not args.resume and not args.force
+    how = (
+        "run the same command with --force to start over (the caches filled so far are reused)"
+        if fresh
+        else "run the same command again"
+    )
+    return f"Interrupted before training started; nothing was lost. To train, {how}."
 
 
 def _quiet_libraries() -> None:

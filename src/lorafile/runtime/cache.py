@@ -4,14 +4,13 @@ A cache entry is a safetensors file named by the sha256 of everything that decid
 the image's content hash, its bucket and crop, the flip, a fingerprint of the VAE (or, for
 text, the caption and a fingerprint of both text encoders and the clip skip). A changed image,
 caption, resolution or model therefore looks up a different name: a stale entry is never used,
-and exactly the affected entries are recomputed. Writes are atomic (temp file + os.replace).
+and exactly the affected entries are recomputed. Writes are atomic (files.atomic_path).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,10 +79,10 @@ class TensorCache:
         else:
             from safetensors.torch import save_file
 
-            self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.folder / f".{key}.tmp"
-            save_file(tensors, tmp)
-            os.replace(tmp, self.folder / f"{key}.safetensors")  # atomic: no half-written entry
+            from lorafile.files import atomic_path
+
+            with atomic_path(self.folder / f"{key}.safetensors") as tmp:
+                save_file(tensors, str(tmp))  # atomic: no half-written entry, ever
 
     def lookup_or_compute(self, key: str, compute) -> dict:
         entry = self.get(key)

@@ -48,14 +48,18 @@ def save_checkpoint(
 
     final = step_dir(out, step)
     tmp = final.parent / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed save
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in adapter.items()}, tmp / "adapter.safetensors")
-    torch.save(state, tmp / "state.pt")
-    export(tmp)
-    if final.exists():  # a resumed run re-saving a step: replace the old copy
-        shutil.rmtree(final)
-    os.replace(tmp, final)  # the commit point: the folder appears complete or not at all
+    try:
+        save_file({k: v.contiguous() for k, v in adapter.items()}, tmp / "adapter.safetensors")
+        torch.save(state, tmp / "state.pt")
+        export(tmp)
+        if final.exists():  # a resumed run re-saving a step: replace the old copy
+            shutil.rmtree(final)
+        os.replace(tmp, final)  # the commit point: the folder appears complete or not at all
+    except BaseException:  # a full disk, or a second Ctrl-C while stopping: no temp folder left
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _prune(out, keep)
     return final
 

@@ -453,19 +453,16 @@ def write_lora(modules, path, to: str = "kohya", metadata: dict | None = None, d
     """Write modules (all with alpha set) as one safetensors file, atomically (temp + rename)."""
     from safetensors.torch import save_file
 
+    from lorafile.files import atomic_path
+
     keymap = keymap or sdxl_keymap()
     tensors = to_state_dict(modules, to, keymap, parse_dtype(dtype))
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     meta = build_metadata(modules, to, metadata or {})
     if to != "diffusers":
         meta.update(addnet_hashes(tensors, meta))
-    try:
+    with atomic_path(out) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

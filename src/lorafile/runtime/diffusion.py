@@ -126,14 +126,29 @@ def denoising_loss(
     return per_sample, timesteps
 
 
-def compile_unet(unet, buckets: int) -> None:
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""torch.compile's modes (`torch.compile` docs). "reduce-overhead" and "max-autotune" record
+each input shape as a CUDA graph (cudagraph trees) and replay it: one launch per step instead
+of thousands of kernel launches; they keep a static copy of each shape's inputs and outputs."""
+
+CUDA_GRAPH_MODES = frozenset({"reduce-overhead", "max-autotune"})
+
+
+def compile_unet(unet, buckets: int, mode: str = "default") -> bool:
     """`torch.compile` the UNet in place (`Module.compile`: parameter names, hence the
     adapter's state dict and export, stay the same). `dynamic=False` specialises one graph per
     input shape: each bucket shape (and sampling's batch) compiles once, on its first step,
-    which takes minutes for SDXL; the cache limit is raised so no bucket falls back to eager."""
+    which takes minutes for SDXL; the cache limit is raised so no bucket falls back to eager.
+    Returns whether the mode uses CUDA graphs (the loop then marks each step's start)."""
     import torch
 
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown torch.compile mode {mode!r}; use one of {COMPILE_MODES}")
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     setattr(config, name, max(getattr(config, name), 2 * buckets + 4))  # train + sample shapes
-    unet.compile(dynamic=False)
+    if mode == "default":
+        unet.compile(dynamic=False)
+    else:
+        unet.compile(dynamic=False, mode=mode)
+    return mode in CUDA_GRAPH_MODES

@@ -20,6 +20,11 @@ How a run is spread (the same as accelerate's DDP, which the trainer already use
   At the end the ranks compare their adapters; run.json records the largest difference
   (`ranks_max_difference`, 0.0 when they agree bit for bit).
 
+Ctrl-C or SIGTERM: the launcher passes the signal on to torchrun (started in its own session,
+so a terminal's Ctrl-C reaches each worker once), torchrun to each worker; the workers agree on
+the step to stop at within `log_every` steps (`agreed_signal`), rank 0 writes the checkpoint, and
+the launcher prints the command that resumes the run (runtime/interrupt.py).
+
 Effective batch = batch x accumulate x processes. The learning rate is NOT scaled with the
 number of processes: each optimizer step averages over more images, so the same lr takes steps
 of the same size with less noise. Scale it yourself if you follow the linear-scaling rule.
@@ -28,6 +33,7 @@ of the same size with less noise. Scale it yourself if you follow the linear-sca
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -39,8 +45,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from lorafile.runtime.interrupt import StopRequest
+
 WORKER_ENV = "LORAFILE_DDP_WORKER"
 """Set by the launcher for the processes it starts: they train instead of launching again."""
+SHUTDOWN_TIMEOUT_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
+"""Seconds torchrun waits for the workers after passing a signal on, before SIGKILL."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,8 @@ def worker_args(args: argparse.Namespace) -> list[str]:
             out.append("--" + flag.replace("_", "-"))
     if getattr(args, "format", None):
         out += ["--format", args.format]
+    if getattr(args, "compile_mode", None):
+        out += ["--compile-mode", args.compile_mode]
     if getattr(args, "log_every", None):
         out += ["--log-every", str(args.log_every)]
     return out
@@ -186,8 +198,87 @@ def launch(plan: dict, args: argparse.Namespace) -> int:
         env = {**os.environ, WORKER_ENV: "1"}
         if world.cpu:
             env["ACCELERATE_USE_CPU"] = "1"
+        # torchrun SIGKILLs workers this long after passing a signal on (its default, 30 s, may
+        # not cover `log_every` steps plus a checkpoint); a second signal ends the wait.
+        env.setdefault(SHUTDOWN_TIMEOUT_ENV, "600")
         cmd = torchrun_command(world, plan_file, worker_args(args))
-        return subprocess.call(cmd, env=env)
+        code, signum = run_forwarding_signals(cmd, env)
+    if signum:
+        out = Path(getattr(args, "output", None) or plan["resolved"]["output"]["path"])
+        print(stopped_sentence(out, resume_command(args)), file=sys.stderr)
+        return 128 + signum
+    return code
+
+
+def stopped_sentence(out: Path, command: str) -> str:
+    """What the launcher says after the workers stopped on a signal (rank 0 said where)."""
+    from lorafile.runtime.checkpoint import latest_checkpoint
+
+    try:
+        run = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError):
+        run = {}
+    # interrupted: the checkpoint of the last step; aborted at once: the last one saved
+    last = run.get("checkpoint") if run.get("status") == "interrupted" else None
+    last = last or latest_checkpoint(out)
+    if last:
+        return f"To continue from the checkpoint {last}, run: {command}"
+    return (
+        "The run stopped before its first checkpoint; nothing was trained. To start over, "
+        "run the same command with --force."
+    )
+
+
+def run_forwarding_signals(cmd: list[str], env: dict) -> tuple[int, int]:
+    """Run torchrun in its own session and pass each SIGINT/SIGTERM this process gets on to it:
+    a Ctrl-C reaches the workers once, through torchrun (which sends it to each worker and
+    waits for them), never twice (the terminal's and torchrun's). A second signal makes
+    torchrun stop waiting and SIGTERM the workers: they abort at once. Returns torchrun's exit
+    code and the first signal (0: none)."""
+    process = subprocess.Popen(cmd, env=env, start_new_session=True)
+    with Forwarder(process) as forwarder:
+        return process.wait(), forwarder.signum or 0
+
+
+class Forwarder(StopRequest):
+    """SIGINT/SIGTERM handlers that send every signal on to a child process."""
+
+    def __init__(self, process: subprocess.Popen):
+        super().__init__(
+            "lorafile: passing the signal on to the training processes: they stop within "
+            "`log_every` steps and save a checkpoint; send it again to abort at once."
+        )
+        self.process = process
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            os.write(2, f"\n{self.notice}\n".encode())
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signum)
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The `lorafile train` command that continues an interrupted run exactly: the same input
+    and options with `--resume` (not --force: a resume keeps the outputs), and the same
+    launch options."""
+    import shlex
+
+    default_log = getattr(args, "log_every", None) == 10  # the default: not worth repeating
+    again = argparse.Namespace(
+        **{
+            **vars(args),
+            "resume": True,
+            "force": False,
+            "log_every": None if default_log else args.log_every,
+        }
+    )
+    words = ["lorafile", "train", str(args.input), *worker_args(again)]
+    for name in ("gpus", "machines", "machine_rank", "main_address", "main_port"):
+        value = getattr(args, name, None)
+        if value:
+            words += ["--" + name.replace("_", "-"), str(value)]
+    return shlex.join(words)
 
 
 # --- inside a worker ---------------------------------------------------------------------------
@@ -224,9 +315,13 @@ def _default_device(local_rank: int) -> str:
 
 def train(plan: dict, options: Any):
     """Train as one rank of a DDP run (see the module docstring)."""
+    return trainer(plan, options).setup().train()
+
+
+def trainer(plan: dict, options: Any):
+    """This rank's trainer, not set up yet (the CLI sets it up and trains in two steps)."""
     options = worker_options(options, plan)  # the launcher printed the startup statement
-    trainer = distributed_trainer_class()(plan, options)
-    return trainer.setup().train()
+    return distributed_trainer_class()(plan, options)
 
 
 def distributed_trainer_class():
@@ -258,7 +353,28 @@ def distributed_trainer_class():
             """Average the gradients over the ranks: one flat all-reduce (DDP's buckets)."""
             average_gradients(params)
 
+        def stop_signal(self, flush_point):
+            """A signal on any rank stops every rank, at the same step: the flag is reduced
+            where the loop reads back from the device anyway (once per `log_every` steps)."""
+            return agreed_signal(self.stop.signum or 0) if flush_point else 0
+
     return DistributedTrainer
+
+
+def agreed_signal(signum: int) -> int:
+    """The largest of the ranks' signal numbers (0: no rank was signalled); every rank must
+    call it at the same step. One small all-reduce: on NCCL its read-back is a host sync,
+    which is why the trainer calls it only at flush points."""
+    import torch
+    import torch.distributed as dist
+
+    if not _group_ready():
+        return signum
+    flag = torch.tensor([signum], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        flag = flag.cuda()
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag[0])
 
 
 def global_sum(values: list[float]) -> float:

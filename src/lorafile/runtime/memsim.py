@@ -105,6 +105,14 @@ class SimResult:
     note: str = ""
     cpu_seconds: float = 0.0
     """CPU time of this process during the simulation (all threads)."""
+    flops: dict[str, int] | None = None
+    """FLOPs of one micro-batch by phase ("forward"; "backward" includes the recomputation
+    of checkpointed blocks), as torch.utils.flop_counter counts them (matmuls, convolutions,
+    attention; elementwise ops are not counted)."""
+
+    @property
+    def total_flops(self) -> int:
+        return sum((self.flops or {}).values())
 
     @property
     def peak_gib(self) -> float:
@@ -134,6 +142,7 @@ class SimResult:
             "seconds": round(self.seconds, 2),
             "cpu_seconds": round(self.cpu_seconds, 2),
             "note": self.note,
+            "flops_per_micro_batch": self.flops,
         }
 
 
@@ -200,6 +209,8 @@ def build_meta_models(s: SimSettings) -> MetaModels:
             trainable += adapters.attach(te, ad, unet=False)
             if s.checkpointing:
                 te.gradient_checkpointing_enable()
+    if s.base_precision == "fp8":
+        _store_fp8(s, unet, tes)
     for model in (unet, *tes):
         for name, p in model.named_parameters():
             if ".lora_B." in name or ".hada_w2_a" in name:
@@ -214,16 +225,35 @@ def build_meta_models(s: SimSettings) -> MetaModels:
     return MetaModels(unet, tes, vae, trainable, names)
 
 
+def compute_dtype(s: SimSettings):
+    """Trainer.dtype: the base precision, and for an fp8 base the dtype it computes in (fp16
+    under fp16 mixed precision, else bf16); the fp8 storage comes after attach."""
+    if s.base_precision == "fp8":
+        return _dtype("fp16" if s.precision == "fp16" else "bf16")
+    return _dtype(s.base_precision)
+
+
 def _cast_parts(parts: Any, s: SimSettings):
-    """As Trainer._load_models: fp8 bases are trained from bf16 weights, and the VAE stays
-    fp32 (SDXL's VAE overflows in fp16)."""
+    """As Trainer._load_models: the base in its compute dtype (an fp8 base is stored as fp8
+    after the adapter is attached, `_store_fp8`), and the VAE in fp32 (SDXL's VAE overflows
+    in fp16)."""
     import torch
 
-    base = _dtype("bf16" if s.base_precision == "fp8" else s.base_precision)
+    base = compute_dtype(s)
     unet = parts.unet.to(base)
     vae = parts.vae.to(torch.float32) if parts.vae is not None else None
     tes = [te.to(base) for te in (parts.text_encoder, parts.text_encoder_2) if te is not None]
     return unet, vae, tes
+
+
+def _store_fp8(s: SimSettings, unet: Any, tes: list[Any]) -> None:
+    """As Trainer._attach_adapters: the fp8 layers of runtime/fp8.py (they save the fp8 weight
+    for backward, not a bf16 copy), on the UNet and on encoders that stay on the device."""
+    from lorafile.runtime import fp8, sdxl
+
+    te1, te2 = tes or (None, None)
+    models = sdxl.SDXLComponents(unet=unet, text_encoder=te1, text_encoder_2=te2)
+    fp8.store_base_fp8(models, compute_dtype(s), encoders=bool(tes))
 
 
 class _MetaTokenizer:
@@ -325,6 +355,7 @@ class _TraceTrainer:
         from lorafile.runtime import data, sdxl
 
         self.s, self.seed, self.device = s, 0, torch.device("meta")
+        self.dtype = compute_dtype(s)  # as Trainer.dtype: an fp8 UNet's `.dtype` reads float8
         tok = _MetaTokenizer()
         tes = m.text_encoders or [None, None]
         self.models = sdxl.SDXLComponents(
@@ -424,6 +455,7 @@ class _ForwardBackward:
     peak: int
     snapshot: Snapshot
     phase_peaks: dict[str, int]
+    flops: dict[str, int]
 
 
 _TRACES: dict[SimSettings, _ForwardBackward] = {}
@@ -452,7 +484,7 @@ def _forward_backward(s: SimSettings) -> _ForwardBackward:
     for p in m.trainable:
         p.grad = None
     trace = _ForwardBackward(m, grads, resident, tracker.peak, tracker.snapshot,
-                             dict(tracker.phase_peaks))  # fmt: skip
+                             dict(tracker.phase_peaks), dict(tracker.flops))  # fmt: skip
     while len(_TRACES) >= 2:
         _TRACES.pop(next(iter(_TRACES)))
     _TRACES[key] = trace
@@ -508,7 +540,7 @@ def simulate(settings: SimSettings | Any) -> SimResult:
     resident = {**fb.resident, "optimizer state": state}
     peak = max(fb.peak + state, opt_tracker.peak)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return SimResult(s, peak, snapshot, phases, resident, wall, note, cpu)
+    return SimResult(s, peak, snapshot, phases, resident, wall, note, cpu, dict(fb.flops))
 
 
 # --- Report ------------------------------------------------------------------------------------
@@ -554,6 +586,14 @@ def render_text(result: SimResult, analytic: int | None = None) -> str:
         "  (tensor bytes as torch.cuda.max_memory_allocated counts them; nvidia-smi adds the CUDA "
         "context, ~0.5 GiB, and the allocator's cache)"
     )
+    if result.flops:
+        f = result.flops
+        lines.append(
+            f"  compute: {result.total_flops / 1e12:.1f} TFLOP per micro-batch (forward "
+            f"{f['forward'] / 1e12:.1f}, backward {f['backward'] / 1e12:.1f}"
+            f"{' with recomputation' if s.checkpointing else ''}; matmuls, convolutions and "
+            "attention as torch.utils.flop_counter counts them)"
+        )
     if result.note:
         lines.append(f"  note: {result.note}")
     return "\n".join(lines) + "\n"

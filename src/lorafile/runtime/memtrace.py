@@ -80,6 +80,8 @@ class MemoryTracker:
         self._snapshot_at = 0
         self._top = snapshot_top
         self.phase_peaks: dict[str, int] = {}
+        self.flops: dict[str, int] = defaultdict(int)
+        """FLOPs by phase, counted by the dispatch mode."""
 
     def add(
         self, tensor: Any, category: str | None = None, op: str = "", module: str | None = None
@@ -293,14 +295,25 @@ def dispatch_mode_class():
         they are counted once)."""
 
         def __init__(self, tracker: MemoryTracker):
+            from torch.utils.flop_counter import flop_registry
+
             super().__init__()
             self.tracker = tracker
+            self.flop_formulas = flop_registry
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             import torch
 
             out = func(*args, **(kwargs or {}))
             name = func.__name__
+            # FLOPs by torch.utils.flop_counter's own formulas (matmuls, convolutions,
+            # attention). Not FlopCounterMode itself: its module tracker's autograd hooks keep
+            # checkpointed activations alive and would double the traced peak.
+            formula = self.flop_formulas.get(func._overloadpacket)
+            if formula is not None:
+                self.tracker.flops[self.tracker.phase] += formula(
+                    *args, **(kwargs or {}), out_val=out
+                )
             for t in tree_leaves(out):
                 # Host tensors (noise drawn on the CPU, cached entries) are not device memory.
                 if isinstance(t, torch.Tensor) and t.device.type == "meta":

@@ -10,16 +10,18 @@ Features, with what each costs (reference/vram_perf.md §5):
   * Mixed precision bf16/fp16 through accelerate (fp16 with a loss scaler); adapter weights
     and optimizer state stay fp32. Attention is PyTorch SDPA (diffusers' default processor).
   * 8-bit AdamW (bitsandbytes): 6 bytes less per trainable parameter than AdamW.
+  * fp8 base (`base_precision fp8`, runtime/fp8.py): frozen Linear/Conv weights stored in fp8.
 
 Guards: an output folder with an earlier run is not touched without `resume` or `force`
 (T571); a NaN/inf loss stops the run naming the step and the last good checkpoint (T573).
+Ctrl-C or SIGTERM during the loop stops after the step in progress with a checkpoint of it
+(runtime/interrupt.py: `TrainingInterrupted`, exit 130 / 143 from the CLI).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import secrets
 import shutil
 import time
@@ -27,15 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
+from lorafile.files import write_text_atomic
 from lorafile.runtime import checkpoint as ckpt
-from lorafile.runtime import data
+from lorafile.runtime import data, interrupt
+from lorafile.runtime.interrupt import KILL_AT_STEP_ENV as KILL_AT_STEP_ENV  # re-exported
+from lorafile.runtime.interrupt import SIGNAL_AT_STEP_ENV as SIGNAL_AT_STEP_ENV
+from lorafile.runtime.interrupt import TrainingInterrupted
 from lorafile.runtime.metadata import kohya_metadata
 from lorafile.runtime.plan import recipe_of, scan_recipe
 
 RUN_FILE = "run.json"
 RUN_ARTIFACTS = (RUN_FILE, ckpt.CHECKPOINTS, "samples", "logs")
-KILL_AT_STEP_ENV = "LORAFILE_FAULT_SIGKILL_AT_STEP"
-"""Fault injection for the resume test: the process SIGKILLs itself after this optimizer step."""
 
 
 @dataclass
@@ -54,9 +58,10 @@ class TrainOptions:
     log_every: int = 10
     """Steps between host synchronisations: the loss, grad norm and NaN guard are read back
     from the GPU once per interval (and before every checkpoint and at the end)."""
-    compile: bool = False
+    compile: bool | str = False
     """torch.compile the UNet (dynamic=False: one graph per bucket shape; the first step of
-    each shape compiles, which takes minutes for SDXL)."""
+    each shape compiles, which takes minutes for SDXL). True or a `torch.compile` mode from
+    `diffusion.COMPILE_MODES`; "reduce-overhead" also replays each shape as a CUDA graph."""
 
 
 @dataclass
@@ -120,6 +125,11 @@ class Trainer:
         self.total, self.accumulate = self.r["steps"], self.recipe.train.accumulate
         self.step, self.position, self.last_loss = 0, (0, 0), math.nan
         self.samples: list[Path] = []
+        self.saved_step: int | None = None
+        """The step of the checkpoint this process saved last (a stop does not save it twice)."""
+        self.stop = interrupt.StopRequest()
+        """The signal flag, with handlers installed only while `train()` runs its loop."""
+        self.run_file_written = False
 
     # ---- setup ---------------------------------------------------------------------------
 
@@ -161,10 +171,8 @@ class Trainer:
         if self.seed is None:
             self.seed = secrets.randbelow(2**32)  # the recipe asked for a random seed: record it
         self._write_run_file("running", resume_from)
-        if self.writes:
-            tmp = self.out / ".plan.json.tmp"
-            tmp.write_text(json.dumps(self.plan, indent=2) + "\n")
-            os.replace(tmp, self.out / "plan.json")  # what this run trained with, for `--resume`
+        if self.writes:  # what this run trained with, for `--resume`
+            write_text_atomic(self.out / "plan.json", json.dumps(self.plan, indent=2) + "\n")
         return state
 
     def _print_startup(self) -> None:
@@ -189,28 +197,35 @@ class Trainer:
         }
         if resume_from:
             info["resumed_from"] = str(resume_from)
-        tmp = self.out / f".{RUN_FILE}.tmp"
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        os.replace(tmp, self.out / RUN_FILE)
+        write_text_atomic(self.out / RUN_FILE, json.dumps(info, indent=2) + "\n")
+        self.run_file_written = True
+
+    def abandon(self, reason: str) -> bool:
+        """After a KeyboardInterrupt outside the graceful stop (in `setup()`, or a second
+        signal): mark run.json "aborted" with the last checkpoint, if this process wrote a
+        run.json. True when it did (a fresh run then needs --force to start over)."""
+        if not self.run_file_written:
+            return False
+        last = ckpt.latest_checkpoint(self.out)
+        self._write_run_file("aborted", reason=reason, checkpoint=str(last) if last else None)
+        return True
 
     def _load_models(self) -> None:
         import torch
 
         from lorafile.runtime.sdxl import load_sdxl
 
+        fp16 = self.plan["memory"]["mixed_precision"] == "fp16"
         dtypes = {
             "fp32": torch.float32,
             "bf16": torch.bfloat16,
             "fp16": torch.float16,
-            "fp8": torch.bfloat16,
+            # Loaded in the compute dtype; `_attach_adapters` stores the frozen layers as fp8.
+            "fp8": torch.float16 if fp16 else torch.bfloat16,
         }
         self.dtype = dtypes[self.plan["memory"]["base_precision"]]
-        if self.plan["memory"]["base_precision"] == "fp8":
-            print(
-                "warning: the native trainer stores fp8 base weights as bf16 for now; "
-                "expect the bf16 memory use, not the fp8 estimate",
-                flush=True,
-            )
+        """The dtype the UNet computes in (its inputs are cast to it); not `unet.dtype`, which
+        reads float8 once the base is stored in fp8 (runtime/fp8.py)."""
         m = load_sdxl(self.r["base"], allow_pickle=self.options.allow_pickle)
         if self.r.get("vae"):
             m.vae = load_sdxl(
@@ -322,6 +337,10 @@ class Trainer:
                     )
                     enable()
         m.unet.train()
+        if self.plan["memory"]["base_precision"] == "fp8":  # after attach: see runtime/fp8.py
+            from lorafile.runtime.fp8 import store_base_fp8
+
+            store_base_fp8(m, self.dtype, encoders=not self.plan["memory"]["cache_text"])
 
     def _speed_up(self) -> None:
         """CUDA only: TF32 matmuls, cuDNN autotuning, channels_last UNet; opt-in torch.compile.
@@ -339,10 +358,13 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
             torch.backends.cudnn.benchmark = True
             unet.to(memory_format=torch.channels_last)  # NHWC convolutions on tensor cores
+        self.cuda_graphs = False
         if self.options.compile:
             from lorafile.runtime.diffusion import compile_unet
 
-            compile_unet(unet, buckets=len({i.bucket for i in self.items}))
+            mode = "default" if self.options.compile is True else self.options.compile
+            buckets = len({i.bucket for i in self.items})
+            self.cuda_graphs = compile_unet(unet, buckets, mode) and self.device.type == "cuda"
 
     def _make_accelerator(self) -> None:
         from accelerate import Accelerator
@@ -492,6 +514,9 @@ class Trainer:
         from lorafile.runtime import diffusion
 
         generator = diffusion.step_generator(self.seed, epoch, index)
+        if getattr(self, "cuda_graphs", False):
+            # A new iteration: the graphs' previous outputs may be overwritten from here on.
+            torch.compiler.cudagraph_mark_step_begin()
         with self.accelerator.autocast():
             latents = self.latents(batch, generator)
             cond = self.conditioning(epoch, index, batch)
@@ -537,6 +562,12 @@ class Trainer:
         """One process: nothing to compare (DistributedTrainer: largest adapter difference)."""
         return None
 
+    def stop_signal(self, flush_point: bool) -> int:
+        """The signal to stop on now, 0 for none. One process: the flag, after every step (a
+        Python value: no device sync). DistributedTrainer: reduced over the ranks at flush
+        points only, so every rank stops at the same step."""
+        return self.stop.signum or 0
+
     # ---- the loop -------------------------------------------------------------------------------
 
     def train(self) -> TrainResult:
@@ -545,6 +576,10 @@ class Trainer:
         The loop never waits for the GPU: the loss stays a device tensor, and the losses,
         grad norms and the NaN guard are read back once per `log_every` steps, before every
         checkpoint and at the end (`_flush`, the one host synchronisation).
+
+        SIGINT/SIGTERM while it runs: the step in progress completes, a checkpoint of it is
+        written and `TrainingInterrupted` is raised (see runtime/interrupt.py); the previous
+        signal handlers are back when this returns or raises.
         """
         from lorafile.runtime.logging import RunLog, StepGuard
 
@@ -553,22 +588,36 @@ class Trainer:
         quiet = self.options.quiet or not self.writes
         log = RunLog(log_dir, self.total, self.step, self.device, quiet=quiet)
         self.guard, self.pending = StepGuard(self.device), []
-        kill_at = os.environ.get(KILL_AT_STEP_ENV)
+        every = max(self.options.log_every, 1)
+        world = self.accelerator.num_processes
+        self.stop = interrupt.StopRequest(interrupt.notice(world, every) if self.writes else None)
         stream, start = self.batches(*self.position), time.perf_counter()
-        try:
-            while self.step < self.total:
-                self._one_step(stream, log)
-                if self.step % max(self.options.log_every, 1) == 0:
-                    self._flush(log)
-                self._maybe_save_and_sample(log)
-                if kill_at == str(self.step):
-                    import signal
+        with self.stop:
+            try:
+                while self.step < self.total:
+                    self._one_step(stream, log)
+                    if self.step % every == 0:
+                        self._flush(log)
+                    self._maybe_save_and_sample(log)
+                    interrupt.inject_faults(self.step)  # tests only (env variables)
+                    signum = self.step < self.total and self.stop_signal(self.step % every == 0)
+                    if signum:
+                        self._stop(log, signum)
+                self._flush(log)  # the final loss, and no NaN adapter is exported
+            finally:
+                log.close()
+            return self._finish(time.perf_counter() - start, log_dir)
 
-                    os.kill(os.getpid(), signal.SIGKILL)  # fault injection (test_train_resume.py)
-            self._flush(log)  # the final loss, and no NaN adapter is exported
-        finally:
-            log.close()
-        return self._finish(time.perf_counter() - start, log_dir)
+    def _stop(self, log, signum: int) -> None:
+        """Stop on a signal after this step: NaN guard, checkpoint, run.json, then raise."""
+        self._flush(log)  # T573 instead of a checkpoint when a loss was non-finite
+        if self.writes and self.saved_step != self.step:  # `save every` may have just saved it
+            self.save_checkpoint()
+        self.accelerator.wait_for_everyone()  # the other ranks wait while rank 0 writes
+        folder = ckpt.step_dir(self.out, self.step)
+        name = interrupt.signal_name(signum)
+        self._write_run_file("interrupted", signal=name, checkpoint=str(folder))
+        raise TrainingInterrupted(signum, self.step, self.total, folder)
 
     def _one_step(self, stream, log) -> None:
         """Forward and backward over `accumulate` micro-batches, clip, step, schedule."""
@@ -692,7 +741,7 @@ class Trainer:
             "rng": ckpt.rng_state(),
         }
         name = f"{self.r['output']['name']}-step{self.step:06d}.safetensors"
-        return ckpt.save_checkpoint(
+        folder = ckpt.save_checkpoint(
             self.out,
             self.step,
             self.adapter_states(),
@@ -700,6 +749,8 @@ class Trainer:
             lambda folder: self.export(folder / name),
             self.r["save"]["keep"],
         )
+        self.saved_step = self.step
+        return folder
 
     def sample(self) -> list[Path]:
         """Sample the recipe's prompts with the current adapter into samples/step-NNNNNN/."""
@@ -728,7 +779,7 @@ class Trainer:
         difference = self.rank_difference()  # several processes: do the adapters agree?
         adapter = self.out / f"{self.r['output']['name']}.safetensors"
         if self.writes:
-            if self.r["sample"]:
+            if self.r["sample"] and not self.stop.requested:  # a signal: finish quickly
                 self.samples += self.sample()
             adapter = self.export(adapter)
             extra = {} if difference is None else {"ranks_max_difference": difference}

@@ -1,0 +1,43 @@
+"""lorafile.files: every write replaces the target whole or leaves it alone."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from lorafile.files import atomic_path, write_text_atomic
+
+
+def test_atomic_path_replaces_the_target_on_success(tmp_path):
+    target = tmp_path / "sub" / "a.bin"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp != target and not target.exists()
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    assert os.stat(target).st_mode & 0o777 == 0o644
+    assert [p.name for p in target.parent.iterdir()] == ["a.bin"]
+
+
+def test_atomic_path_keeps_the_old_file_and_removes_the_temp_on_failure(tmp_path):
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o600)
+    for error in (OSError("disk full"), KeyboardInterrupt()):
+        with pytest.raises(type(error)), atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise error
+        assert target.read_bytes() == b"old"
+        assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+    write_text_atomic(target, "text\n")
+    assert target.read_text() == "text\n" and os.stat(target).st_mode & 0o777 == 0o600
+
+
+def test_writes_go_through_a_symlink(tmp_path):
+    real = tmp_path / "real.txt"
+    real.write_text("old")
+    link = tmp_path / "link.txt"
+    link.symlink_to(real)
+    with atomic_path(link) as tmp:
+        tmp.write_text("new")
+    assert link.is_symlink() and real.read_text() == "new"

@@ -1,0 +1,76 @@
+"""Helpers shared by the stop/resume tests (test_train_resume.py, test_train_interrupt.py): one
+recipe with checkpoints and samples, `lorafile train` in a subprocess with fault injection, and
+the bitwise comparison of two runs' adapters."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from lorafile.runtime.demo import make_dataset
+from lorafile.runtime.interrupt import KILL_AT_STEP_ENV, SIGNAL_AT_STEP_ENV
+from lorafile.spec.models import Cache, Interval, Resolution, Sample, Save, Train
+from test_train import plan_for, tiny_recipe
+
+
+def checkpointed_plan(model_dir: Path, tmp: Path, **train) -> Path:
+    """plan.json of a 7-step run saving every 3 steps and sampling every 2 (the data in
+    tmp/data); `train` overrides fields of the Train block."""
+    make_dataset(tmp / "data", 4, seed=4)
+    settings = dict(
+        steps=7,
+        accumulate=2,
+        lr=3e-3,
+        optimizer="adamw8bit",
+        precision="no",
+        checkpointing=False,
+        seed=11,
+        cache=Cache(latents=True, text=False),
+        scheduler="cosine",
+    )
+    recipe = tiny_recipe(
+        model_dir / "diffusers",
+        tmp / "data",
+        tmp / "unused",
+        train=Train(**(settings | train)),
+        save=Save(every=Interval(every=3), layout="diffusers"),
+        sample=Sample(
+            every=Interval(every=2), steps=1, size=Resolution(width=64, height=64), prompts=("zqx",)
+        ),
+    )
+    path = tmp / "plan.json"
+    path.write_text(json.dumps(plan_for(recipe)))
+    return path
+
+
+def train_cli(plan_path: Path, out: Path, *extra: str, kill_at=None, signal_at=None):
+    """`lorafile train PLAN -o OUT -q` in a subprocess on one thread (the same float sums as
+    a test process with torch.set_num_threads(1)); `kill_at`: SIGKILL after that step;
+    `signal_at`: "STEP" (SIGINT) or "STEP:TERM" after that step."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    for name, value in ((KILL_AT_STEP_ENV, kill_at), (SIGNAL_AT_STEP_ENV, signal_at)):
+        env.pop(name, None)
+        if value is not None:
+            env[name] = str(value)
+    cmd = [sys.executable, "-m", "lorafile", "train", str(plan_path), "-o", str(out), "-q", *extra]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def assert_same_adapters(whole: Path, other: Path, checkpoint_step: int) -> None:
+    """The final adapters of two runs are bitwise equal, and so are the fp32 adapters (what a
+    resume loads) of their checkpoints at `checkpoint_step`."""
+    from safetensors.torch import load_file
+
+    a = load_file(whole / "tiny.safetensors")
+    b = load_file(other / "tiny.safetensors")
+    assert a.keys() == b.keys() and len(a) > 0
+    assert all(a[k].equal(b[k]) for k in a), (
+        "the resumed adapter differs from the uninterrupted one"
+    )
+    name = f"step-{checkpoint_step:06d}"
+    a32 = load_file(whole / "checkpoints" / name / "adapter.safetensors")
+    b32 = load_file(other / "checkpoints" / name / "adapter.safetensors")
+    assert a32.keys() == b32.keys() and all(a32[k].equal(b32[k]) for k in a32)
