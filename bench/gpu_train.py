@@ -254,7 +254,7 @@ def memory_models(case: Case) -> dict:
         output=Output(path="out"),
     )
     est = vram.estimate(recipe)
-    allocated = sum(c.bytes for c in est.components if not c.name.startswith("CUDA context"))
+    allocated = est.step_allocated
     sim = memsim.simulate(recipe)
     return {
         "lint_allocated": allocated,

@@ -69,7 +69,7 @@ def analytic_allocated(recipe: Recipe) -> int:
     from lorafile.compiler import vram
 
     est = vram.estimate(recipe)
-    return sum(c.bytes for c in est.components if not c.name.startswith("CUDA context"))
+    return est.step_allocated
 
 
 def trace_table() -> tuple[list, list[str]]:

@@ -81,14 +81,15 @@ def test_unet_weight_bytes(dtype, nbytes):
 def test_text_encoders_and_vae_leave_the_gpu_when_cached():
     plain = vram.estimate(recipe())
     assert comp(plain, "text encoders") == (123_060_480 + 694_659_840) * 2
-    assert comp(plain, "VAE") == 83_653_863 * 2
+    assert comp(plain, "VAE") == 83_653_863 * 4  # the native trainer keeps the VAE fp32
+    assert comp(vram.estimate(recipe(), "kohya"), "VAE") == 83_653_863 * 2  # without no_half_vae
     done = vram.estimate(recipe(train=cached()))
     assert comp(done, "text encoders") == 0
     assert comp(done, "VAE") == 0
 
 
 def test_vae_is_fp32_without_mixed_precision():
-    est = vram.estimate(recipe(train={"precision": "no"}))
+    est = vram.estimate(recipe(train={"precision": "no"}), "kohya")
     assert comp(est, "VAE") == 83_653_863 * 4
 
 
@@ -330,3 +331,10 @@ def test_eight_bit_threshold_can_lower_memory_by_megabytes():
     assert total(4) < total(3)
     assert total(3) - total(4) < 0.01 * 2**30
     assert total(8) > total(3)
+
+
+def test_native_decode_tile_is_the_samplers():
+    """The estimate's sampling phase assumes the trainer's decode tile (runtime/sampling.py)."""
+    from lorafile.runtime import sampling
+
+    assert vram.TILE_PIXELS == sampling.TILE_PIXELS

@@ -255,6 +255,10 @@ def vae_encode_elements(width: int, height: int) -> int:
     return 3 * 128 * width * height
 
 
+TILE_PIXELS = 512
+"""The native trainer's decode tile (runtime/sampling.py TILE_PIXELS; a test keeps them equal)."""
+
+
 def vae_decode_elements(width: int, height: int) -> int:
     return 3 * 256 * width * height
 
@@ -285,6 +289,11 @@ class TrainerProfile:
     fp8_activation_factor: float
     """Activation multiplier when the base is fp8 (torchao float8 saves casted copies)."""
     note: str = ""
+    encodes_in_step: bool = False
+    """Uncached latents are encoded inside the training step, one image at a time, under the
+    step's autocast, with an fp32 VAE (lorafile's trainer); otherwise in a phase of their own."""
+    decodes_in_tiles: bool = False
+    """Samples are decoded in TILE_PIXELS tiles when a whole decode does not fit."""
 
 
 TRAINERS: dict[str, TrainerProfile] = {
@@ -300,8 +309,10 @@ TRAINERS: dict[str, TrainerProfile] = {
     "simpletuner": TrainerProfile("simpletuner", True, True, "sdpa", "precision", False, 2.0,
                                   "caches latents and text embeds always"),
     # lorafile's own trainer: caches what the recipe says, SDPA, fp32 adapter master weights,
-    # sample prompts are encoded once before training.
-    "native": TrainerProfile("native", False, False, "sdpa", "fp32", False, 1.0),
+    # sample prompts are encoded once before training; the VAE stays fp32 (Trainer._load_models)
+    # and uncached latents are encoded in the step (Trainer.latents).
+    "native": TrainerProfile("native", False, False, "sdpa", "fp32", False, 1.0,
+                             encodes_in_step=True, decodes_in_tiles=True),
 }  # fmt: skip
 
 
@@ -336,6 +347,10 @@ class Estimate:
     adapter_params: int = 0
     bucket: tuple[int, int] = (1024, 1024)
     batch: int = 1
+    step_allocated: int = 0
+    """Tensor bytes at the training step's peak, as torch.cuda.max_memory_allocated counts
+    them (no CUDA context or allocator overhead): what `lint --exact` traces. For a trainer
+    that encodes latents in the step this includes the encoding's transient."""
 
     @property
     def step_bytes(self) -> int:
@@ -406,7 +421,8 @@ class _Model:
         self.cache_latents = train.cache.latents or self.p.caches_latents
         dtype = setup.adapter_dtype or self.p.adapter_dtype
         self.adapter_bytes = self.compute if dtype == "precision" else 4.0
-        self.vae_bytes = 4.0 if setup.vae_fp32 or train.precision == "no" else 2.0
+        vae_fp32 = setup.vae_fp32 or self.p.encodes_in_step or train.precision == "no"
+        self.vae_bytes = 4.0 if vae_fp32 else 2.0
 
     def estimate(self) -> Estimate:
         tensors = adapter_tensors(self.r)
@@ -426,6 +442,7 @@ class _Model:
             adapter_params=params,
             bucket=(self.width, self.height),
             batch=self.batch,
+            step_allocated=int(self._step_allocated(step[:-1], static)),
         )
 
     def _static(self, params: int, tensors) -> list[Component]:
@@ -467,12 +484,27 @@ class _Model:
     def _bucket_note(self) -> str:
         return f"{self.width}x{self.height}, batch {self.batch}"
 
+    def _vae_encode_bytes(self) -> float:
+        """The VAE encoder's transient at the largest bucket."""
+        if not self.p.encodes_in_step:
+            return vae_encode_elements(self.width, self.height) * self.batch * self.vae_bytes
+        # Traced (runtime/memsim.py, 2026-11-28; 512² fp32, 768² fp16, 1024² bf16 all agree):
+        # five live 128-channel full-resolution tensors, one image at a time; under autocast
+        # the group norms run in fp32, so two of the five are fp32 and three in the compute dtype.
+        per_channel = 5 * 4.0 if self.compute == 4.0 else 3 * self.compute + 2 * 4.0
+        return 128 * self.width * self.height * per_channel
+
+    def _step_allocated(self, step: list[Component], static: list[Component]) -> float:
+        allocated = sum(c.bytes for c in step)
+        if self.cache_latents or not self.p.encodes_in_step:
+            return allocated
+        return max(allocated, sum(c.bytes for c in static) + self._vae_encode_bytes())
+
     def _phases(self, static: list[Component], params: int) -> list[Component]:
         resident = sum(c.bytes for c in static)
         phases = []
         if not self.cache_latents:
-            encode = vae_encode_elements(self.width, self.height) * self.batch * self.vae_bytes
-            phases.append(_phase("VAE encode", resident + encode))
+            phases.append(_phase("VAE encode", resident + self._vae_encode_bytes()))
         size = sample_size(self.r, self.s.trainer)
         if size is not None:
             phases.append(_phase("sampling", resident + self._sampling_extra(*size)))
@@ -481,7 +513,7 @@ class _Model:
         return phases
 
     def _sampling_extra(self, width: int, height: int) -> float:
-        extra = vae_decode_elements(width, height) * self.vae_bytes
+        extra = self._vae_decode_bytes(width, height)
         if self.cache_latents:
             extra += VAE_PARAMS * self.vae_bytes
         if self.cache_text and self.p.sample_loads_text_encoders:
@@ -490,6 +522,15 @@ class _Model:
         tokens = level_tokens(width, height)
         extra += 2 * 3 * 8 * CHANNELS[1] * tokens[1] * self.compute
         return extra
+
+    def _vae_decode_bytes(self, width: int, height: int) -> float:
+        """The decoder's transient. lorafile's trainer decodes in 512-pixel tiles when a whole
+        decode does not fit (runtime/sampling.py `decode`), so it needs only a tile's (traced:
+        0.76 GiB fp32 at 1024², against 3.00 GiB whole) plus the full-size output image."""
+        if not self.p.decodes_in_tiles:  # kohya and SimpleTuner decode whole
+            return vae_decode_elements(width, height) * self.vae_bytes
+        tile = vae_decode_elements(min(width, TILE_PIXELS), min(height, TILE_PIXELS))
+        return (tile + 3 * width * height) * self.vae_bytes
 
     @staticmethod
     def _overhead(parts: list[Component]) -> int:

@@ -160,15 +160,9 @@ def store_base_fp8(models: Any, compute_dtype: Any, encoders: bool) -> int:
     the CPU, i.e. cached ones). Cached encoders leave the device (Trainer._offload) and keep
     the compute dtype. Embeddings, norms and the VAE are not converted. Returns the layers
     converted."""
-    from lorafile.runtime.adapters import _is_adapter_param
-
     parts = [models.unet]
-    if encoders:
+    if encoders:  # frozen by adapters.attach, or whole by Trainer._attach_adapters
         parts += [models.text_encoder, models.text_encoder_2]
-    for part in parts:  # encoders without an adapter were never frozen (adapters.attach does)
-        for name, p in part.named_parameters():
-            if not _is_adapter_param(name):
-                p.requires_grad_(False)
     return sum(store_fp8(part, compute_dtype) for part in parts)
 
 

@@ -204,11 +204,13 @@ def build_meta_models(s: SimSettings) -> MetaModels:
         unet.enable_gradient_checkpointing()
     ad = adapter_dict(s)
     trainable = adapters.attach(unet, ad, unet=True)
-    if s.text_encoder:
-        for te in tes:
+    for te in tes:  # as Trainer._attach_adapters: untrained encoders are frozen
+        if s.text_encoder:
             trainable += adapters.attach(te, ad, unet=False)
             if s.checkpointing:
                 te.gradient_checkpointing_enable()
+        else:
+            te.requires_grad_(False)
     if s.base_precision == "fp8":
         _store_fp8(s, unet, tes)
     for model in (unet, *tes):
@@ -607,7 +609,7 @@ def exact_report(recipe: Any) -> tuple[str, dict[str, Any]]:
         from lorafile.compiler import vram
 
         est = vram.estimate(recipe)
-        analytic = sum(c.bytes for c in est.components if not c.name.startswith("CUDA context"))
+        analytic = est.step_allocated
     except Exception:  # the comparison is informative; the simulation stands on its own
         analytic = None
     data = result.to_dict()

@@ -321,10 +321,12 @@ class Trainer:
         m, adapter = self.models, self.r["adapter"]
         self.unet_params = attach(m.unet, adapter, unet=True)
         self.te_params = []
-        if adapter["text_encoder"]:
-            for encoder in (m.text_encoder, m.text_encoder_2):
+        for encoder in (m.text_encoder, m.text_encoder_2):
+            if adapter["text_encoder"]:
                 self.te_params += attach(encoder, adapter, unet=False)
                 encoder.train()
+            else:  # frozen: no backward through them, and fp8 storage converts them
+                encoder.requires_grad_(False)
         if self.plan["memory"]["gradient_checkpointing"]:
             m.unet.enable_gradient_checkpointing()  # recompute block activations in backward
             if self.te_params:
