@@ -300,9 +300,7 @@ def report(rows: list[dict], gpu: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import torch
-
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
@@ -331,20 +329,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         default = None if args.levers else "1,2"
         args.steps, args.warmup, args.batches = 1, 0, args.batches or default
-        device = torch.device("cpu")
+    return args
+
+
+def pick_device(args: argparse.Namespace):
+    """The CPU for a dry run, else the GPU with the trainer's CUDA settings."""
+    import torch
+
+    if args.dry_run:
         torch.set_num_threads(1)  # shared CPUs: waiting OpenMP threads only add noise
-    elif not torch.cuda.is_available():
-        p.error("no CUDA device; use --dry-run on a CPU machine")
-    else:
-        device = torch.device("cuda")
-        torch.backends.cuda.matmul.allow_tf32 = True  # as Trainer._speed_up
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    batches = (args.batches or "1,4").split(",")
-    cases = [Case(int(b), gc, args.size) for b in batches for gc in (True, False)]
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SystemExit("no CUDA device; use --dry-run on a CPU machine")
+    torch.backends.cuda.matmul.allow_tf32 = True  # as Trainer._speed_up
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    return torch.device("cuda")
+
+
+def choose_cases(args: argparse.Namespace) -> list[Case]:
     if args.levers:
         chosen = [int(b) for b in args.batches.split(",")] if args.batches else None
-        cases = lever_cases(args.size, args.dry_run, chosen)
+        return lever_cases(args.size, args.dry_run, chosen)
+    batches = (args.batches or "1,4").split(",")
+    return [Case(int(b), gc, args.size) for b in batches for gc in (True, False)]
+
+
+def run_cases(cases: list[Case], args: argparse.Namespace, device) -> list[dict]:
+    """Each case in turn, its row printed as it finishes; a failing case (e.g. a compile) is
+    reported and skipped, and no case starts once the time budget is spent."""
+    import torch
+
     rows, started = [], time.perf_counter()
     for n, case in enumerate(cases):
         if args.budget_s and time.perf_counter() - started > args.budget_s:
@@ -362,6 +377,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), file=sys.stderr, flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = pick_device(args)
+    rows = run_cases(choose_cases(args), args, device)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     gpu = gpu_name(device)
     mode = (

@@ -589,16 +589,20 @@ def render_text(result: SimResult, analytic: int | None = None) -> str:
         "context, ~0.5 GiB, and the allocator's cache)"
     )
     if result.flops:
-        f = result.flops
-        lines.append(
-            f"  compute: {result.total_flops / 1e12:.1f} TFLOP per micro-batch (forward "
-            f"{f['forward'] / 1e12:.1f}, backward {f['backward'] / 1e12:.1f}"
-            f"{' with recomputation' if s.checkpointing else ''}; matmuls, convolutions and "
-            "attention as torch.utils.flop_counter counts them)"
-        )
+        lines.append(_compute_line(result))
     if result.note:
         lines.append(f"  note: {result.note}")
     return "\n".join(lines) + "\n"
+
+
+def _compute_line(result: SimResult) -> str:
+    f, gc = result.flops or {}, result.settings.checkpointing
+    return (
+        f"  compute: {result.total_flops / 1e12:.1f} TFLOP per micro-batch (forward "
+        f"{f['forward'] / 1e12:.1f}, backward {f['backward'] / 1e12:.1f}"
+        f"{' with recomputation' if gc else ''}; matmuls, convolutions and "
+        "attention as torch.utils.flop_counter counts them)"
+    )
 
 
 def exact_report(recipe: Any) -> tuple[str, dict[str, Any]]:
