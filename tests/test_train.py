@@ -327,3 +327,22 @@ def test_interrupted_checkpoint_write_is_never_picked(tmp_path):
     assert state == {"step": 6} and weights["unet.a.lora_A.weight"].equal(
         adapter["unet.a.lora_A.weight"]
     )
+
+
+def test_logs_follow_the_output_folder_unless_the_recipe_names_one(tmp_path):
+    """`-o elsewhere` writes TensorBoard events to elsewhere/logs, not into the recipe's own
+    output folder (where an earlier run's events are); an explicit `log ... path` is kept."""
+    from lorafile.runtime.train import Trainer
+    from lorafile.spec.models import Log
+
+    make_dataset(tmp_path / "data", 2, seed=1)
+    recipe = tiny_recipe(tmp_path / "base.safetensors", tmp_path / "data", tmp_path / "out")
+    trainer = Trainer(plan_for(recipe), TrainOptions(out=tmp_path / "elsewhere"))
+    trainer.writes = True  # rank 0, as setup() finds it
+    assert trainer._log_dir() == (tmp_path / "elsewhere" / "logs").resolve()
+    named = recipe.model_copy(update={"log": Log(to="tensorboard", path=str(tmp_path / "tb"))})
+    trainer = Trainer(plan_for(named), TrainOptions(out=tmp_path / "elsewhere"))
+    trainer.writes = True
+    assert trainer._log_dir() == tmp_path / "tb"
+    trainer.writes = False  # the other ranks log nothing
+    assert trainer._log_dir() is None

@@ -585,8 +585,7 @@ class Trainer:
         """
         from lorafile.runtime.logging import RunLog, StepGuard
 
-        log_dir = Path(self.r["log"]["path"]) if self.r["log"]["to"] == "tensorboard" else None
-        log_dir = log_dir if self.writes else None
+        log_dir = self._log_dir()
         quiet = self.options.quiet or not self.writes
         log = RunLog(log_dir, self.total, self.step, self.device, quiet=quiet)
         self.guard, self.pending = StepGuard(self.device), []
@@ -609,6 +608,13 @@ class Trainer:
             finally:
                 log.close()
             return self._finish(time.perf_counter() - start, log_dir)
+
+    def _log_dir(self) -> Path | None:
+        """TensorBoard's folder (rank 0 only): the recipe's `log` path, or `logs` in the
+        output folder actually used, so `-o` never mixes a run's events into another's."""
+        if self.r["log"]["to"] != "tensorboard" or not self.writes:
+            return None
+        return Path(self.r["log"]["path"]) if self.recipe.log.path else self.out / "logs"
 
     def _stop(self, log, signum: int) -> None:
         """Stop on a signal after this step: NaN guard, checkpoint, run.json, then raise."""
