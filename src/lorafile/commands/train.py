@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from lorafile.runtime.diffusion import COMPILE_MODES  # torch-free at import
+from lorafile.runtime import launch  # torch-free at import, as is diffusion
+from lorafile.runtime.diffusion import COMPILE_MODES
 
 
 def register(subparsers) -> None:
@@ -50,10 +51,10 @@ def register(subparsers) -> None:
     p.add_argument(
         "--log-every",
         type=int,
-        default=10,
+        default=launch.DEFAULT_LOG_EVERY,
         metavar="N",
         help="steps between reading the loss back from the GPU (progress, TensorBoard, NaN "
-        "check); the loop never waits for the GPU in between (default 10)",
+        "check); the loop never waits for the GPU in between (default %(default)s)",
     )
     p.add_argument(
         "--compile",
@@ -67,8 +68,6 @@ def register(subparsers) -> None:
         help="the torch.compile mode (implies --compile): reduce-overhead also records each "
         "bucket shape as a CUDA graph and replays it (one launch per step); default: default",
     )
-    from lorafile.runtime import launch  # torch-free at import
-
     launch.add_arguments(p)
     p.set_defaults(func=run)
 
@@ -79,8 +78,6 @@ def run(args: argparse.Namespace) -> int:
 
     plan = load_plan(args.input)
     _quiet_libraries()
-    from lorafile.runtime import launch
-
     if launch.should_launch(plan, args):  # --gpus N / hardware gpus: start N processes
         return launch.launch(plan, args)
     resume = Path(args.resume) if isinstance(args.resume, str) else args.resume
@@ -108,7 +105,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(trainer, args: argparse.Namespace) -> int:
     """Run the loop; a signal ends it with a checkpoint, 130 (SIGINT) or 143 (SIGTERM)."""
-    from lorafile.runtime import launch
     from lorafile.runtime.checkpoint import latest_checkpoint
     from lorafile.runtime.train import TrainingInterrupted
 

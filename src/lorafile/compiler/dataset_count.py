@@ -114,8 +114,8 @@ def list_images(folder: Path, rule: ImageRule = NATIVE, limit: int | None = None
 
 
 def resolve(path: str, base_dir: Path | None) -> Path:
-    """A recipe path: relative ones are relative to the recipe's folder (or the working folder),
-    as runtime/plan.py resolve_path does for the native trainer."""
+    """A recipe path: relative ones are relative to the recipe's folder (or the working folder);
+    also runtime/plan.py's resolve_path, for the native trainer."""
     p = Path(path)
     with contextlib.suppress(RuntimeError):  # `~name` of an unknown user: kept as written
         p = p.expanduser()

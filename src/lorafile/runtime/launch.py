@@ -49,6 +49,8 @@ from lorafile.runtime.interrupt import StopRequest
 
 WORKER_ENV = "LORAFILE_DDP_WORKER"
 """Set by the launcher for the processes it starts: they train instead of launching again."""
+DEFAULT_LOG_EVERY = 10
+"""Steps between the trainer's host synchronisations unless `--log-every` says otherwise."""
 SHUTDOWN_TIMEOUT_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
 """Seconds torchrun waits for the workers after passing a signal on, before SIGKILL."""
 
@@ -264,7 +266,7 @@ def resume_command(args: argparse.Namespace) -> str:
     launch options."""
     import shlex
 
-    default_log = getattr(args, "log_every", None) == 10  # the default: not worth repeating
+    default_log = getattr(args, "log_every", None) == DEFAULT_LOG_EVERY  # not worth repeating
     again = argparse.Namespace(
         **{
             **vars(args),

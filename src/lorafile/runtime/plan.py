@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from lorafile.compiler import dataset_count
 from lorafile.compiler.diagnostics import DiagnosticBag
 from lorafile.runtime import data
 from lorafile.spec import Recipe
@@ -19,10 +20,9 @@ from lorafile.spec import Recipe
 PLAN_VERSION = 1
 
 
-def resolve_path(path: str, base_dir: Path | None) -> Path:
-    """Recipe paths are relative to the recipe's folder (or the working folder)."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else (base_dir or Path.cwd()) / p
+resolve_path = dataset_count.resolve
+"""Recipe paths are relative to the recipe's folder (or the working folder); one rule for the
+native plan and the compile path's image counts."""
 
 
 def scan_recipe(recipe: Recipe, base_dir: Path | None, bag: DiagnosticBag):

@@ -35,6 +35,7 @@ from lorafile.runtime import data, interrupt
 from lorafile.runtime.interrupt import KILL_AT_STEP_ENV as KILL_AT_STEP_ENV  # re-exported
 from lorafile.runtime.interrupt import SIGNAL_AT_STEP_ENV as SIGNAL_AT_STEP_ENV
 from lorafile.runtime.interrupt import TrainingInterrupted
+from lorafile.runtime.launch import DEFAULT_LOG_EVERY
 from lorafile.runtime.metadata import kohya_metadata
 from lorafile.runtime.plan import recipe_of, scan_recipe
 
@@ -55,7 +56,7 @@ class TrainOptions:
     allow_pickle: bool = False
     device: str | None = None
     quiet: bool = False
-    log_every: int = 10
+    log_every: int = DEFAULT_LOG_EVERY
     """Steps between host synchronisations: the loss, grad norm and NaN guard are read back
     from the GPU once per interval (and before every checkpoint and at the end)."""
     compile: bool | str = False
