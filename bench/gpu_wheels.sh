@@ -7,12 +7,25 @@
 # gpu.sh installs whatever lies in .whl/ into /tmp/site before it starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Pinned to the versions the project's .venv runs (pip list), so the GPU runs the tested code.
-WHEELS=(
-  bitsandbytes==0.50.2 diffusers==0.42.1 importlib_metadata==10.2.0
-  lark==1.3.1 pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0
-  typing-inspection==0.4.5 tomli_w==1.2.0 tomlkit==0.15.2 toml==0.10.2
+# The names of the wheels the device lacks; each version is read from requirements/lock.txt,
+# the file ./run and CI install from, so the GPU runs the versions the CPU suite tested.
+NAMES=(
+  bitsandbytes diffusers importlib-metadata lark pydantic pydantic-core annotated-types
+  typing-inspection tomli-w tomlkit toml
 )
+locked_pin() {  # NAME -> NAME==VERSION from the lock (names compared as PEP 503 normalises them)
+  local want; want=$(echo "$1" | tr 'A-Z_.' 'a-z--')
+  local pin name
+  while read -r pin; do
+    name=$(echo "${pin%%==*}" | tr 'A-Z_.' 'a-z--')
+    if [ "$name" = "$want" ]; then echo "$pin"; return; fi
+  done < <(grep -E '^[A-Za-z0-9_.-]+==' requirements/lock.txt)
+  echo "gpu_wheels.sh: $1 is not in requirements/lock.txt; run ./run lock." >&2
+  exit 1
+}
+WHEELS=()
+for name in "${NAMES[@]}"; do WHEELS+=("$(locked_pin "$name")"); done
+if [ "${1:-}" = "--print-pins" ]; then printf '%s\n' "${WHEELS[@]}"; exit 0; fi
 PLATFORMS=()
 for n in 39 35 34 31 28 27 24 17; do PLATFORMS+=(--platform "manylinux_2_${n}_x86_64"); done
 mkdir -p .whl

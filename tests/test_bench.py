@@ -82,15 +82,44 @@ def test_gpu_lever_sweep_measures_cuda_graphs_on_a_gpu(monkeypatch):
     assert not any(c.compile for c in gpu_train.lever_cases(1024, True))
 
 
-def test_gpu_wheels_are_the_versions_the_tests_run():
-    """bench/gpu_wheels.sh pins the wheels carried to the device machine: the same versions
-    as this environment, so the GPU runs the code the CPU suite tested."""
+def _locked_versions() -> dict[str, str]:
     import re
-    from importlib.metadata import version
+
+    text = (ROOT / "requirements" / "lock.txt").read_text()
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", text, flags=re.M)
+    return {re.sub(r"[-_.]+", "-", name).lower(): ver for name, ver in pins}
+
+
+def test_gpu_wheels_take_their_versions_from_the_lock():
+    """bench/gpu_wheels.sh carries to the device machine exactly the versions the lock pins
+    (the ones ./run and CI install), and writes no version of its own that could drift."""
+    import re
 
     script = (ROOT / "bench" / "gpu_wheels.sh").read_text()
-    pins = re.findall(r"([A-Za-z0-9_.-]+)==([0-9][^\s)]*)", script)
-    assert {name.lower().replace("_", "-") for name, _ in pins} >= {
-        "bitsandbytes", "diffusers", "pydantic", "pydantic-core", "lark",
-    }  # fmt: skip
-    assert [(name, version(name)) for name, _ in pins] == pins
+    assert not re.search(r"[A-Za-z]==[0-9]", script), "gpu_wheels.sh must not hard-code versions"
+    out = subprocess.run(
+        ["bash", "bench/gpu_wheels.sh", "--print-pins"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    pins = dict(line.split("==") for line in out.stdout.split())
+    assert {"bitsandbytes", "diffusers", "pydantic", "pydantic-core", "lark"} <= set(pins)
+    locked = _locked_versions()
+    assert {name: locked[name] for name in pins} == pins
+
+
+def test_environment_is_installed_from_the_lock():
+    """./run installs with the lock as constraints: every locked package present here has the
+    locked version, so what CI tests does not depend on what the registry serves today."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    locked = _locked_versions()
+    assert {"torch", "diffusers", "pydantic", "tomlkit"} <= set(locked)
+    drift = {}
+    for name, pinned in locked.items():
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            continue  # a platform-specific pin (e.g. a Windows-only helper) not used here
+        if installed != pinned:
+            drift[name] = (pinned, installed)
+    assert not drift, f"installed versions differ from requirements/lock.txt: {drift}"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE = re.compile(r'"([RLVTIF]\d{3})"')
+CODE = re.compile(r'"([RLVTIFDE]\d{3})"')
 
 
 def codes_in_source() -> set[str]:
@@ -23,7 +23,7 @@ def codes_in_source() -> set[str]:
 
 def codes_documented() -> set[str]:
     text = (ROOT / "docs" / "diagnostics.md").read_text()
-    return set(re.findall(r"^#+ *`?([RLVTIF]\d{3})", text, flags=re.M))
+    return set(re.findall(r"^#+ *`?([RLVTIFDE]\d{3})", text, flags=re.M))
 
 
 def test_every_diagnostic_code_is_documented():
