@@ -24,7 +24,7 @@ Prints per configuration: s/step (median after `--warmup` steps), images/s, FLOP
 (counted once with torch.utils.flop_counter, recomputation included), achieved TFLOP/s and
 MFU against the GPU's dense bf16 peak, torch.cuda.max_memory_allocated, the analytic lint
 estimate (compiler/vram.py, allocated part and total) and the exact simulation
-(runtime/memsim.py) for the same settings.
+(runtime/memory/simulate.py) for the same settings.
 """
 
 from __future__ import annotations
@@ -80,8 +80,8 @@ def build_unet(device, dtype, tiny: bool):
     import torch
     from diffusers import UNet2DConditionModel
 
-    from lorafile.runtime import sdxl
-    from lorafile.runtime import tiny as tiny_mod
+    from lorafile.runtime.models import sdxl
+    from lorafile.runtime.models import tiny as tiny_mod
 
     config = tiny_mod.tiny_configs()["unet"] if tiny else sdxl.sdxl_config("unet")
     torch.manual_seed(0)
@@ -115,7 +115,8 @@ def setup_case(case: Case, device, tiny: bool):
     import torch
     from diffusers import DDPMScheduler
 
-    from lorafile.runtime import adapters, optim, sdxl
+    from lorafile.runtime.models import sdxl
+    from lorafile.runtime.train import adapters, optim
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     unet = build_unet(device, dtype, tiny)
@@ -128,7 +129,7 @@ def setup_case(case: Case, device, tiny: bool):
     if case.channels_last and device.type == "cuda":
         unet.to(memory_format=torch.channels_last)  # as Trainer._speed_up
     if case.compile:
-        from lorafile.runtime.diffusion import compile_unet
+        from lorafile.runtime.train.diffusion import compile_unet
 
         compile_unet(unet, buckets=1, mode=case.compile_mode)
     opt = optim.build_optimizer(case.optimizer, [{"params": params, "lr": 1e-4}], {})
@@ -141,7 +142,7 @@ def train_step(unet, params, opt, sched, latents, cond, step: int, autocast, cha
     """One optimizer step of lorafile's loss; no host synchronisation inside."""
     import torch
 
-    from lorafile.runtime import diffusion
+    from lorafile.runtime.train import diffusion
 
     if cuda_graphs:
         torch.compiler.cudagraph_mark_step_begin()  # as Trainer.loss_step
@@ -172,7 +173,7 @@ def run_case(case: Case, args, device) -> dict:
 
     import torch
 
-    from lorafile.runtime import diffusion
+    from lorafile.runtime.train import diffusion
 
     tiny = args.dry_run
     unet, params, opt, sched = setup_case(case, device, tiny)
@@ -226,7 +227,7 @@ def run_case(case: Case, args, device) -> dict:
 def memory_models(case: Case) -> dict:
     """The analytic lint estimate and the exact simulation for the same settings."""
     from lorafile.compiler import vram
-    from lorafile.runtime import memsim
+    from lorafile.runtime.memory import simulate as memsim
     from lorafile.spec.models import (
         Adapter,
         Base,

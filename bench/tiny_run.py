@@ -1,5 +1,5 @@
 """A tiny training run for the CPU benchmarks and the DDP tests: a synthetic dataset and a
-recipe for the tiny SDXL-shaped model (`lorafile.runtime.tiny`). No download.
+recipe for the tiny SDXL-shaped model (`lorafile.runtime.models.tiny`). No download.
 
 Import it from a script in bench/ or from tests (tests put bench/ on sys.path).
 """
@@ -69,7 +69,7 @@ def tiny_recipe(model: Path, data: Path, out: Path, **train):
 
 def tiny_plan(recipe, base_dir: Path) -> dict:
     from lorafile.compiler.diagnostics import DiagnosticBag
-    from lorafile.runtime.plan import build_plan
+    from lorafile.runtime.train.plan import build_plan
 
     bag = DiagnosticBag()
     plan = build_plan(recipe, bag, base_dir=base_dir)
@@ -79,6 +79,6 @@ def tiny_plan(recipe, base_dir: Path) -> dict:
 
 
 def save_tiny_model(path: Path) -> Path:
-    from lorafile.runtime.tiny import save_tiny_sdxl
+    from lorafile.runtime.models.tiny import save_tiny_sdxl
 
     return save_tiny_sdxl(path, as_single_file=True, seed=0)

@@ -75,10 +75,10 @@ def _recipe_settings(change: dict) -> dict:
 
 
 def run_lorafile(work: Path, change: dict, steps: int) -> dict:
-    """One run of the native trainer (runtime/train.py) for `steps` steps."""
+    """One run of the native trainer (runtime/train/loop.py) for `steps` steps."""
     import tiny_run
 
-    from lorafile.runtime.train import Trainer, TrainOptions
+    from lorafile.runtime.train.loop import Trainer, TrainOptions
 
     settings = _recipe_settings(change)
     recipe = tiny_run.tiny_recipe(
@@ -97,14 +97,14 @@ def run_reference(work: Path, steps: int) -> dict:
     from diffusers import DDPMScheduler
     from PIL import Image
 
-    from lorafile.runtime.adapters import peft_config
-    from lorafile.runtime.sdxl import load_sdxl
+    from lorafile.runtime.models.sdxl import load_sdxl
+    from lorafile.runtime.train.adapters import peft_config
 
     torch.manual_seed(0)
     m = load_sdxl(work / "model.safetensors")
     for module in (m.vae, m.text_encoder, m.text_encoder_2, m.unet):
         module.requires_grad_(False)
-    # The same LoRA modules as lorafile (runtime/adapters.py) so that the comparison measures
+    # The same LoRA modules as lorafile (runtime/train/adapters.py) so that the comparison measures
     # the loop, not the adapter size; the script itself adapts to_q/k/v/out.0 only.
     adapter = {"algo": "lora", "rank": RANK, "alpha": RANK, "conv_rank": RANK, "conv_alpha": RANK,
                "targets": ["attention", "ff"], "dropout": 0.0}  # fmt: skip

@@ -19,9 +19,9 @@ def tiny_sdxl_dir(tmp_path_factory):
 
     Returns the folder holding `diffusers/` (a diffusers pipeline folder) and
     `tiny_sdxl.safetensors` (the same weights as one file in the original SDXL layout).
-    Load with `lorafile.runtime.sdxl.load_sdxl(path)` or diffusers' `from_pretrained`.
+    Load with `lorafile.runtime.models.sdxl.load_sdxl(path)` or diffusers' `from_pretrained`.
     """
-    from lorafile.runtime.tiny import build_tiny_sdxl, save_tiny_sdxl
+    from lorafile.runtime.models.tiny import build_tiny_sdxl, save_tiny_sdxl
 
     root = tmp_path_factory.mktemp("tiny_sdxl")
     model = build_tiny_sdxl(seed=0)
@@ -33,6 +33,6 @@ def tiny_sdxl_dir(tmp_path_factory):
 @pytest.fixture
 def tiny_sdxl(tiny_sdxl_dir):
     """A fresh, writable copy of the tiny model (loaded from the session's diffusers folder)."""
-    from lorafile.runtime.sdxl import load_sdxl
+    from lorafile.runtime.models.sdxl import load_sdxl
 
     return load_sdxl(tiny_sdxl_dir / "diffusers")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from lorafile.runtime import cache, data
+from lorafile.runtime.train import cache, data
 
 
 @pytest.fixture(autouse=True)

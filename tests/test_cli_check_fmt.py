@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from lorafile.backends.load import detect_kind, load_input
 from lorafile.cli import main
 from lorafile.compiler.diagnostics import DiagnosticBag
-from lorafile.compiler.load import detect_kind, load_input
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED_STYLE = FIXTURES / "recipes" / "loose" / "watercolor_style.recipe"

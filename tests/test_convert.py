@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lorafile.compiler.diagnostics import DiagnosticError
-from lorafile.runtime import convert, export
-from lorafile.runtime.lora_keys import COMPONENTS, peft_target_modules
-from lorafile.runtime.tiny import build_tiny_sdxl
+from lorafile.runtime.lorafiles import convert, export
+from lorafile.runtime.lorafiles.keys import COMPONENTS, peft_target_modules
+from lorafile.runtime.models.tiny import build_tiny_sdxl
 
 TOL = 1e-4
 
@@ -170,7 +170,7 @@ def test_loha_reproduces_with_lycoris(base, tmp_path):
     outputs as peft's LoHa. lycoris' generic wrapper names modules `lycoris_<diffusers path>`."""
     from lycoris import create_lycoris_from_weights
 
-    from lorafile.runtime.lora_keys import KeyMap, model_path
+    from lorafile.runtime.lorafiles.keys import KeyMap, model_path
 
     comp = _adapted(base, algo="loha")
     expected = _outputs(comp)
@@ -236,7 +236,7 @@ def test_simpletuner_style_file_converts_with_right_scale(base, tmp_path):
 def test_lycoris_prefixed_and_diffusers_named_kohya_convert(trained, tmp_path):
     """SimpleTuner LyCORIS (`lycoris_` + diffusers names) and kohya with diffusers block
     names both convert to the same kohya file as the original UNet modules."""
-    from lorafile.runtime.lora_keys import sdxl_keymap
+    from lorafile.runtime.lorafiles.keys import sdxl_keymap
 
     _, _, kohya = trained
     keymap, tensors = sdxl_keymap(), load_file(str(kohya))
@@ -424,8 +424,8 @@ def test_split_key_spellings(key, expected):
 
 def test_full_size_file_round_trips_and_inspects(tmp_path):
     """A rank-1 LoCon + text-encoder file with every module of the real SDXL (1052 modules)."""
-    from lorafile.runtime.inspect_lora import inspect_file
-    from lorafile.runtime.lora_keys import sdxl_keymap
+    from lorafile.runtime.lorafiles.inspect import inspect_file
+    from lorafile.runtime.lorafiles.keys import sdxl_keymap
 
     keymap, g, tensors = sdxl_keymap(), torch.Generator().manual_seed(7), {}
     for m in keymap.select(["attention", "ff", "conv"], text_encoder=True):

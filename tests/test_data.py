@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lorafile.runtime import data
+from lorafile.runtime.train import data
 
 
 def _image(path: Path, size=(96, 96), color=(200, 10, 10)) -> Path:

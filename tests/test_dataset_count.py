@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lorafile.compiler import dataset_count as dc
-from lorafile.runtime import data
+from lorafile.runtime.train import data
 from lorafile.spec.models import Base, Dataset, Output, Recipe, Regularization, Train
 
 NAMES = [

@@ -54,7 +54,7 @@ def train_both_ways(tmp: Path, tiny_sdxl_dir: Path):
     ddp = _plan_file(tmp, model, data, "ddp", accumulate=1, **common)
     two = _lorafile(str(ddp), "-q", "--gpus", "2", "--cpu")
     # The single-process run in this process (no second interpreter start-up to pay for).
-    from lorafile.runtime.train import TrainOptions, train
+    from lorafile.runtime.train.loop import TrainOptions, train
 
     one = train(json.loads(single.read_text()), TrainOptions(device="cpu", quiet=True))
     return tmp, one, two

@@ -1,4 +1,4 @@
-"""fp8 base weights (runtime/fp8.py): storage, memory saved for backward, numerics, meta
+"""fp8 base weights (runtime/train/fp8.py): storage, memory saved for backward, numerics, meta
 tracing, and a short fp8 training run of the native trainer on the tiny model."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _one_thread():
 
 
 def test_module_imports_without_torch():
-    code = "import sys, lorafile.runtime.fp8; assert 'torch' not in sys.modules"
+    code = "import sys, lorafile.runtime.train.fp8; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -99,7 +99,7 @@ def _naive_upcast(model):
 def test_fp8_layers_save_the_fp8_weight_not_a_bf16_copy():
     import torch
 
-    from lorafile.runtime.fp8 import store_fp8
+    from lorafile.runtime.train.fp8 import store_fp8
 
     x = torch.randn(2, 16, 8, 8, dtype=torch.bfloat16, requires_grad=True)
     weight_bytes = sum(p.numel() * 2 for p in _stack(torch.bfloat16).parameters() if p.dim() > 1)
@@ -120,7 +120,7 @@ def test_fp8_layers_save_the_fp8_weight_not_a_bf16_copy():
 def test_fp8_forward_and_input_gradient_equal_bf16_with_rounded_weights():
     import torch
 
-    from lorafile.runtime.fp8 import store_fp8
+    from lorafile.runtime.train.fp8 import store_fp8
 
     rounded = _stack(torch.bfloat16)
     for p in rounded.parameters():
@@ -155,7 +155,7 @@ def test_rounding_error_of_a_plain_cast():
     import torch
     from torch import nn
 
-    from lorafile.runtime.tiny import build_tiny_sdxl
+    from lorafile.runtime.models.tiny import build_tiny_sdxl
 
     unet = build_tiny_sdxl(seed=0).unet
     ws = [m.weight for m in unet.modules() if type(m) in (nn.Linear, nn.Conv2d)]
@@ -174,8 +174,8 @@ def test_rounding_error_of_a_plain_cast():
 def _tiny_unet(algo="locon"):
     import torch
 
-    from lorafile.runtime import adapters
-    from lorafile.runtime.tiny import build_tiny_sdxl
+    from lorafile.runtime.models.tiny import build_tiny_sdxl
+    from lorafile.runtime.train import adapters
 
     torch.manual_seed(0)
     unet = build_tiny_sdxl(seed=0).unet.to(torch.bfloat16)
@@ -203,7 +203,7 @@ def test_tiny_unet_stores_its_frozen_layers_in_fp8(algo):
     import torch
     from torch import nn
 
-    from lorafile.runtime.fp8 import fp8_layer_classes, store_fp8
+    from lorafile.runtime.train.fp8 import fp8_layer_classes, store_fp8
 
     unet, params = _tiny_unet(algo)
     base = {
@@ -241,8 +241,12 @@ def test_fp8_layers_trace_on_meta_under_the_cuda_autocast_emulation():
     import torch
     from torch import nn
 
-    from lorafile.runtime.fp8 import store_fp8
-    from lorafile.runtime.memtrace import MemoryTracker, autocast_mode_class, dispatch_mode_class
+    from lorafile.runtime.memory.trace import (
+        MemoryTracker,
+        autocast_mode_class,
+        dispatch_mode_class,
+    )
+    from lorafile.runtime.train.fp8 import store_fp8
 
     model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.Flatten(2), nn.Linear(64, 32))
     model = model.to("meta", torch.bfloat16).requires_grad_(False)
@@ -268,8 +272,8 @@ def test_native_trainer_trains_an_fp8_base(tiny_sdxl_dir, tmp_path, capsys):
     from safetensors import safe_open
 
     from lorafile.runtime.demo import make_dataset
-    from lorafile.runtime.fp8 import fp8_bytes
-    from lorafile.runtime.train import Trainer, TrainOptions
+    from lorafile.runtime.train.fp8 import fp8_bytes
+    from lorafile.runtime.train.loop import Trainer, TrainOptions
     from lorafile.spec.models import Adapter, Cache, Interval, Resolution, Sample, Save, Train
     from test_train import plan_for, tiny_recipe
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lorafile.runtime.demo import make_dataset
-from lorafile.runtime.train import Trainer, TrainOptions
+from lorafile.runtime.train.loop import Trainer, TrainOptions
 from lorafile.spec.models import Cache, Save
 from test_train import plan_for, tiny_recipe
 

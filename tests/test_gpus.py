@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lorafile.compiler.diagnostics import DiagnosticError
+from lorafile.compiler.gpus import lookup as lookup_gpu
 from lorafile.spec import gpus
 
 GIB = 2**30
@@ -13,7 +14,7 @@ GIB = 2**30
 @pytest.mark.parametrize("name", ["4090", "rtx4090", "RTX 4090", "NVIDIA GeForce RTX 4090",
                                   "rtx-4090", "RTX 4090 24GB"])  # fmt: skip
 def test_forgiving_names(name):
-    assert gpus.lookup(name).name == "RTX 4090"
+    assert lookup_gpu(name).name == "RTX 4090"
 
 
 @pytest.mark.parametrize(
@@ -27,7 +28,7 @@ def test_forgiving_names(name):
     ],
 )  # fmt: skip
 def test_vendor_sizes(name, gib):
-    gpu = gpus.lookup(name)
+    gpu = lookup_gpu(name)
     assert gpu.memory_bytes == gib * GIB
 
 
@@ -44,15 +45,15 @@ def test_catalog_keys_are_unique():
 
 
 def test_apple_budget_is_the_gpu_share():
-    small, big = gpus.lookup("M2 16GB"), gpus.lookup("M2 Ultra 192GB")
+    small, big = lookup_gpu("M2 16GB"), lookup_gpu("M2 Ultra 192GB")
     assert small.budget_bytes == int(16 * GIB * 2 / 3)
     assert big.budget_bytes == int(192 * GIB * 3 / 4)
-    assert gpus.lookup("RTX 4090").budget_bytes == 24 * GIB
+    assert lookup_gpu("RTX 4090").budget_bytes == 24 * GIB
 
 
 def test_unknown_name_suggests():
     with pytest.raises(DiagnosticError) as err:
-        gpus.lookup("RTX 4095")
+        lookup_gpu("RTX 4095")
     diag = err.value.diagnostics[0]
     assert diag.code == "V402"
     assert "RTX 4090" in diag.message

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lorafile.runtime import convert, export
-from lorafile.runtime.inspect_lora import inspect_file, render_text
+from lorafile.runtime.lorafiles import convert, export
+from lorafile.runtime.lorafiles.inspect import inspect_file, render_text
 from snapshot import assert_snapshot
 
 SNAPSHOTS = Path(__file__).parent / "snapshots" / "inspect"
@@ -175,7 +175,7 @@ def test_commands_do_not_import_torch_at_import_time():
 
     code = (
         "import sys, argparse; import lorafile.commands.convert as c, lorafile.commands.inspect as i;"
-        "import lorafile.runtime.convert, lorafile.runtime.inspect_lora, lorafile.runtime.sdxl, lorafile.runtime.tiny;"
+        "import lorafile.runtime.lorafiles.convert, lorafile.runtime.lorafiles.inspect, lorafile.runtime.models.sdxl, lorafile.runtime.models.tiny;"
         "p = argparse.ArgumentParser().add_subparsers(); c.register(p); i.register(p);"
         "bad = [m for m in ('torch', 'diffusers', 'transformers', 'peft') if m in sys.modules]; print(bad)"
     )

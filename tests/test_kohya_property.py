@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend_case import BackendCase
-from lorafile.backends.kohya_project import project
+from lorafile.backends.kohya.project import project
 from lorafile.compiler.diagnostics import DiagnosticError
 from lorafile.spec.models import Recipe
 from strategies import recipes
@@ -247,7 +247,7 @@ def test_reference_table_is_the_shared_one():
 
 
 def test_backend_option_table_matches_the_reference():
-    from lorafile.backends.kohya_options import OPTIONS
+    from lorafile.backends.kohya.options import OPTIONS
 
     assert set(OPTIONS) == set(OPTION_TYPES)
     for dest, option in OPTIONS.items():

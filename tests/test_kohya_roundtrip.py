@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from backend_case import BackendCase
-from lorafile.backends import kohya_read as kr
-from lorafile.backends import kohya_schema as schema
-from lorafile.backends.kohya_compare import same, same_dataset_value
-from lorafile.backends.kohya_options import OPTIONS
+from lorafile.backends.kohya import read as kr
+from lorafile.backends.kohya import schema as schema
+from lorafile.backends.kohya.compare import same, same_dataset_value
+from lorafile.backends.kohya.options import OPTIONS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kohya"
 CONFIGS = sorted(p for p in FIXTURES.glob("*.toml") if not p.name.endswith(".dataset.toml"))

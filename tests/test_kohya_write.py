@@ -145,7 +145,7 @@ class TestKohyaWrite(BackendCase):
 
 
 def test_every_kohya_code_is_documented():
-    text = "".join(p.read_text() for p in SOURCES.glob("kohya*.py"))
+    text = "".join(p.read_text() for p in SOURCES.glob("kohya/*.py"))
     text += (SOURCES.parent / "commands" / "compile.py").read_text()
     codes = set(re.findall(r'"([TI]\d{3})"', text))
     assert codes, "no codes found"
@@ -162,7 +162,7 @@ class TestRecipeFixturesRoundTrip(BackendCase):
     backend = "kohya"
 
     def test_every_recipe_fixture_reads_back_as_its_projection(self):
-        from lorafile.backends.kohya_project import project
+        from lorafile.backends.kohya.project import project
         from lorafile.compiler.parse import parse_recipe
 
         assert RECIPES

@@ -1,4 +1,4 @@
-"""The launcher's decisions (runtime/launch.py), without starting processes."""
+"""The launcher's decisions (runtime/train/launch.py), without starting processes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lorafile.runtime import launch
+from lorafile.runtime.train import launch
 
 
 def _plan(gpus=1, machines=1, batch=2, accumulate=3, lr=1e-4, address=None, port=None):
@@ -142,7 +142,7 @@ def test_micro_batches_are_split_by_rank_and_positions_agree(monkeypatch):
 def test_launch_module_is_torch_free_at_import():
     import subprocess
 
-    code = "import sys, lorafile.runtime.launch; print('torch' in sys.modules)"
+    code = "import sys, lorafile.runtime.train.launch; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -154,7 +154,7 @@ def test_the_nan_guard_over_ranks_keeps_the_earliest_bad_step(monkeypatch):
 
     import torch
 
-    from lorafile.runtime.logging import StepGuard
+    from lorafile.runtime.train.logging import StepGuard
 
     guard = StepGuard(torch.device("cpu"))
     guard.record(torch.tensor(0.5), 1)

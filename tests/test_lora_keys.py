@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from lorafile.runtime import lora_keys
-from lorafile.runtime.lora_keys import KeyMap, kohya_name, sdxl_keymap
+from lorafile.runtime.lorafiles import keys as lora_keys
+from lorafile.runtime.lorafiles.keys import KeyMap, kohya_name, sdxl_keymap
 
 
 @pytest.fixture(scope="module")

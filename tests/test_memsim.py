@@ -1,4 +1,4 @@
-"""The exact VRAM simulation (runtime/memsim.py) against the analytic model (compiler/vram.py).
+"""The exact VRAM simulation (runtime/memory/simulate.py) against the analytic model (compiler/vram.py).
 
 Both count what `torch.cuda.max_memory_allocated` sees: the analytic estimate without its
 "CUDA context and allocator overhead" term (not allocated by tensors) against the traced peak
@@ -60,7 +60,7 @@ CONFIGS = [
     dict(cache=False, precision="fp16", batch=2, res=768),
     dict(cache=False, precision="fp16", batch=2, res=768, opt="adamw"),
     dict(cache=False, precision="fp16", batch=2, res=768, opt="lion"),
-    dict(base="fp8"),  # runtime/fp8.py: frozen layers stored as float8_e4m3fn
+    dict(base="fp8"),  # runtime/train/fp8.py: frozen layers stored as float8_e4m3fn
 ]
 TRACES = 5
 
@@ -74,7 +74,8 @@ def analytic_allocated(recipe: Recipe) -> int:
 
 def trace_table() -> tuple[list, list[str]]:
     """Simulate every configuration, recording each call of Trainer.loss_step meanwhile."""
-    from lorafile.runtime import memsim, train
+    from lorafile.runtime.memory import simulate as memsim
+    from lorafile.runtime.train import loop as train
 
     calls, original = [], train.Trainer.loss_step
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from lorafile.backends import migrate as mg
 from lorafile.backends.base import get
 from lorafile.cli import main
-from lorafile.compiler import migrate as mg
 from lorafile.compiler.diagnostics import DiagnosticBag
 from snapshot import assert_snapshot_folder
 

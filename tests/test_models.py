@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lorafile.compiler.diagnostics import DiagnosticError
-from lorafile.runtime import sdxl
-from lorafile.runtime.tiny import build_tiny_sdxl, tiny_configs
+from lorafile.runtime.models import sdxl
+from lorafile.runtime.models.tiny import build_tiny_sdxl, tiny_configs
 
 PARTS = ("unet", "text_encoder", "text_encoder_2", "vae")
 
@@ -145,7 +145,7 @@ def test_full_size_single_file_shapes_are_recognised():
     full = sdxl.build_sdxl_meta(parts=("unet",))
     cfg = sdxl.sdxl_config("unet")
     names = [n for n, _ in full.unet.named_parameters()]
-    from lorafile.runtime.sgm_keys import unet_from_sgm, unet_to_sgm
+    from lorafile.runtime.models.sgm_keys import unet_from_sgm, unet_to_sgm
 
     sgm = {unet_to_sgm(n, cfg) for n in names}
     assert len(sgm) == len(names)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from lorafile.backends.base import get
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
-from lorafile.runtime.plan import build_plan, describe_plan, recipe_of
+from lorafile.runtime.train.plan import build_plan, describe_plan, recipe_of
 from lorafile.spec.models import (
     Base,
     Buckets,
@@ -127,7 +127,7 @@ def test_read_rejects_other_json(tmp_path):
 def test_native_compile_path_imports_no_torch(project):
     code = (
         "import sys; from lorafile.backends.base import get; "
-        "from lorafile.runtime import plan; import lorafile.commands.plan, lorafile.commands.train; "
+        "from lorafile.runtime.train import plan; import lorafile.commands.plan, lorafile.commands.train; "
         "print([m for m in ('torch', 'diffusers', 'transformers', 'peft') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -148,7 +148,7 @@ def test_docs_cover_every_statement_and_code():
             "compiler/statements.py",
             "compiler/parse.py",
             "compiler/validate.py",
-            "compiler/load.py",
+            "backends/load.py",
             "commands/fmt.py",
         )
     )

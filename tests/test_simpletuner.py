@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from backend_case import BackendCase
-from lorafile.backends import simpletuner_options as opts
-from lorafile.backends.simpletuner_load import load_config
-from lorafile.backends.simpletuner_read import image_entries, is_regularisation
+from lorafile.backends.simpletuner import options as opts
+from lorafile.backends.simpletuner.load import load_config
+from lorafile.backends.simpletuner.read import image_entries, is_regularisation
 from lorafile.compiler.diagnostics import DiagnosticBag
 from lorafile.spec.models import (
     Adapter,
@@ -545,7 +545,7 @@ def _entries(loaded) -> list[dict]:
     reference = loaded.config.get("data_backend_config")
     if reference is None:
         return []
-    from lorafile.backends.simpletuner_load import resolve
+    from lorafile.backends.simpletuner.load import resolve
 
     data = json.loads(resolve(str(reference), loaded.folder).read_text())
     images = image_entries(data)
@@ -559,8 +559,8 @@ def test_every_code_is_documented():
     import re
 
     root = Path(__file__).parent.parent
-    sources = [*root.glob("src/lorafile/backends/simpletuner*.py"),
-               root / "src/lorafile/compiler/migrate.py"]  # fmt: skip
+    sources = [*root.glob("src/lorafile/backends/simpletuner/*.py"),
+               root / "src/lorafile/backends/migrate.py"]  # fmt: skip
     used = set()
     for source in sources:
         used |= set(re.findall(r'"((?:T5[2-4]|I6[3-5])\d)"', source.read_text()))

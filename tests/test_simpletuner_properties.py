@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from lorafile.backends import simpletuner_options as opts
 from lorafile.backends.base import get
+from lorafile.backends.simpletuner import options as opts
 from lorafile.compiler import dataset_count
 from lorafile.compiler.diagnostics import DiagnosticBag
 from strategies import recipes

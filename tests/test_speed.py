@@ -17,9 +17,9 @@ from types import SimpleNamespace
 import pytest
 
 from lorafile.compiler.diagnostics import DiagnosticError
-from lorafile.runtime import data, diffusion
 from lorafile.runtime.demo import make_dataset
-from lorafile.runtime.train import Trainer, TrainOptions, train
+from lorafile.runtime.train import data, diffusion
+from lorafile.runtime.train.loop import Trainer, TrainOptions, train
 from lorafile.spec.models import Interval, Save
 from test_train import plan_for, tiny_recipe
 
@@ -50,7 +50,7 @@ def test_latents_encoded_on_the_device_get_noise_on_the_same_device(monkeypatch)
     standing in for cuda) and the host-drawn noise must follow it there."""
     import torch
 
-    from lorafile.runtime import cache
+    from lorafile.runtime.train import cache
 
     meta = torch.device("meta")
     monkeypatch.setattr(data, "load_pixels", lambda item, flip, hue: (torch.zeros(3, 64, 64), None))
@@ -66,7 +66,7 @@ def test_latents_encoded_on_the_device_get_noise_on_the_same_device(monkeypatch)
 def test_cpu_latents_are_the_host_draw_of_the_step_generator(monkeypatch):
     import torch
 
-    from lorafile.runtime import cache
+    from lorafile.runtime.train import cache
 
     mean, std = torch.full((1, 4, 8, 8), 0.5), torch.full((1, 4, 8, 8), 2.0)
     monkeypatch.setattr(data, "load_pixels", lambda item, flip, hue: (torch.zeros(3, 64, 64), None))
@@ -81,7 +81,7 @@ def test_cpu_latents_are_the_host_draw_of_the_step_generator(monkeypatch):
 
 
 def test_startup_line_says_fp32_for_precision_no():
-    from lorafile.runtime.logging import precision_words
+    from lorafile.runtime.train.logging import precision_words
 
     assert precision_words("no") == "fp32 (mixed precision off)"
     assert precision_words("bf16") == "bf16 mixed precision"
@@ -90,7 +90,7 @@ def test_startup_line_says_fp32_for_precision_no():
 def test_fused_adamw_only_for_cuda_floating_point_parameters():
     import torch
 
-    from lorafile.runtime.optim import adamw_implementation, build_optimizer
+    from lorafile.runtime.train.optim import adamw_implementation, build_optimizer
 
     cuda = SimpleNamespace(is_cuda=True, is_floating_point=lambda: True)
     host = SimpleNamespace(is_cuda=False, is_floating_point=lambda: True)
@@ -158,7 +158,7 @@ def test_compile_mode_reaches_torch_compile_and_cuda_graphs_only_on_cuda(
     import torch
 
     from lorafile.cli import build_parser
-    from lorafile.runtime import launch
+    from lorafile.runtime.train import launch
 
     args = build_parser().parse_args(["train", "r.recipe", "--compile-mode", "reduce-overhead"])
     worker = launch.worker_args(args)
@@ -216,7 +216,7 @@ def test_nan_guard_names_the_first_bad_step_and_never_saves_it(
 def test_a_disk_cache_is_filled_by_one_process_per_machine(tmp_path):
     """DDP: the first process of a machine fills a disk cache; the others only wait at the
     barrier and then read its files (no per-rank encoding, no racing writes)."""
-    from lorafile.runtime.cache import TensorCache, fill_once
+    from lorafile.runtime.train.cache import TensorCache, fill_once
 
     events = []
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
 from lorafile.runtime.demo import make_dataset
-from lorafile.runtime.plan import build_plan
-from lorafile.runtime.train import TrainOptions, prepare_output, train
+from lorafile.runtime.train.loop import TrainOptions, prepare_output, train
+from lorafile.runtime.train.plan import build_plan
 from lorafile.spec.models import (
     Adapter,
     Base,
@@ -211,7 +211,7 @@ def test_force_clears_run_outputs_but_keeps_caches(tmp_path):
 def test_nan_loss_stops_with_step_and_causes(tiny_sdxl_dir, tmp_path):
     import torch
 
-    from lorafile.runtime.sdxl import load_sdxl
+    from lorafile.runtime.models.sdxl import load_sdxl
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_sdxl_dir / "diffusers", broken)
@@ -312,7 +312,7 @@ def test_bf16_with_memory_measures_trains_and_samples(tiny_sdxl_dir, tmp_path, c
 def test_interrupted_checkpoint_write_is_never_picked(tmp_path):
     import torch
 
-    from lorafile.runtime import checkpoint as ckpt
+    from lorafile.runtime.train import checkpoint as ckpt
 
     def export(folder):
         (folder / "tiny-step.safetensors").write_bytes(b"x")
@@ -332,7 +332,7 @@ def test_interrupted_checkpoint_write_is_never_picked(tmp_path):
 def test_logs_follow_the_output_folder_unless_the_recipe_names_one(tmp_path):
     """`-o elsewhere` writes TensorBoard events to elsewhere/logs, not into the recipe's own
     output folder (where an earlier run's events are); an explicit `log ... path` is kept."""
-    from lorafile.runtime.train import Trainer
+    from lorafile.runtime.train.loop import Trainer
     from lorafile.spec.models import Log
 
     make_dataset(tmp_path / "data", 2, seed=1)

@@ -11,9 +11,9 @@ import threading
 import pytest
 
 from lorafile.cli import main
-from lorafile.runtime import launch
-from lorafile.runtime.interrupt import SIGNAL_AT_STEP_ENV, TrainingInterrupted
-from lorafile.runtime.train import TrainOptions, train
+from lorafile.runtime.train import launch
+from lorafile.runtime.train.interrupt import SIGNAL_AT_STEP_ENV, TrainingInterrupted
+from lorafile.runtime.train.loop import TrainOptions, train
 from train_runs import assert_same_adapters, checkpointed_plan, train_cli
 
 
@@ -101,7 +101,7 @@ def test_ddp_ranks_stop_at_a_flush_point_when_any_rank_is_signalled(
 def test_a_failed_checkpoint_write_leaves_no_temp_folder(tmp_path):
     import torch
 
-    from lorafile.runtime import checkpoint as ckpt
+    from lorafile.runtime.train import checkpoint as ckpt
 
     def export(folder):
         raise KeyboardInterrupt  # a second Ctrl-C while the checkpoint is written
@@ -114,7 +114,7 @@ def test_a_failed_checkpoint_write_leaves_no_temp_folder(tmp_path):
 def test_a_second_signal_while_stopping_aborts_without_a_partial_checkpoint(
     plan_path, tmp_path, monkeypatch, capsys
 ):
-    from lorafile.runtime.train import Trainer
+    from lorafile.runtime.train.loop import Trainer
 
     export = Trainer.export
 
@@ -150,7 +150,7 @@ def test_the_launcher_names_the_command_that_resumes_a_ddp_run(tmp_path):
 
 
 def test_a_stop_after_a_nan_loss_saves_nothing(plan_path, tmp_path, monkeypatch, capsys):
-    from lorafile.runtime.train import Trainer
+    from lorafile.runtime.train.loop import Trainer
 
     loss_step, calls = Trainer.loss_step, []
 
@@ -169,7 +169,7 @@ def test_a_stop_after_a_nan_loss_saves_nothing(plan_path, tmp_path, monkeypatch,
 
 
 def test_stop_request_keeps_ignored_signals_and_other_threads_alone():
-    from lorafile.runtime.interrupt import StopRequest
+    from lorafile.runtime.train.interrupt import StopRequest
 
     assert threading.current_thread() is threading.main_thread()  # else SIGTERM ends pytest
     term = signal.getsignal(signal.SIGTERM)

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from lorafile.compiler.diagnostics import DiagnosticError
-from lorafile.runtime.optim import build_optimizer, build_scheduler
+from lorafile.runtime.train.optim import build_optimizer, build_scheduler
 from lorafile.spec.models import Train, Warmup
 
 

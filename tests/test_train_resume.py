@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lorafile.compiler.diagnostics import DiagnosticError
-from lorafile.runtime.train import TrainOptions, train
+from lorafile.runtime.train.loop import TrainOptions, train
 from train_runs import assert_same_adapters, checkpointed_plan, train_cli
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lorafile.runtime.sampling import SAMPLERS, make_grid, make_scheduler
-from lorafile.runtime.tiny import TINY_SCHEDULER_CONFIG
+from lorafile.runtime.models.tiny import TINY_SCHEDULER_CONFIG
+from lorafile.runtime.train.sampling import SAMPLERS, make_grid, make_scheduler
 from lorafile.spec.models import SAMPLERS as RECIPE_SAMPLERS
 
 
@@ -68,8 +68,8 @@ def test_decode_in_tiles_when_the_gpu_is_short(monkeypatch):
     import torch
     from diffusers.image_processor import VaeImageProcessor
 
-    from lorafile.runtime import sampling
-    from lorafile.runtime.tiny import build_tiny_sdxl
+    from lorafile.runtime.models.tiny import build_tiny_sdxl
+    from lorafile.runtime.train import sampling
 
     vae = build_tiny_sdxl(seed=0).vae.eval()
     factor = sampling.downscale(vae)

@@ -140,7 +140,7 @@ def test_eight_bit_keeps_small_lora_tensors_in_32_bit():
 
 # ==== activations ===============================================================================
 def test_activation_elements_at_1024():
-    # The §4.2 count refined on a traced native step (runtime/memsim.py, bf16, 1024², batch 1):
+    # The §4.2 count refined on a traced native step (runtime/memory/simulate.py, bf16, 1024², batch 1):
     # 8.95 GB saved without checkpointing for attention + ff LoRA, 7.86 GB attention-only.
     assert vram.unet_saved_elements(1024, 1024, False) * 2 == pytest.approx(8.95e9, rel=0.05)
     assert vram.unet_saved_elements(1024, 1024, False, ff_lora=False) * 2 == pytest.approx(
@@ -334,7 +334,7 @@ def test_eight_bit_threshold_can_lower_memory_by_megabytes():
 
 
 def test_native_decode_tile_is_the_samplers():
-    """The estimate's sampling phase assumes the trainer's decode tile (runtime/sampling.py)."""
-    from lorafile.runtime import sampling
+    """The estimate's sampling phase assumes the trainer's decode tile (runtime/train/sampling.py)."""
+    from lorafile.runtime.train import sampling
 
     assert vram.TILE_PIXELS == sampling.TILE_PIXELS

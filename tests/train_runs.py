@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from lorafile.runtime.demo import make_dataset
-from lorafile.runtime.interrupt import KILL_AT_STEP_ENV, SIGNAL_AT_STEP_ENV
+from lorafile.runtime.train.interrupt import KILL_AT_STEP_ENV, SIGNAL_AT_STEP_ENV
 from lorafile.spec.models import Cache, Interval, Resolution, Sample, Save, Train
 from test_train import plan_for, tiny_recipe
 

@@ -32,7 +32,7 @@ class Native(Backend):
         file the diagnostics bag names, i.e. the recipe, else the working folder)."""
 
     def write(self, recipe: Recipe, bag: DiagnosticBag) -> Compiled:
-        from lorafile.runtime.plan import build_plan
+        from lorafile.runtime.train.plan import build_plan
 
         base_dir = self.base_dir
         if base_dir is None and bag.file and Path(bag.file).is_file():
@@ -42,7 +42,7 @@ class Native(Backend):
         return Compiled(files={PLAN_FILE: json.dumps(plan, indent=2) + "\n"})
 
     def read(self, path: Path, bag: DiagnosticBag, **options) -> Recipe:
-        from lorafile.runtime.plan import recipe_of
+        from lorafile.runtime.train.plan import recipe_of
 
         path = Path(path)
         if path.is_dir():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lorafile.backends.load import KINDS, load_input
 from lorafile.compiler.diagnostics import Diagnostic, DiagnosticError, render_all, summary_line
-from lorafile.compiler.load import KINDS, load_input
 
 
 def register(subparsers) -> None:

@@ -88,7 +88,7 @@ def run(args) -> int:
 
 def _load(path: Path, from_: str | None):
     """The recipe to compile, from a recipe or a kohya / SimpleTuner config."""
-    from lorafile.compiler.load import load_input
+    from lorafile.backends.load import load_input
 
     loaded = load_input(path, from_=from_)
     return loaded.recipe, loaded.diagnostics

@@ -44,7 +44,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lorafile.compiler.diagnostics import render_all
-    from lorafile.runtime.convert import convert_file
+    from lorafile.runtime.lorafiles.convert import convert_file
 
     lora, bag = convert_file(
         args.input, args.output, args.to, args.dtype, args.alpha, args.allow_lossy

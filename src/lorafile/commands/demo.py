@@ -97,7 +97,7 @@ def _say(message: str) -> None:
 def build_inputs(root: Path, steps: int) -> Path:
     """The tiny model (both layouts), the datasets and the recipe; returns the recipe path."""
     from lorafile.runtime.demo import make_dataset
-    from lorafile.runtime.tiny import build_tiny_sdxl, save_tiny_sdxl
+    from lorafile.runtime.models.tiny import build_tiny_sdxl, save_tiny_sdxl
 
     model = build_tiny_sdxl(seed=0)
     save_tiny_sdxl(root / "model" / "tiny-sdxl", model=model)
@@ -118,7 +118,7 @@ def build_inputs(root: Path, steps: int) -> Path:
 
 def _cli(*argv: str) -> int:
     """Run one lorafile command as a user would; a failure is reported, not fatal."""
-    from lorafile.cli import main
+    from lorafile.commands import main
 
     try:
         return main(list(argv))
@@ -143,10 +143,10 @@ def check_lint_compile(recipe: Path, root: Path) -> dict[str, int]:
 def train_and_measure(recipe: Path, root: Path):
     """Train, then the held-out loss on trigger captions without and with the adapter."""
     from lorafile.commands.plan import load_plan
-    from lorafile.runtime import export
     from lorafile.runtime.demo import heldout_loss
-    from lorafile.runtime.sdxl import load_sdxl
-    from lorafile.runtime.train import TrainOptions, train
+    from lorafile.runtime.lorafiles import export
+    from lorafile.runtime.models.sdxl import load_sdxl
+    from lorafile.runtime.train.loop import TrainOptions, train
 
     result = train(load_plan(recipe), TrainOptions())
     models = load_sdxl(root / "model" / "tiny-sdxl.safetensors")

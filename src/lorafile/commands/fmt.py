@@ -6,9 +6,9 @@ import difflib
 import sys
 from pathlib import Path
 
+from lorafile.backends.load import detect_kind, read_text
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, render_all
 from lorafile.compiler.format import format_source
-from lorafile.compiler.load import detect_kind, read_text
 from lorafile.files import write_text_atomic
 
 
@@ -100,8 +100,8 @@ def _trainer_config(path: Path, kind: str, args, bag: DiagnosticBag) -> int:
             "then format that",
         )
         raise DiagnosticError(bag.items)
+    from lorafile.backends.load import load_input
     from lorafile.compiler.format import format_recipe
-    from lorafile.compiler.load import load_input
 
     loaded = load_input(path, from_=kind)
     if loaded.diagnostics:

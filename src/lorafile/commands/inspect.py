@@ -28,7 +28,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lorafile.runtime.inspect_lora import inspect_file, render_text
+    from lorafile.runtime.lorafiles.inspect import inspect_file, render_text
 
     report = inspect_file(args.file)
     if args.format == "json":

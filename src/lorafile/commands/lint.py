@@ -52,8 +52,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from lorafile.backends.load import load_input
     from lorafile.compiler import lint
-    from lorafile.compiler.load import load_input
     from lorafile.spec.units import UnitError, parse_size
 
     loaded = load_input(args.file, from_=args.from_)
@@ -80,7 +80,7 @@ def run(args) -> int:
     )
     if args.format == "json":
         data = lint.to_json(report)
-        if args.exact:  # runtime/memsim.py: the traced peak next to the analytic estimate
+        if args.exact:  # runtime/memory/simulate.py: the traced peak next to the analytic estimate
             data["exact"] = _exact(loaded.recipe)[1]
         print(json.dumps(data, indent=2))
     else:
@@ -91,7 +91,7 @@ def run(args) -> int:
 
 
 def _exact(recipe):
-    """`--exact`: the traced peak (runtime/memsim.py); imports torch, so only when asked."""
-    from lorafile.runtime.memsim import exact_report
+    """`--exact`: the traced peak (runtime/memory/simulate.py); imports torch, so only when asked."""
+    from lorafile.runtime.memory.simulate import exact_report
 
     return exact_report(recipe)

@@ -1,7 +1,7 @@
 """`lorafile migrate SRC --to simpletuner|kohya -o DIR`: move a config between trainers.
 
 Reads SRC (a kohya or SimpleTuner config, detected from its content), writes the other trainer's
-files into DIR and prints a migration report (compiler/migrate.py): each setting next to what it
+files into DIR and prints a migration report (backends/migrate.py): each setting next to what it
 became, every change of meaning, every loss. Exits 1 when something is lost, unless
 --allow-lossy; then the files are written anyway and the losses stay in the report.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from lorafile.backends import migrate as mg
 from lorafile.commands._kohya_source import add_kohya_source_options, kohya_source_options
-from lorafile.compiler import migrate as mg
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
 from lorafile.files import write_files
 

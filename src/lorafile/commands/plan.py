@@ -32,7 +32,7 @@ def load_plan(path: Path) -> dict:
     Warnings are printed to stderr; errors raise DiagnosticError.
     """
     from lorafile.compiler.diagnostics import DiagnosticBag, render_all
-    from lorafile.runtime.plan import build_plan
+    from lorafile.runtime.train.plan import build_plan
 
     if path.suffix == ".json" and _is_plan(path):
         return json.loads(path.read_text(encoding="utf-8"))
@@ -54,7 +54,7 @@ def _is_plan(path: Path) -> bool:
 
 def _load_recipe(path: Path):
     try:
-        from lorafile.compiler.load import load_input
+        from lorafile.backends.load import load_input
     except ImportError:  # the loader is optional: a .recipe file parses without it
         from lorafile.compiler.parse import parse_recipe
 
@@ -63,7 +63,7 @@ def _load_recipe(path: Path):
 
 
 def run(args: argparse.Namespace) -> int:
-    from lorafile.runtime.plan import describe_plan
+    from lorafile.runtime.train.plan import describe_plan
 
     plan = load_plan(args.input)
     print(json.dumps(plan, indent=2) if args.json else describe_plan(plan))

@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from lorafile.runtime import launch  # torch-free at import, as is diffusion
-from lorafile.runtime.diffusion import COMPILE_MODES
+from lorafile.runtime.train import launch  # torch-free at import, as is diffusion
+from lorafile.runtime.train.defaults import DEFAULT_LOG_EVERY
+from lorafile.runtime.train.diffusion import COMPILE_MODES
 
 
 def register(subparsers) -> None:
@@ -51,7 +52,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--log-every",
         type=int,
-        default=launch.DEFAULT_LOG_EVERY,
+        default=DEFAULT_LOG_EVERY,
         metavar="N",
         help="steps between reading the loss back from the GPU (progress, TensorBoard, NaN "
         "check); the loop never waits for the GPU in between (default %(default)s)",
@@ -74,7 +75,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lorafile.commands.plan import load_plan
-    from lorafile.runtime.train import Trainer, TrainOptions
+    from lorafile.runtime.train.loop import Trainer, TrainOptions
 
     plan = load_plan(args.input)
     _quiet_libraries()
@@ -105,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(trainer, args: argparse.Namespace) -> int:
     """Run the loop; a signal ends it with a checkpoint, 130 (SIGINT) or 143 (SIGTERM)."""
-    from lorafile.runtime.checkpoint import latest_checkpoint
-    from lorafile.runtime.train import TrainingInterrupted
+    from lorafile.runtime.train.checkpoint import latest_checkpoint
+    from lorafile.runtime.train.loop import TrainingInterrupted
 
     # In a DDP worker the launcher prints the command (the worker's input is a temp plan).
     again = None if launch.in_worker() else launch.resume_command(args)

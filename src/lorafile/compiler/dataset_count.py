@@ -75,7 +75,7 @@ class ImageRule:
 
 
 NATIVE = ImageRule("native", KOHYA_EXTENSIONS, any_case=True, recursive=False, by_suffix=True)
-"""lorafile's own trainer (runtime/data.py): kohya's list in any case, one folder deep."""
+"""lorafile's own trainer (runtime/train/data.py): kohya's list in any case, one folder deep."""
 KOHYA = ImageRule("kohya", KOHYA_EXTENSIONS, any_case=False, recursive=False, hidden=False)
 """sd-scripts glob_images: `glob(dir/*.png)` for each extension, not recursive."""
 SIMPLETUNER = ImageRule(
@@ -115,7 +115,7 @@ def list_images(folder: Path, rule: ImageRule = NATIVE, limit: int | None = None
 
 def resolve(path: str, base_dir: Path | None) -> Path:
     """A recipe path: relative ones are relative to the recipe's folder (or the working folder);
-    also runtime/plan.py's resolve_path, for the native trainer."""
+    also runtime/train/plan.py's resolve_path, for the native trainer."""
     p = Path(path)
     with contextlib.suppress(RuntimeError):  # `~name` of an unknown user: kept as written
         p = p.expanduser()
@@ -232,9 +232,9 @@ def recipe_steps(recipe: Recipe, counts: Counts, gpus: int = 1) -> StepCount | N
     An epoch is every image × repeats, plus `ratio` times as many regularization samples.
     sd-scripts (train_util.py DreamBoothDataset, ratio 1:1 as lorafile writes it) re-uses the
     regularization images, growing num_repeats one by one, until they fill exactly as many
-    samples as training; runtime/data.py `epoch_batches` cycles them the same way for any ratio.
+    samples as training; runtime/train/data.py `epoch_batches` cycles them the same way for any ratio.
     Batches are ceil(samples / batch) per bucket; train_network.py then sets max_train_steps =
-    epochs × ceil(batches / GPUs / accumulation), as runtime/plan.py does. Count `counts` with
+    epochs × ceil(batches / GPUs / accumulation), as runtime/train/plan.py does. Count `counts` with
     the KOHYA or NATIVE rule.
     """
     train = recipe.train

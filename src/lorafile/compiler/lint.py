@@ -17,6 +17,7 @@ from lorafile.compiler.diagnostics import (
     DiagnosticError,
     render_all,
 )
+from lorafile.compiler.gpus import unknown_gpu
 from lorafile.compiler.lint_rules import RULES, LintContext
 from lorafile.spec import Recipe, gpus
 from lorafile.spec.units import format_size
@@ -79,7 +80,7 @@ def resolve_budget(
 def _from_gpu(name: str, bag: DiagnosticBag, span) -> Budget:
     found = gpus.find(name)
     if found is None:
-        gpus.unknown_gpu(name, bag, span)
+        unknown_gpu(name, bag, span)
         return Budget(None)
     unified = ", the GPU's share of unified memory" if found.unified else ""
     return Budget(

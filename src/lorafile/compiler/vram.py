@@ -179,7 +179,7 @@ def _tensor_state(optimizer: str, shape: Shape, state_bytes: float, args: dict) 
 # ff.net.0 and the 4*C GEGLU product feeding ff.net.2 are kept only for the LoRA's weight
 # gradient); Transformer2DModel wrapper 5*C; ResnetBlock2D 3*C_in + 3*C_out. The block
 # coefficients are the §4.2 count (30*C) refined against a traced allocation of the native
-# trainer (runtime/memsim.py: 31.2*C attention-only, 36.5*C attention + ff, per block at 1280).
+# trainer (runtime/memory/simulate.py: 31.2*C attention-only, 36.5*C attention + ff, per block at 1280).
 BLOCK_ELEMENTS = 31
 FF_LORA_ELEMENTS = 5
 CHANNELS = (320, 640, 1280)
@@ -256,7 +256,7 @@ def vae_encode_elements(width: int, height: int) -> int:
 
 
 TILE_PIXELS = 512
-"""The native trainer's decode tile (runtime/sampling.py TILE_PIXELS; a test keeps them equal)."""
+"""The native trainer's decode tile (runtime/train/sampling.py TILE_PIXELS; a test keeps them equal)."""
 
 
 def vae_decode_elements(width: int, height: int) -> int:
@@ -488,7 +488,7 @@ class _Model:
         """The VAE encoder's transient at the largest bucket."""
         if not self.p.encodes_in_step:
             return vae_encode_elements(self.width, self.height) * self.batch * self.vae_bytes
-        # Traced (runtime/memsim.py, 2026-11-28; 512² fp32, 768² fp16, 1024² bf16 all agree):
+        # Traced (runtime/memory/simulate.py, 2026-11-28; 512² fp32, 768² fp16, 1024² bf16 all agree):
         # five live 128-channel full-resolution tensors, one image at a time; under autocast
         # the group norms run in fp32, so two of the five are fp32 and three in the compute dtype.
         per_channel = 5 * 4.0 if self.compute == 4.0 else 3 * self.compute + 2 * 4.0
@@ -525,7 +525,7 @@ class _Model:
 
     def _vae_decode_bytes(self, width: int, height: int) -> float:
         """The decoder's transient. lorafile's trainer decodes in 512-pixel tiles when a whole
-        decode does not fit (runtime/sampling.py `decode`), so it needs only a tile's (traced:
+        decode does not fit (runtime/train/sampling.py `decode`), so it needs only a tile's (traced:
         0.76 GiB fp32 at 1024², against 3.00 GiB whole) plus the full-size output image."""
         if not self.p.decodes_in_tiles:  # kohya and SimpleTuner decode whole
             return vae_decode_elements(width, height) * self.vae_bytes

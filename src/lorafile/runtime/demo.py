@@ -67,8 +67,8 @@ def heldout_loss(models, folder: Path, trigger: str, seed: int = 1234) -> float:
     noise drawn from `seed`: the same noise and timesteps for every model compared."""
     import torch
 
-    from lorafile.runtime import data, diffusion
-    from lorafile.runtime.cache import encode_latents, encode_prompts
+    from lorafile.runtime.train import data, diffusion
+    from lorafile.runtime.train.cache import encode_latents, encode_prompts
 
     scheduler = models.noise_scheduler()
     losses = []

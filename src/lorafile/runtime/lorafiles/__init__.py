@@ -1,0 +1,1 @@
+"""LoRA files: key maps, export, convert, inspect, kohya metadata."""

@@ -1,0 +1,1 @@
+"""The native trainer: plan, data and buckets, caches, the loop, checkpoints, launch."""

@@ -1,0 +1,130 @@
+"""Checkpoints: the adapter plus the full training state, written atomically, last K kept.
+
+A checkpoint is a folder `checkpoints/step-NNNNNN/` holding
+  adapter.safetensors  the adapter in fp32 with peft names (prefix unet./text_encoder./
+                       text_encoder_2.): what a resume loads, bit for bit
+  state.pt             optimizer, lr scheduler, grad scaler, step, position in the data order,
+                       RNG states, seed (tensors and plain values only: loaded weights_only)
+  <name>-stepNNNNNN.safetensors   the same adapter in the user's format and precision
+It is written into a hidden temp folder that is renamed into place as the last step, so an
+interrupted save never leaves a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+CHECKPOINTS = "checkpoints"
+STEP_DIR = re.compile(r"^step-(\d{6,})$")
+
+
+def step_dir(out: Path, step: int) -> Path:
+    return out / CHECKPOINTS / f"step-{step:06d}"
+
+
+def list_checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first (temp folders start with '.')."""
+    folder = out / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    found = list_checkpoints(out)
+    return found[-1] if found else None
+
+
+def save_checkpoint(
+    out: Path, step: int, adapter: dict, state: dict, export, keep: int | None
+) -> Path:
+    """Write one checkpoint atomically; `export(path)` writes the user-format adapter file."""
+    import torch
+    from safetensors.torch import save_file
+
+    final = step_dir(out, step)
+    tmp = final.parent / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed save
+    tmp.mkdir(parents=True)
+    try:
+        save_file({k: v.contiguous() for k, v in adapter.items()}, tmp / "adapter.safetensors")
+        torch.save(state, tmp / "state.pt")
+        export(tmp)
+        if final.exists():  # a resumed run re-saving a step: replace the old copy
+            shutil.rmtree(final)
+        os.replace(tmp, final)  # the commit point: the folder appears complete or not at all
+    except BaseException:  # a full disk, or a second Ctrl-C while stopping: no temp folder left
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _prune(out, keep)
+    return final
+
+
+def _prune(out: Path, keep: int | None) -> None:
+    if keep is None:
+        return
+    for old in list_checkpoints(out)[:-keep]:
+        shutil.rmtree(old)
+
+
+def load_checkpoint(folder: Path) -> tuple[dict, dict]:
+    """(adapter weights, training state) of a checkpoint folder."""
+    import torch
+    from safetensors.torch import load_file
+
+    adapter = load_file(folder / "adapter.safetensors")
+    state = torch.load(folder / "state.pt", weights_only=True)  # no code runs on load
+    return adapter, state
+
+
+def rng_state() -> dict:
+    """Every global RNG a step can touch (peft dropout draws from torch's)."""
+    import random
+
+    import torch
+
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+# ---------------------------------------------------------------------------------------------
+# The adapter file
+
+
+def export_adapter(path: Path, models, fmt: str, precision: str, facts: dict) -> Path:
+    """Write the models' live adapter to `path` in `fmt` (kohya: original SDXL block names with
+    alpha tensors, ss_* and modelspec metadata; diffusers: the peft layout, alpha in the
+    metadata) through the one converter in runtime/lorafiles/export.py, atomically."""
+    from lorafile.runtime.lorafiles import export
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return export.save_adapter(
+        models,
+        path,
+        layout=fmt,
+        metadata=facts,
+        dtype=precision,
+        title=facts.get("ss_output_name", ""),
+    )
