@@ -5,7 +5,7 @@
 #   bench/gpu.sh --levers   each speed lever alone (channels_last, torch.compile, fused AdamW)
 #   bench/gpu.sh --dry-run  tiny model on the CPU, 1 step: checks that the script runs
 #   bench/gpu.sh --budget-s S   start no new case after S seconds (the device allows 600 s a call)
-#   bench/gpu.sh --tests    the CUDA-only tests (tests/test_gpu.py: CUDA graphs, pinned caches)
+#   bench/gpu.sh --tests    the CUDA-only tests (tests/runtime/train/test_gpu.py: CUDA graphs, pinned caches)
 # On the device machine: bash bench/gpu_wheels.sh here first, and carry .whl (see that script).
 # Builds the SDXL architecture with random weights: nothing is downloaded.
 set -euo pipefail
@@ -24,6 +24,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
 if [ "${1:-}" = "--tests" ]; then
   shift
-  exec "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_gpu.py "$@"
+  exec "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs tests/runtime/train/test_gpu.py "$@"
 fi
 exec "$PY" bench/gpu_train.py "$@"

@@ -3,7 +3,7 @@
 The canonical form lists statements in a fixed order, indents blocks by four spaces, separates
 top-level statements by a blank line, and omits every setting that equals its default (so a
 recipe shows only what differs from lorafile's defaults). `parse_recipe(format_recipe(r)) == r`
-for every valid `r`; tests/test_format_roundtrip.py checks it on generated recipes.
+for every valid `r`; tests/compiler/test_format_roundtrip.py checks it on generated recipes.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ peak = max over the phases of a run (the training step, VAE encoding, sampling, 
   + CUDA context and allocator overhead        (a constant plus a fraction of the rest)
 
 Parameter counts come from the SDXL architecture (the tables below reproduce the published
-totals exactly; tests/test_vram_shapes.py checks them against diffusers on the meta device).
+totals exactly; tests/compiler/test_vram_shapes.py checks them against diffusers on the meta device).
 The activation term is an element count of what autograd saves (vram_perf.md §4.2) and is the
 one estimate in the model; the overhead constants are fitted to the published anchors
 (SimpleTuner H100 6.53/13.03 GiB, kohya fp8 4.4 GB). What each trainer keeps on the GPU is in

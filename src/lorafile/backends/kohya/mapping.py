@@ -1,6 +1,6 @@
 """Effective sd-scripts settings -> recipe fields, and the pass-through of what is left over.
 
-Every function takes the reading `Context` (kohya_read.py) and returns one part of a Recipe.
+Every function takes the reading `Context` (read.py) and returns one part of a Recipe.
 Mapping notes (kohya key <-> recipe field) are in docs/backends/kohya.md.
 """
 

@@ -1,10 +1,10 @@
 """kohya sd-scripts config -> Recipe, with a diagnostic for everything sd-scripts gets wrong.
 
-Reading follows what `sdxl_train_network.py` does with the files (kohya_schema.py): flatten
+Reading follows what `sdxl_train_network.py` does with the files (schema.py): flatten
 the `--config_file` TOML one level, lay the values over the argparse defaults, build the dataset
 blueprint from `--dataset_config` or the `<repeats>_<class>` folders, then map the *effective*
 values to recipe fields. Whatever the recipe cannot say is kept in `passthrough["kohya"]`: the
-reader writes the recipe back (kohya_write.py) and keeps every value that would come out
+reader writes the recipe back (write.py) and keeps every value that would come out
 different, so kohya -> recipe -> kohya loses nothing. Codes I601-I629: docs/diagnostics.md.
 """
 

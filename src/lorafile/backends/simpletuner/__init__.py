@@ -7,8 +7,8 @@ Files written into the output folder:
     user_prompt_library.json       when the recipe samples more than one prompt
     train.sh                       `simpletuner train` run from this folder
 
-The mapping lives in simpletuner_map (what changes meaning), simpletuner_write (spelling),
-simpletuner_load/simpletuner_read (every input form) and simpletuner_passthrough (settings with
+The mapping lives in `mapping` (what changes meaning), `write` (spelling), `load`/`read`
+(every input form) and `passthrough` (settings with
 no recipe field). docs/backends/simpletuner.md is the table for people.
 """
 

@@ -1,10 +1,10 @@
-"""Read SimpleTuner's files into a Recipe: the inverse of simpletuner_write.
+"""Read SimpleTuner's files into a Recipe: the inverse of `write`.
 
-`read_recipe(path, bag)` loads the config (simpletuner_load), the multidatabackend.json and
+`read_recipe(path, bag)` loads the config (`load`), the multidatabackend.json and
 lycoris_config.json it references, and interprets each argument as recipe semantics with
 SimpleTuner's defaults filled in (an absent `lora_dropout` means 0.1, an absent
 `pretrained_vae_model_name_or_path` means madebyollin/sdxl-vae-fp16-fix). Settings with no recipe
-equivalent go to `passthrough["simpletuner"]` (see simpletuner_passthrough) so that writing the
+equivalent go to `passthrough["simpletuner"]` (see `passthrough`) so that writing the
 recipe back loses nothing.
 """
 

@@ -1,7 +1,7 @@
 """Serialise a normalized recipe into SimpleTuner's files.
 
 `generate(recipe)` builds plain dicts (config, data backends, LyCORIS config, prompt library)
-from a recipe that `simpletuner_map.normalize` already reduced to what SimpleTuner expresses;
+from a recipe that `mapping.normalize` already reduced to what SimpleTuner expresses;
 `render(...)` turns them into file text. Every config key is a registry argument name without
 dashes (documentation/OPTIONS.md; checked against data/simpletuner_options.json), and every
 value whose SimpleTuner default differs from the recipe's meaning is written.
@@ -37,7 +37,7 @@ class Generated:
 
 
 def generate(recipe: Recipe) -> Generated:
-    """The files for a normalized recipe (see simpletuner_map.normalize)."""
+    """The files for a normalized recipe (see mapping.normalize)."""
     out = Generated()
     out.config = {
         **_model(recipe),

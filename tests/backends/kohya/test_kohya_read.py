@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from backend_case import BackendCase
@@ -22,8 +20,9 @@ from lorafile.spec.models import (
     Train,
     Warmup,
 )
+from repo_paths import TESTS
 
-FIXTURES = Path(__file__).parent / "fixtures" / "kohya"
+FIXTURES = TESTS / "fixtures" / "kohya"
 BROKEN = FIXTURES / "broken"
 SEED = FIXTURES / "01_seed_style_lora.toml"
 

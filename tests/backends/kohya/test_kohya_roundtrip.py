@@ -20,8 +20,9 @@ from lorafile.backends.kohya import read as kr
 from lorafile.backends.kohya import schema as schema
 from lorafile.backends.kohya.compare import same, same_dataset_value
 from lorafile.backends.kohya.options import OPTIONS
+from repo_paths import TESTS
 
-FIXTURES = Path(__file__).parent / "fixtures" / "kohya"
+FIXTURES = TESTS / "fixtures" / "kohya"
 CONFIGS = sorted(p for p in FIXTURES.glob("*.toml") if not p.name.endswith(".dataset.toml"))
 NOT_COMPARED = set(schema.DATASET_KEYS) | {
     "train_data_dir",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import yaml
 
@@ -22,9 +21,10 @@ from lorafile.spec.models import (
     Train,
     Warmup,
 )
+from repo_paths import ROOT, TESTS
 
-DOCS = Path(__file__).parent.parent / "docs" / "diagnostics.md"
-SOURCES = Path(__file__).parent.parent / "src" / "lorafile" / "backends"
+DOCS = ROOT / "docs" / "diagnostics.md"
+SOURCES = ROOT / "src" / "lorafile" / "backends"
 
 
 def recipe(**changes) -> Recipe:
@@ -154,8 +154,8 @@ def test_every_kohya_code_is_documented():
     assert all(501 <= int(c[1:]) <= 519 or 600 <= int(c[1:]) <= 629 for c in codes)
 
 
-RECIPES = sorted((Path(__file__).parent / "fixtures" / "recipes").glob("*.recipe"))
-RECIPES += sorted((Path(__file__).parent / "fixtures" / "kohya" / "_shared").glob("*.recipe"))
+RECIPES = sorted((TESTS / "fixtures" / "recipes").glob("*.recipe"))
+RECIPES += sorted((TESTS / "fixtures" / "kohya" / "_shared").glob("*.recipe"))
 
 
 class TestRecipeFixturesRoundTrip(BackendCase):

@@ -2,7 +2,7 @@
 
 The recipes are copies of ../shared/recipes in fixtures/simpletuner/_shared (checked against the
 originals when those are present). Regenerate after an intended change with
-`LORAFILE_UPDATE_GOLDEN=1 pytest tests/test_simpletuner_golden.py` and review the diff like code.
+`LORAFILE_UPDATE_GOLDEN=1 pytest tests/backends/simpletuner/test_simpletuner_golden.py` and review the diff like code.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import pytest
 from lorafile.backends.base import get
 from lorafile.compiler.diagnostics import DiagnosticBag
 from lorafile.compiler.parse import parse_recipe
+from repo_paths import ROOT, TESTS
 from snapshot import assert_snapshot_folder
 
-INPUTS = Path(__file__).parent / "fixtures" / "simpletuner" / "_shared"
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-GOLDEN = Path(__file__).parent / "golden" / "simpletuner"
+INPUTS = TESTS / "fixtures" / "simpletuner" / "_shared"
+SHARED = ROOT.parent / "shared"
+GOLDEN = TESTS / "golden" / "simpletuner"
 RECIPES = sorted(INPUTS.glob("*.recipe"))
 
 

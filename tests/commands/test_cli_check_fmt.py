@@ -13,8 +13,9 @@ import pytest
 from lorafile.backends.load import detect_kind, load_input
 from lorafile.cli import main
 from lorafile.compiler.diagnostics import DiagnosticBag
+from repo_paths import TESTS
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = TESTS / "fixtures"
 SHARED_STYLE = FIXTURES / "recipes" / "loose" / "watercolor_style.recipe"
 CANONICAL = FIXTURES / "recipes" / "sample_full.recipe"
 BAD = FIXTURES / "bad" / "many_errors.recipe"

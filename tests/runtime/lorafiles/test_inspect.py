@@ -14,9 +14,10 @@ from safetensors.torch import save_file
 
 from lorafile.runtime.lorafiles import convert, export
 from lorafile.runtime.lorafiles.inspect import inspect_file, render_text
+from repo_paths import TESTS
 from snapshot import assert_snapshot
 
-SNAPSHOTS = Path(__file__).parent / "snapshots" / "inspect"
+SNAPSHOTS = TESTS / "snapshots" / "inspect"
 
 
 def _lora(gen, fan_in, fan_out, rank, conv=False):

@@ -7,6 +7,7 @@ import pytest
 from lorafile.compiler.diagnostics import DiagnosticError
 from lorafile.compiler.parse import parse_recipe, parse_recipe_with_positions
 from lorafile.spec import models as m
+from repo_paths import ROOT
 
 MINIMAL = 'recipe "t"\nbase sdxl "/m"\ndataset "/d"\noutput "/o"\n'
 
@@ -132,11 +133,10 @@ def test_error_is_raised_with_file_name():
 def test_docs_cover_every_statement_and_code():
     """docs/recipe.md names every statement; docs/diagnostics.md has an entry per R code."""
     import re
-    from pathlib import Path
 
     from lorafile.compiler.statements import TABLES
 
-    root = Path(__file__).parent.parent
+    root = ROOT
     recipe_doc = (root / "docs" / "recipe.md").read_text(encoding="utf-8")
     for table, defs in TABLES.items():
         for name in defs:
@@ -160,10 +160,9 @@ def test_docs_cover_every_statement_and_code():
 
 
 def test_docs_example_is_canonical():
-    from pathlib import Path
 
     from lorafile.compiler.format import format_source
 
-    doc = (Path(__file__).parent.parent / "docs" / "recipe.md").read_text(encoding="utf-8")
+    doc = (ROOT / "docs" / "recipe.md").read_text(encoding="utf-8")
     example = doc.split("```\n", 2)[1]
     assert format_source(example) == example

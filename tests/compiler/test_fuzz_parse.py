@@ -7,16 +7,15 @@ formatter too.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lorafile.compiler.diagnostics import DiagnosticError
 from lorafile.compiler.format import format_recipe, format_source
 from lorafile.compiler.parse import parse_recipe
+from repo_paths import TESTS
 
-CORPUS = Path(__file__).parent / "fixtures" / "recipes"
+CORPUS = TESTS / "fixtures" / "recipes"
 SEEDS = [p.read_text(encoding="utf-8") for p in sorted(CORPUS.rglob("*.recipe"))]
 # Fragments that steer mutations into interesting places: structure, units, keywords.
 FRAGMENTS = [

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,10 +13,11 @@ from lorafile.compiler import fit, lint, vram
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
 from lorafile.compiler.parse import parse_recipe_with_positions
 from lorafile.spec import models as m
+from repo_paths import TESTS
 from snapshot import assert_snapshot
 from vram_helpers import recipe
 
-SNAPSHOTS = Path(__file__).parent / "snapshots" / "lint"
+SNAPSHOTS = TESTS / "snapshots" / "lint"
 GB = 10**9
 
 

@@ -7,14 +7,13 @@ the three shared example recipes.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from lorafile.compiler.format import format_recipe
 from lorafile.compiler.parse import parse_recipe
+from repo_paths import TESTS
 
-CORPUS = Path(__file__).parent / "fixtures" / "recipes"
+CORPUS = TESTS / "fixtures" / "recipes"
 CANONICAL = sorted(CORPUS.glob("*.recipe"))
 LOOSE = sorted((CORPUS / "loose").glob("*.recipe"))
 

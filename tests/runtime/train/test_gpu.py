@@ -2,7 +2,7 @@
 
 CI has no GPU: these run where one is (`bench/gpu.sh --tests` on the device machine). Each
 feature they touch is also tested on the CPU: the compile-mode plumbing and the per-step graph
-marks in tests/test_speed.py, the trainer's numerics in tests/test_train*.py. What only a GPU
+marks in tests/runtime/train/test_speed.py, the trainer's numerics in tests/test_train*.py. What only a GPU
 can show is checked here: inductor's CUDA graphs record and replay through peft's layers and
 the optimizer, training with them learns the same adapter as eager CUDA, and pinned,
 non-blocking copies of cached tensors give the same result as plain copies.
@@ -14,11 +14,11 @@ import math
 
 import pytest
 import torch
+from test_train import plan_for, tiny_recipe
 
 from lorafile.runtime.demo import make_dataset
 from lorafile.runtime.train.loop import Trainer, TrainOptions
 from lorafile.spec.models import Cache, Save
-from test_train import plan_for, tiny_recipe
 
 pytestmark = [
     pytest.mark.gpu,

@@ -19,8 +19,9 @@ from lorafile.cli import main
 from lorafile.compiler import dataset_count
 from lorafile.compiler.diagnostics import DiagnosticBag
 from lorafile.compiler.parse import parse_recipe
+from repo_paths import TESTS
 
-INK = Path(__file__).parent / "fixtures" / "simpletuner" / "_shared" / "ink_locon.recipe"
+INK = TESTS / "fixtures" / "simpletuner" / "_shared" / "ink_locon.recipe"
 
 
 def ink_copy(tmp_path: Path, images: int = 12) -> Path:

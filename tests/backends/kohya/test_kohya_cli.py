@@ -8,8 +8,9 @@ import tomllib
 from pathlib import Path
 
 from lorafile.cli import main
+from repo_paths import TESTS
 
-FIXTURES = Path(__file__).parent / "fixtures" / "kohya"
+FIXTURES = TESTS / "fixtures" / "kohya"
 RECIPE = FIXTURES / "_shared" / "watercolor_style.recipe"
 
 

@@ -2,7 +2,7 @@
 
 The recipes are copies of ../shared/recipes in fixtures/kohya/_shared (checked against the
 originals when those are present). Regenerate after an intended change with
-`LORAFILE_UPDATE_GOLDEN=1 pytest tests/test_kohya_golden.py` and review the diff like code.
+`LORAFILE_UPDATE_GOLDEN=1 pytest tests/backends/kohya/test_kohya_golden.py` and review the diff like code.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from lorafile.backends.base import get
 from lorafile.compiler.diagnostics import DiagnosticBag
 from lorafile.compiler.format import format_recipe
 from lorafile.compiler.parse import parse_recipe
+from repo_paths import TESTS
 from snapshot import assert_snapshot_folder
 
-HERE = Path(__file__).parent
+HERE = TESTS
 INPUTS = HERE / "fixtures" / "kohya" / "_shared"
 SHARED = HERE.resolve().parents[1] / "shared"
 GOLDEN = HERE / "golden" / "kohya"

@@ -27,8 +27,9 @@ from lorafile.spec.models import (
     Train,
     Warmup,
 )
+from repo_paths import ROOT, TESTS
 
-FIXTURES = Path(__file__).parent / "fixtures" / "simpletuner"
+FIXTURES = TESTS / "fixtures" / "simpletuner"
 ALL_FIXTURES = sorted(
     p.name for p in FIXTURES.iterdir() if p.is_dir() and not p.name.startswith("_")
 )
@@ -558,7 +559,7 @@ def test_every_code_is_documented():
     """docs/diagnostics.md has a section for each T52x-T54x / I63x-I65x code the code raises."""
     import re
 
-    root = Path(__file__).parent.parent
+    root = ROOT
     sources = [*root.glob("src/lorafile/backends/simpletuner/*.py"),
                root / "src/lorafile/backends/migrate.py"]  # fmt: skip
     used = set()

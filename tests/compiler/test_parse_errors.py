@@ -1,20 +1,19 @@
 """Bad recipes: each file in tests/fixtures/bad/ has a snapshot of its rendered diagnostics.
 
-Regenerate the snapshots with `LORAFILE_UPDATE_SNAPSHOTS=1 pytest tests/test_parse_errors.py`,
+Regenerate the snapshots with `LORAFILE_UPDATE_SNAPSHOTS=1 pytest tests/compiler/test_parse_errors.py`,
 then read the diff by eye: the snapshot *is* the user-facing text (ruff's snapshot style).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from lorafile.compiler.diagnostics import MAX_REPORTED, DiagnosticError, render_all
 from lorafile.compiler.parse import parse_recipe
+from repo_paths import TESTS
 from snapshot import assert_snapshot
 
-BAD = Path(__file__).parent / "fixtures" / "bad"
+BAD = TESTS / "fixtures" / "bad"
 CASES = sorted(p.stem for p in BAD.glob("*.recipe"))
 
 

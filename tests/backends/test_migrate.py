@@ -13,9 +13,10 @@ from lorafile.backends import migrate as mg
 from lorafile.backends.base import get
 from lorafile.cli import main
 from lorafile.compiler.diagnostics import DiagnosticBag
+from repo_paths import TESTS
 from snapshot import assert_snapshot_folder
 
-HERE = Path(__file__).parent
+HERE = TESTS
 SHARED_INPUTS = HERE / "fixtures" / "simpletuner" / "_shared"
 ST_FIXTURES = HERE / "fixtures" / "simpletuner"
 GOLDEN = HERE / "golden" / "migrate"

@@ -23,11 +23,10 @@ from backend_case import BackendCase
 from lorafile.backends.kohya.project import project
 from lorafile.compiler.diagnostics import DiagnosticError
 from lorafile.spec.models import Recipe
+from repo_paths import ROOT, TESTS
 from strategies import recipes
 
-REFERENCE = json.loads(
-    (Path(__file__).parent / "fixtures" / "kohya" / "reference_options.json").read_text()
-)
+REFERENCE = json.loads((TESTS / "fixtures" / "kohya" / "reference_options.json").read_text())
 OPTION_TYPES = {o["dest"]: o for o in REFERENCE}
 FIELD_CODES = {
     "adapter": {"T507", "T510"},
@@ -239,7 +238,7 @@ class TestKohyaReaderNeverCrashes(BackendCase):
 
 def test_reference_table_is_the_shared_one():
     """The copied option table matches ../shared/reference when that folder is mounted."""
-    shared = Path(__file__).resolve().parents[2] / "shared" / "reference"
+    shared = ROOT.parent / "shared" / "reference"
     original = shared / "kohya_sdxl_train_network_options.json"
     assert len(REFERENCE) == 196
     if original.is_file():
