@@ -1,6 +1,7 @@
-"""Helpers shared by the stop/resume tests (test_train_resume.py, test_train_interrupt.py): one
-recipe with checkpoints and samples, `lorafile train` in a subprocess with fault injection, and
-the bitwise comparison of two runs' adapters."""
+"""Helpers shared by the training tests: `tiny_recipe` (a tiny-model recipe to adjust with
+keyword changes) and `plan_for`; for the stop/resume tests one recipe with checkpoints and
+samples, `lorafile train` in a subprocess with fault injection, and the bitwise comparison of
+two runs' adapters."""
 
 from __future__ import annotations
 
@@ -10,10 +11,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lorafile.compiler.diagnostics import DiagnosticBag
 from lorafile.runtime.demo import make_dataset
 from lorafile.runtime.train.interrupt import KILL_AT_STEP_ENV, SIGNAL_AT_STEP_ENV
-from lorafile.spec.models import Cache, Interval, Resolution, Sample, Save, Train
-from test_train import plan_for, tiny_recipe
+from lorafile.runtime.train.plan import build_plan
+from lorafile.spec.models import (
+    Adapter,
+    Base,
+    Buckets,
+    Cache,
+    Dataset,
+    Interval,
+    Log,
+    Output,
+    Recipe,
+    Resolution,
+    Sample,
+    Save,
+    Train,
+)
 
 
 def checkpointed_plan(model_dir: Path, tmp: Path, **train) -> Path:
@@ -74,3 +90,47 @@ def assert_same_adapters(whole: Path, other: Path, checkpoint_step: int) -> None
     a32 = load_file(whole / "checkpoints" / name / "adapter.safetensors")
     b32 = load_file(other / "checkpoints" / name / "adapter.safetensors")
     assert a32.keys() == b32.keys() and all(a32[k].equal(b32[k]) for k in a32)
+
+
+def tiny_recipe(base_path: Path, data: Path, out: Path, **changes) -> Recipe:
+    fields = dict(
+        name="tiny",
+        base=Base(path=str(base_path)),
+        datasets=(
+            Dataset(
+                path=str(data),
+                resolution=Resolution(width=64, height=64),
+                buckets=Buckets(min=64, max=128, step=32),
+                flip=True,
+            ),
+        ),
+        trigger="zqx",
+        adapter=Adapter(rank=4),
+        train=Train(
+            steps=8,
+            lr=5e-3,
+            optimizer="adamw",
+            precision="no",
+            checkpointing=False,
+            seed=3,
+            cache=Cache(latents=True, text=True, location="disk"),
+        ),
+        save=Save(every=Interval(every=3), keep=2),
+        sample=Sample(
+            every=Interval(every=4),
+            steps=2,
+            size=Resolution(width=64, height=64),
+            seed=5,
+            prompts=("zqx, a red circle", "a red circle"),
+        ),
+        output=Output(path=str(out)),
+        log=Log(to="tensorboard"),
+    )
+    return Recipe(**(fields | changes))
+
+
+def plan_for(recipe: Recipe) -> dict:
+    bag = DiagnosticBag()
+    plan = build_plan(recipe, bag)
+    bag.raise_if_errors()
+    return plan

@@ -270,12 +270,12 @@ def test_native_trainer_trains_an_fp8_base(tiny_sdxl_dir, tmp_path, capsys):
     exports the same kohya keys as a bf16 run; the fp8 layers are really in the models."""
     import torch
     from safetensors import safe_open
-    from test_train import plan_for, tiny_recipe
 
     from lorafile.runtime.demo import make_dataset
     from lorafile.runtime.train.fp8 import fp8_bytes
     from lorafile.runtime.train.loop import Trainer, TrainOptions
     from lorafile.spec.models import Adapter, Cache, Interval, Resolution, Sample, Save, Train
+    from train_runs import plan_for, tiny_recipe
 
     make_dataset(tmp_path / "data", 3, seed=1)
     adapter = Adapter(algo="locon", rank=4, targets=("attention", "ff", "conv"), text_encoder=True)

@@ -14,11 +14,11 @@ import math
 
 import pytest
 import torch
-from test_train import plan_for, tiny_recipe
 
 from lorafile.runtime.demo import make_dataset
 from lorafile.runtime.train.loop import Trainer, TrainOptions
 from lorafile.spec.models import Cache, Save
+from train_runs import plan_for, tiny_recipe
 
 pytestmark = [
     pytest.mark.gpu,

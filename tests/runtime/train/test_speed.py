@@ -15,13 +15,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_train import plan_for, tiny_recipe
 
 from lorafile.compiler.diagnostics import DiagnosticError
 from lorafile.runtime.demo import make_dataset
 from lorafile.runtime.train import data, diffusion
 from lorafile.runtime.train.loop import Trainer, TrainOptions, train
 from lorafile.spec.models import Interval, Save
+from train_runs import plan_for, tiny_recipe
 
 
 @pytest.fixture(autouse=True)

@@ -4,31 +4,27 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
+from lorafile.compiler.diagnostics import DiagnosticError
 from lorafile.runtime.demo import make_dataset
 from lorafile.runtime.train.loop import TrainOptions, prepare_output, train
-from lorafile.runtime.train.plan import build_plan
 from lorafile.spec.models import (
     Adapter,
     Base,
-    Buckets,
     Cache,
     Dataset,
     Interval,
     Log,
-    Output,
-    Recipe,
     Regularization,
     Resolution,
     Sample,
     Save,
     Train,
 )
+from train_runs import plan_for, tiny_recipe
 
 TAGS = {"train/loss", "train/lr", "train/grad_norm", "perf/images_per_s", "memory/peak_gib"}
 
@@ -41,50 +37,6 @@ def _one_thread():
     torch.set_num_threads(1)  # the tiny model is faster on one thread, and CI shares its cores
     yield
     torch.set_num_threads(threads)
-
-
-def tiny_recipe(base_path: Path, data: Path, out: Path, **changes) -> Recipe:
-    fields = dict(
-        name="tiny",
-        base=Base(path=str(base_path)),
-        datasets=(
-            Dataset(
-                path=str(data),
-                resolution=Resolution(width=64, height=64),
-                buckets=Buckets(min=64, max=128, step=32),
-                flip=True,
-            ),
-        ),
-        trigger="zqx",
-        adapter=Adapter(rank=4),
-        train=Train(
-            steps=8,
-            lr=5e-3,
-            optimizer="adamw",
-            precision="no",
-            checkpointing=False,
-            seed=3,
-            cache=Cache(latents=True, text=True, location="disk"),
-        ),
-        save=Save(every=Interval(every=3), keep=2),
-        sample=Sample(
-            every=Interval(every=4),
-            steps=2,
-            size=Resolution(width=64, height=64),
-            seed=5,
-            prompts=("zqx, a red circle", "a red circle"),
-        ),
-        output=Output(path=str(out)),
-        log=Log(to="tensorboard"),
-    )
-    return Recipe(**(fields | changes))
-
-
-def plan_for(recipe: Recipe) -> dict:
-    bag = DiagnosticBag()
-    plan = build_plan(recipe, bag)
-    bag.raise_if_errors()
-    return plan
 
 
 @pytest.fixture(scope="module")
