@@ -39,6 +39,15 @@ def picture(seed: int, size: tuple[int, int] = (640, 576)) -> Image.Image:
     return image
 
 
+def detailed(seed: int) -> Image.Image:
+    """`picture` with fine grain all over: a photo-like, very sharp image."""
+    image = picture(seed)
+    grain = np.random.default_rng(seed).integers(-40, 40, (image.height, image.width, 1))
+    return Image.fromarray(
+        np.clip(np.asarray(image, dtype=np.int16) + grain, 0, 255).astype(np.uint8)
+    )
+
+
 def clean_set(folder: Path, count: int = 6, trigger: str = TRIGGER, ext: str = "png") -> None:
     """`count` sharp, distinct images with good captions that start with the trigger."""
     folder.mkdir(parents=True, exist_ok=True)

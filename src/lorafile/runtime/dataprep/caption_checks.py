@@ -118,7 +118,7 @@ def _length(entry: Entry, settings: PrepSettings, bpe) -> None:
     if len(tokens) <= CLIP_CONTENT_TOKENS:
         return
     cut = cut_words(text, bpe, CLIP_CONTENT_TOKENS)
-    shown = " ".join(cut[:12]) + (" ..." if len(cut) > 12 else "")
+    shown = " ".join(cut) if len(cut) <= 12 else " ".join([*cut[:8], "...", *cut[-3:]])
     entry.problems.append(
         problem(
             "caption_too_long",
