@@ -82,7 +82,8 @@ def run(args) -> int:
     datasets = summarize_datasets(loaded.recipe, args.file.resolve().parent)
     if args.format == "json":
         data = lint.to_json(report)
-        data["datasets"] = [d.to_dict() for d in datasets]
+        if datasets:  # only folders that exist here: configs elsewhere keep their output
+            data["datasets"] = [d.to_dict() for d in datasets]
         if args.exact:  # runtime/memsim.py: the traced peak next to the analytic estimate
             data["exact"] = _exact(loaded.recipe)[1]
         print(json.dumps(data, indent=2))

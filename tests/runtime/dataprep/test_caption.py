@@ -9,13 +9,32 @@ from prep_planted import picture, tree_digest
 
 from lorafile.cli import main
 from lorafile.runtime.dataprep.caption import (
-    CaptionOptions,
     Captioner,
+    CaptionOptions,
     caption_folder,
     clean_caption,
 )
 
-WORDS = "a the red blue house boat sea sky tree dog cat on in with small big old new".split()
+WORDS = [
+    "a",
+    "the",
+    "red",
+    "blue",
+    "house",
+    "boat",
+    "sea",
+    "sky",
+    "tree",
+    "dog",
+    "cat",
+    "on",
+    "in",
+    "with",
+    "small",
+    "big",
+    "old",
+    "new",
+]
 
 
 @pytest.fixture(scope="module")

@@ -66,7 +66,7 @@ def test_a_clean_dataset_has_no_problem_at_all(tmp_path):
 
 
 def test_corrupt_images_are_exactly_those_the_trainer_cannot_read(planted):
-    folder, expected, report = planted
+    _, _, report = planted
     for entry in report.entries:
         if "corrupt" in entry.kinds():
             with pytest.raises(Exception):  # noqa: B017 - any decoder error
@@ -94,7 +94,7 @@ def test_messages_say_what_the_trainers_do(planted):
 
 
 def test_json_has_the_documented_shape(planted):
-    folder, expected, report = planted
+    folder, _, report = planted
     data = to_json(report)
     assert set(data) >= {"dataset", "images", "buckets", "summary"}
     image = next(i for i in data["images"] if i["path"].endswith("panorama.png"))

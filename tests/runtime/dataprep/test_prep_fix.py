@@ -91,10 +91,10 @@ def test_fix_never_overwrites_or_writes_inside_the_source(tmp_path):
 @pytest.mark.slow
 def test_the_cleaned_copy_trains(tmp_path, tiny_sdxl_dir):
     import torch
-    from test_train import plan_for, tiny_recipe
 
     from lorafile.runtime.train import TrainOptions, train
     from lorafile.spec.models import Cache, Train
+    from test_train import plan_for, tiny_recipe
 
     source = tmp_path / "source"
     clean_set(source, count=3)
@@ -107,8 +107,11 @@ def test_the_cleaned_copy_trains(tmp_path, tiny_sdxl_dir):
     report = run_prep(PrepSettings(source, trigger=TRIGGER), progress=False)
     write_fixed(report, tmp_path / "clean")
     assert sorted(p.name for p in (tmp_path / "clean").glob("*.*g")) == [
-        "clean_00.png", "clean_01.png", "clean_02.png", "rotated.jpg",
-    ]  # fmt: skip
+        "clean_00.png",
+        "clean_01.png",
+        "clean_02.png",
+        "rotated.jpg",
+    ]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -124,7 +127,7 @@ def test_the_cleaned_copy_trains(tmp_path, tiny_sdxl_dir):
                 checkpointing=False,
                 seed=1,
                 cache=Cache(latents=False, text=False),
-            ),  # fmt: skip
+            ),
             sample=None,
         )
         plan = plan_for(recipe)
