@@ -72,6 +72,55 @@ def tiny_blip(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def tiny_florence(tmp_path_factory) -> Path:
+    """A random Florence-2 (transformers' own classes): DaViT vision tower, one-layer BART,
+    a byte-level tokenizer, 64-pixel images (1 + 2 x 2 image tokens)."""
+    import torch
+    from transformers import (
+        BartTokenizer,
+        CLIPImageProcessor,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+    )
+
+    from lorafile.runtime.tiny import byte_level_vocab
+
+    folder = tmp_path_factory.mktemp("tiny_florence")
+    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<image>"])}
+    for token in byte_level_vocab():
+        if not token.endswith("</w>") and not token.startswith("<|"):
+            vocab.setdefault(token, len(vocab))
+    tokenizer = BartTokenizer(
+        vocab=vocab, merges=[], extra_special_tokens={"image_token": "<image>"}
+    )
+    images = CLIPImageProcessor(
+        size={"height": 64, "width": 64}, do_center_crop=False, image_seq_length=5
+    )
+    text = dict(
+        model_type="bart", vocab_size=len(tokenizer), d_model=32, encoder_layers=1,
+        decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, decoder_start_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    vision = dict(
+        depths=[1, 1, 1, 1], embed_dim=[8, 8, 16, 16], num_heads=[1, 1, 2, 2],
+        num_groups=[1, 1, 2, 2], window_size=2, projection_dim=32, max_position_embeddings=8,
+        max_temporal_embeddings=4, drop_path_rate=0.0,
+    )  # fmt: skip
+    config = Florence2Config(
+        vision_config=vision, text_config=text, image_token_id=tokenizer.image_token_id
+    )
+    torch.manual_seed(0)
+    model = Florence2ForConditionalGeneration(config).eval()
+    model.generation_config.min_new_tokens = 4  # a random model would stop at once
+    model.save_pretrained(folder)
+    Florence2Processor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
 def make_images(folder: Path, count: int) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -165,3 +214,17 @@ def test_cli_missing_model_folder_is_a_diagnostic(tmp_path, capsys):
     assert main(["caption", str(tmp_path), "--model", str(tmp_path / "nope")]) == 1
     err = capsys.readouterr().err
     assert "error[D833]" in err and "Traceback" not in err
+
+
+def test_florence2_loads_with_transformers_own_class_and_captions(tmp_path, tiny_florence):
+    from lorafile.runtime.dataprep.caption import load_captioner
+
+    captioner = load_captioner(str(tiny_florence))
+    assert type(captioner.model).__name__ == "Florence2ForConditionalGeneration"
+    assert captioner.style == "florence"
+    images = make_images(tmp_path, 3)
+    options = CaptionOptions(model=str(tiny_florence), trigger="zqx", batch=2)
+    result = caption_folder(tmp_path, options, progress=False, load=lambda _n: captioner)
+    assert sorted(result.written) == images
+    texts = [p.with_suffix(".txt").read_text() for p in images]
+    assert all(t.startswith("zqx, ") and len(t.strip()) > len("zqx, ") for t in texts)
