@@ -201,25 +201,30 @@ def _load(source: str, local: bool, device: str, dtype) -> Captioner:
 
     config = AutoConfig.from_pretrained(source, local_files_only=local)
     processor = AutoProcessor.from_pretrained(source, local_files_only=local)
+    kwargs = dict(local_files_only=local, dtype=dtype)
     if config.model_type == "florence2":
-        from transformers import Florence2ForConditionalGeneration as model_class
+        from transformers import Florence2ForConditionalGeneration
 
-        style = "florence"
-    else:
-        model_class = _auto_class(config)
-        style = "chat" if getattr(processor, "chat_template", None) else "plain"
-    model = model_class.from_pretrained(source, local_files_only=local, dtype=dtype)
+        model = Florence2ForConditionalGeneration.from_pretrained(source, **kwargs)
+        return Captioner(model.to(device).eval(), processor, "florence")
+    model = _auto_model(source, config, kwargs)
+    style = "chat" if getattr(processor, "chat_template", None) else "plain"
     return Captioner(model.to(device).eval(), processor, style)
 
 
-def _auto_class(config):
-    """The Auto class that knows this config: image-text-to-text first, then vision-to-text."""
+def _auto_model(source: str, config, kwargs: dict):
+    """The model through the first Auto class that knows its config: image-text-to-text
+    (LLaVA-style and, in recent transformers, BLIP), then vision-to-text (older releases)."""
     import transformers
 
     for name in ("AutoModelForImageTextToText", "AutoModelForVision2Seq"):
         auto = getattr(transformers, name, None)
-        if auto is not None and type(config) in auto._model_mapping:
-            return auto
+        if auto is None:
+            continue
+        try:
+            return auto.from_pretrained(source, **kwargs)
+        except ValueError:  # "Unrecognized configuration class" for this Auto class
+            continue
     raise ValueError(f"`{config.model_type}` is not an image-to-text model transformers can load")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from lorafile.compiler.dataset_count import NATIVE, ImageRule
 from lorafile.compiler.diagnostics import Diagnostic, Severity
 from lorafile.runtime.data import BucketSpec
+from lorafile.runtime.dataprep.images import ImageFacts
 
 MIN_SIDE = 512
 """The seed article's rejection floor: drop images under 512 px on either side."""
@@ -105,8 +106,7 @@ class Entry:
     """One listed image with its caption, bucket and problems."""
 
     path: Path
-    facts: object
-    """images.ImageFacts (typed loosely: this module must not import Pillow's users)."""
+    facts: ImageFacts
     caption: str | None = None
     """The caption file's text (None: no caption file; '' for an empty one)."""
     caption_file: Path | None = None
