@@ -228,3 +228,22 @@ def test_florence2_loads_with_transformers_own_class_and_captions(tmp_path, tiny
     assert sorted(result.written) == images
     texts = [p.with_suffix(".txt").read_text() for p in images]
     assert all(t.startswith("zqx, ") and len(t.strip()) > len("zqx, ") for t in texts)
+
+
+@pytest.mark.gpu
+def test_captions_on_the_gpu_in_bf16(tmp_path, tiny_blip):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from lorafile.runtime.dataprep.caption import load_captioner
+
+    captioner = load_captioner(str(tiny_blip))
+    assert captioner.model.device.type == "cuda"
+    assert captioner.model.dtype == (
+        torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    )
+    images = make_images(tmp_path, 3)
+    options = CaptionOptions(model=str(tiny_blip), trigger="zqx", batch=2)
+    result = caption_folder(tmp_path, options, progress=False, load=lambda _n: captioner)
+    assert sorted(result.written) == images
