@@ -247,3 +247,24 @@ def test_captions_on_the_gpu_in_bf16(tmp_path, tiny_blip):
     options = CaptionOptions(model=str(tiny_blip), trigger="zqx", batch=2)
     result = caption_folder(tmp_path, options, progress=False, load=lambda _n: captioner)
     assert sorted(result.written) == images
+
+
+def test_recipe_captions_setting_decides_the_extension(tmp_path, tiny_blip, capsys):
+    recipe = tmp_path / "r.recipe"
+    body = (
+        'recipe "r"\nbase sdxl "/models/base.safetensors"\n'
+        'dataset "data" {{\n    captions {captions}\n}}\ntrigger "zqx"\n'
+        'train {{\n    steps 10\n}}\noutput "/out"\n'
+    )
+    images = make_images(tmp_path / "data", 2)
+    recipe.write_text(body.format(captions="caption"))
+    argv = ["caption", str(tmp_path / "data"), "--model", str(tiny_blip), "--recipe", str(recipe)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "prepended by the trainer" in captured.err
+    texts = [p.with_suffix(".caption").read_text() for p in images]
+    assert all(not t.startswith("zqx") for t in texts)  # the trainer prepends the recipe's trigger
+    assert not any(p.with_suffix(".txt").exists() for p in images)
+    recipe.write_text(body.format(captions="filename"))
+    assert main(argv) == 1
+    assert "error[D834]" in capsys.readouterr().err
