@@ -223,7 +223,7 @@ def test_florence2_loads_with_transformers_own_class_and_captions(tmp_path, tiny
     assert type(captioner.model).__name__ == "Florence2ForConditionalGeneration"
     assert captioner.style == "florence"
     images = make_images(tmp_path, 3)
-    options = CaptionOptions(model=str(tiny_florence), trigger="zqx", batch=2)
+    options = CaptionOptions(model=str(tiny_florence), trigger="zqx", batch=2, max_new_tokens=8)
     result = caption_folder(tmp_path, options, progress=False, load=lambda _n: captioner)
     assert sorted(result.written) == images
     texts = [p.with_suffix(".txt").read_text() for p in images]

@@ -11,7 +11,7 @@ import statistics
 import numpy as np
 
 from lorafile.compiler.diagnostics import Severity
-from lorafile.runtime.dataprep.images import ROTATES_90
+from lorafile.runtime.dataprep.images import ROTATES_90, pixel_digest_of
 from lorafile.runtime.dataprep.settings import Entry, PrepSettings, problem
 
 BLUR_FLOOR = 10.0
@@ -91,8 +91,8 @@ def check_duplicates(entries: list[Entry]) -> None:
     """Same pixels first, then perceptual near-duplicates; the first in name order is kept."""
     readable = [e for e in entries if e.facts.ok]
     first_by_digest: dict[str, Entry] = {}
-    for entry in readable:
-        original = first_by_digest.setdefault(entry.facts.pixel_digest, entry)
+    for entry in _same_hash_candidates(readable):
+        original = first_by_digest.setdefault(pixel_digest_of(entry.path), entry)
         if original is not entry:
             entry.problems.append(
                 problem(
@@ -104,6 +104,16 @@ def check_duplicates(entries: list[Entry]) -> None:
                 )
             )
     _near_duplicates([e for e in readable if "duplicate" not in e.kinds()])
+
+
+def _same_hash_candidates(entries: list[Entry]) -> list[Entry]:
+    """Entries whose size, mode and perceptual hash equal another's, in name order."""
+    groups: dict[tuple, list[Entry]] = {}
+    for entry in entries:
+        f = entry.facts
+        groups.setdefault((f.width, f.height, f.mode, f.phash), []).append(entry)
+    shared = {id(e) for group in groups.values() if len(group) > 1 for e in group}
+    return [e for e in entries if id(e) in shared]
 
 
 def _near_duplicates(entries: list[Entry]) -> None:

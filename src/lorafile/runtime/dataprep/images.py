@@ -5,10 +5,13 @@
 misses truncated pixel data), so an image prep calls corrupt is one the trainer skips. While the
 pixels are in memory it takes everything the checks need, so each file is decoded once:
 
-- the pixel digest (sha256 of mode, size and decoded bytes): exact duplicates;
 - a perceptual hash (imagehash's DCT hash) of a copy normalised to `ANALYSIS_SIDE`: near
   duplicates survive resizing, recompression and light crops;
 - the variance of the Laplacian of that grayscale copy: blur.
+
+Exact duplicates need a digest of all the pixels, which costs as much as the rest together; it
+is taken only for images whose size, mode and perceptual hash equal another's (`pixel_digest_of`),
+since identical pixels always give identical hashes.
 
 Working on a downscaled copy keeps prep fast (docs/prep.md: 1,000 1024² JPEGs in well under a
 minute on two cores) and makes the blur figure independent of the image's resolution.
@@ -29,6 +32,16 @@ ORIENTATION_TAG = 0x0112
 """EXIF Orientation: 1 is upright; 2-8 are mirrored and/or rotated storage."""
 ROTATES_90 = frozenset({5, 6, 7, 8})
 """Orientations whose upright image has width and height swapped."""
+EXIF_TRANSPOSE = {
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
+}
+"""The EXIF Orientation values and the transposition that makes the pixels upright."""
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
@@ -48,7 +61,6 @@ class ImageFacts:
     has_alpha: bool = False
     error: str = ""
     """Why the trainer cannot read it ('' when it can)."""
-    pixel_digest: str = ""
     phash: int = 0
     """64-bit DCT perceptual hash of the normalised grayscale copy."""
     sharpness: float = 0.0
@@ -99,8 +111,7 @@ def _measure(image, facts: ImageFacts) -> None:
     facts.orientation = int(image.getexif().get(ORIENTATION_TAG, 1) or 1)
     facts.bit_depth = 16 if image.mode in SIXTEEN_BIT_MODES or _png_depth(image) == 16 else 8
     facts.has_alpha = image.mode in ALPHA_MODES or "transparency" in image.info
-    facts.pixel_digest = pixel_digest(image)
-    gray = analysis_gray(image)
+    gray = analysis_gray(image, facts.orientation)
     facts.phash = perceptual_hash(gray)
     facts.sharpness = laplacian_variance(np.asarray(gray, dtype=np.float32))
 
@@ -121,18 +132,32 @@ def pixel_digest(image) -> str:
     return digest.hexdigest()
 
 
-def analysis_gray(image):
+def pixel_digest_of(path: Path) -> str:
+    """`pixel_digest` of a file (decoded again: only duplicate candidates need it)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return pixel_digest(image)
+
+
+def analysis_gray(image, orientation: int = 1):
     """The upright 8-bit grayscale copy with a long side of at most ANALYSIS_SIDE pixels."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     if image.mode in SIXTEEN_BIT_MODES:
         image = to_8bit(image)
-    gray = ImageOps.exif_transpose(image.convert("L"))
+    gray = image.convert("L")
+    factor = max(gray.size) // ANALYSIS_SIDE
+    if factor >= 2:  # a box reduction by a whole factor is several times cheaper than a resize
+        gray = gray.reduce(factor)
     if max(gray.size) > ANALYSIS_SIDE:
         scale = ANALYSIS_SIDE / max(gray.size)
         size = (max(1, round(gray.width * scale)), max(1, round(gray.height * scale)))
-        gray = gray.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return gray
+        gray = gray.resize(size, Image.Resampling.BILINEAR)
+    # The orientation is applied last, to the small copy: the result is the same.
+    method = EXIF_TRANSPOSE.get(orientation)
+    return gray.transpose(getattr(Image.Transpose, method)) if method else gray
 
 
 def perceptual_hash(gray) -> int:
