@@ -27,6 +27,8 @@ COMMAND_ORDER = (
     "plan",
     "import_",
     "migrate",
+    "prep",
+    "caption",
     "train",
     "demo",
     "inspect",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lorafile.compiler.dataset_count import summarize_datasets
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
 from lorafile.compiler.vram import TRAINERS
 
@@ -78,13 +79,18 @@ def run(args) -> int:
         gpus_count=args.gpus,
         bag=bag,
     )
+    datasets = summarize_datasets(loaded.recipe, args.file.resolve().parent)
     if args.format == "json":
         data = lint.to_json(report)
+        if datasets:  # only folders that exist here: configs elsewhere keep their output
+            data["datasets"] = [d.to_dict() for d in datasets]
         if args.exact:  # runtime/memory/simulate.py: the traced peak next to the analytic estimate
             data["exact"] = _exact(loaded.recipe)[1]
         print(json.dumps(data, indent=2))
     else:
         print(lint.render_text(report), end="")
+        for summary in datasets:  # names only: lint stays fast and torch-free
+            print(summary.line(str(args.file)))
         if args.exact:
             print(_exact(loaded.recipe)[0], end="")
     return report.exit_code

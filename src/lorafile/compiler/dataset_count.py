@@ -273,3 +273,55 @@ def _how(parts: list[str], batches: int | None, accumulate: int, per_epoch: int,
         f"{text} / accumulation {accumulate} = {per_epoch} steps per epoch "
         f"× {epochs} epochs = {per_epoch * epochs} steps"
     )
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """`lorafile lint`'s one line about a dataset folder that exists here (names only)."""
+
+    path: str
+    folder: Path
+    images: int
+    captions: str
+    """The recipe's `captions` setting."""
+    captioned: int | None
+    """Images with a caption file (None for `captions filename` / `trigger`)."""
+
+    def line(self, recipe_file: str | None = None) -> str:
+        if self.captioned is None:
+            about = f"captions from the {self.captions}"
+        else:
+            missing = self.images - self.captioned
+            about = f"{self.captioned} with a .{self.captions} caption, {missing} without"
+        recipe = f" --recipe {recipe_file}" if recipe_file else ""
+        return (
+            f"dataset `{self.path}`: {self.images} images, {about}; "
+            f"`lorafile prep {self.folder}{recipe}` checks every image and caption"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "folder": str(self.folder),
+            "images": self.images,
+            "captioned": self.captioned,
+        }
+
+
+def summarize_datasets(recipe: Recipe, base_dir: Path | None = None) -> list[DatasetSummary]:
+    """Image and caption counts of each dataset folder that exists (the native listing)."""
+    out = []
+    for d in recipe.datasets:
+        folder = resolve(d.path, base_dir)
+        try:
+            images = list_images(folder, NATIVE) if folder.is_dir() else None
+        except OSError:
+            images = None
+        if images is None:
+            continue
+        captioned = None
+        if d.captions not in ("filename", "trigger"):
+            suffix = "." + d.captions.lstrip(".")
+            captioned = sum(1 for p in images if p.with_suffix(suffix).is_file())
+        out.append(DatasetSummary(d.path, folder, len(images), d.captions, captioned))
+    return out

@@ -10,6 +10,7 @@ Code families (documented one by one in docs/diagnostics.md):
     R1xx  syntax              R2xx  validation        L3xx  lint rules
     V4xx  VRAM budget         T5xx  target cannot express a setting
     I6xx  import of a trainer config    F7xx  model and LoRA files
+    D8xx  dataset (`prep`, `caption`)
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Dataset tools: the rejection pass and bucket preview (`lorafile prep`) and captioning."""
