@@ -139,3 +139,16 @@ def test_hue_shift_changes_colour_not_geometry(tmp_path):
     assert ids == ids2 and plain.shape == shifted.shape == (3, 64, 64)
     assert not torch.equal(plain, shifted)
     assert torch.equal(shifted, data.load_pixels(item, hue_shift=0.03)[0])
+
+
+def test_exif_rotated_photo_is_bucketed_upright(tmp_path):
+    """A portrait photo stored landscape with EXIF orientation 6 (a quarter turn) is sized,
+    bucketed and cropped as the upright portrait that the loader delivers, not stretched."""
+    stored = Image.new("RGB", (96, 64), (200, 30, 30))  # pixels stored landscape
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "portrait.jpg", exif=exif)
+    assert data.read_size(tmp_path / "portrait.jpg") == (64, 96)
+    plain = Image.new("RGB", (96, 64))
+    plain.save(tmp_path / "landscape.jpg")
+    assert data.read_size(tmp_path / "landscape.jpg") == (96, 64)

@@ -133,15 +133,24 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# EXIF orientations 5-8 store the pixels turned a quarter: the upright image swaps the sides.
+_QUARTER_TURNS = {5, 6, 7, 8}
+_EXIF_ORIENTATION = 0x0112
+
+
 def read_size(path: Path) -> tuple[int, int]:
-    """(width, height) after checking the file decodes; raises on a corrupt file."""
+    """(width, height) of the upright image, as `load_image` will deliver it (EXIF orientation
+    applied), after checking the file decodes; raises on a corrupt file."""
     from PIL import Image
 
     with Image.open(path) as image:
         image.verify()  # checks structure and checksums without decoding every pixel
     with Image.open(path) as image:
         image.load()  # verify() misses truncated pixel data; a full decode does not
-        return image.size
+        width, height = image.size
+        if image.getexif().get(_EXIF_ORIENTATION) in _QUARTER_TURNS:
+            return height, width  # else a portrait photo would be bucketed (and cropped) landscape
+        return width, height
 
 
 def caption_for(image: Path, mode: str) -> tuple[str, Path | None]:
