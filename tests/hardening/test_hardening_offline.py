@@ -9,8 +9,8 @@ import os
 from hardening_runs import lorafile_subprocess, tiny_recipe_file
 from hardening_runs import one_thread as one_thread  # autouse fixture
 
-from lorafile.runtime.environment import OFFLINE_ENV
-
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")
+"""What a user's shell normally leaves unset (lorafile sets them in its own process)."""
 NO_NETWORK = """
 import socket
 

@@ -172,7 +172,6 @@ def run_demo(root: Path, steps: int = 100) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
-
     from lorafile.runtime.environment import require_train_extra
 
     require_train_extra("demo")  # T569 names the extra to install
