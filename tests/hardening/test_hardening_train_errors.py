@@ -235,3 +235,15 @@ def test_a_late_missing_module_of_the_extra_is_t569():
     assert found is not None and found.diagnostics[0].code == "T569"
     assert "peft" in found.diagnostics[0].message
     assert as_missing_extra(ModuleNotFoundError("x", name="scipy")) is None
+
+
+def test_a_permission_error_on_a_file_outside_the_output_folder_is_no_write_failure(tmp_path):
+    """The trainer's catch-all guard must not call an unreadable base model an output problem."""
+    from lorafile.runtime.run_state import write_failure
+
+    read = os_error(errno.EACCES, "/models/base.safetensors")
+    assert write_failure(read, "into the output folder", tmp_path, only_under=True) is None
+    inside = os_error(errno.EACCES, str(tmp_path / "run.json"))
+    found = write_failure(inside, "into the output folder", tmp_path, only_under=True)
+    assert found is not None and found.diagnostics[0].code == "T576"
+    assert write_failure(os_error(errno.EIO), "x", tmp_path) is None  # not a disk-space matter

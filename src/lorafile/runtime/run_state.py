@@ -224,15 +224,19 @@ def os_error_of(err: BaseException) -> OSError | None:
 
 
 def write_failure(
-    err: BaseException, what: str, where: Path, then: str = ""
+    err: BaseException, what: str, where: Path, then: str = "", only_under: bool = False
 ) -> DiagnosticError | None:
     """T577 (disk full) or T576 (read-only, no permission) for a failed write, else None.
 
     `what` names what was being written ("the latent cache"), `where` the folder or file;
     `then` is appended to the help (how to get the run back, e.g. the checkpoint to resume).
+    `only_under`: a permission error on a file outside `where` is no write failure of it (a
+    read of the base model, say) and is left alone.
     """
     os_err = os_error_of(err)
     if os_err is None or os_err.errno not in NO_SPACE + NOT_WRITABLE:
+        return None
+    if only_under and os_err.errno in (errno.EACCES, errno.EPERM) and not _under(os_err, where):
         return None
     reason = os.strerror(os_err.errno).lower()
     after = f"; {then}" if then else ""
@@ -249,15 +253,21 @@ def write_failure(
     )
 
 
+def _under(err: OSError, folder: Path) -> bool:
+    """Whether the error names no file, or one inside `folder`."""
+    return not err.filename or Path(os.path.abspath(err.filename)).is_relative_to(folder)
+
+
 @contextmanager
-def writing(what: str, where: Path, then: str = ""):
-    """Turn a full disk or an unwritable folder inside the block into T577/T576."""
+def writing(what: str, where: Path, then: str = "", only_under: bool = False):
+    """Turn a full disk or an unwritable folder inside the block into T577/T576 (see
+    `write_failure` for the arguments)."""
     try:
         yield
     except DiagnosticError:
         raise
     except Exception as err:
-        diagnostic = write_failure(err, what, where, then)
+        diagnostic = write_failure(err, what, where, then, only_under)
         if diagnostic is None:
             raise
         raise diagnostic from err

@@ -13,7 +13,10 @@ Features, with what each costs (reference/vram_perf.md §5):
   * fp8 base (`base_precision fp8`, runtime/fp8.py): frozen Linear/Conv weights stored in fp8.
 
 Guards: an output folder with an earlier run is not touched without `resume` or `force`
-(T571); a NaN/inf loss stops the run naming the step and the last good checkpoint (T573).
+(T571), nor one another run holds (T578, runtime/run_state.py); a NaN/inf loss stops the run
+naming the step and the last good checkpoint (T573); a handled failure marks run.json failed
+with its diagnostic, a full disk or unwritable folder is T577/T576, and the trained state is
+checkpointed before the final export so a failure there loses nothing (`_export_final`).
 Ctrl-C or SIGTERM during the loop stops after the step in progress with a checkpoint of it
 (runtime/interrupt.py: `TrainingInterrupted`, exit 130 / 143 from the CLI).
 """
@@ -108,7 +111,7 @@ class Trainer:
         unwritable folder becomes T577/T576 first); the lock is released on any exception,
         and on success too when `release`."""
         try:
-            with run_state.writing("into the output folder", self.out):
+            with run_state.writing("into the output folder", self.out, only_under=True):
                 yield
         except DiagnosticError as err:
             self._record_failure(err)
@@ -831,12 +834,13 @@ class Trainer:
             except DiagnosticError as err:  # the smaller adapter file may still fit: try it
                 unsaved = err
         last = ckpt.latest_checkpoint(self.out) if unsaved is None else None
-        then = (
-            f"the trained state is saved in `{last}`: run the same command with --resume to "
-            "write the adapter from it"
-            if last
-            else ""
-        )
+        if last:
+            then = (
+                f"the trained state is saved in `{last}`: run the same command with --resume "
+                "to write the adapter from it"
+            )
+        else:  # the checkpoint did not fit either: nothing to resume from
+            then = "no checkpoint of the trained state fitted either: the run has to start over"
         if self.r["sample"] and not self.stop.requested:  # a signal: finish quickly
             with run_state.writing("the samples", self.out / "samples", then):
                 self.samples += self.sample()
