@@ -221,3 +221,20 @@ def test_checkpoint_temp_folders_have_unique_names(tmp_path):
     (tmp_path / "checkpoints" / ".step-000006.abc.tmp").mkdir()  # a killed save
     ckpt.remove_temp_folders(tmp_path)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000003"]
+
+
+def test_an_unexpected_error_is_recorded_too(tiny_sdxl_dir, tmp_path, monkeypatch):
+    from lorafile.runtime.train import Trainer
+
+    def broken(self):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(Trainer, "_build_optimizer", broken)
+    plan = tiny_plan(tiny_sdxl_dir, tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        main(["train", str(plan), "-o", str(out), "-q"])
+    error = _run_file(out)["error"]
+    assert _run_file(out)["status"] == "failed" and error["code"] is None
+    assert error["message"].startswith("RuntimeError: CUDA error")
+    FolderLock(out).acquire().release()

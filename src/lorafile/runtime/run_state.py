@@ -160,8 +160,11 @@ def stale_reason(info: dict) -> str | None:
     return f"the earlier run's process (pid {info['pid']}) is gone without finishing"
 
 
-def failure_record(err: DiagnosticError) -> dict:
-    """run.json's `error` for a failed run: the first error's code, message and help."""
+def failure_record(err: Exception) -> dict:
+    """run.json's `error` for a failed run: the first error's code, message and help (an
+    exception that is no diagnostic: its type and text, code null)."""
+    if not isinstance(err, DiagnosticError) or not err.diagnostics:
+        return {"code": None, "message": f"{type(err).__name__}: {err}", "help": ""}
     first = next((d for d in err.diagnostics if d.is_error), err.diagnostics[0])
     return {"code": first.code, "message": first.message, "help": first.help}
 

@@ -113,17 +113,17 @@ class Trainer:
         try:
             with run_state.writing("into the output folder", self.out, only_under=True):
                 yield
-        except DiagnosticError as err:
+        except Exception as err:  # a diagnostic, or a bug / CUDA error: run.json says so too
             self._record_failure(err)
             self.lock.release()
             raise
-        except BaseException:
+        except BaseException:  # a signal: the caller records `interrupted` or `aborted`
             self.lock.release()
             raise
         if release:
             self.lock.release()
 
-    def _record_failure(self, err: DiagnosticError) -> None:
+    def _record_failure(self, err: Exception) -> None:
         """run.json says `failed` with the diagnostic, when this run owns the folder (an
         earlier run's record is never touched); best effort: the disk may be full."""
         if not (self.run_file_written and self.writes):
