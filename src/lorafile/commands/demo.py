@@ -172,7 +172,9 @@ def run_demo(root: Path, steps: int = 100) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
+    from lorafile.runtime.environment import require_train_extra
 
+    require_train_extra("demo")  # T569 names the extra to install
     start = time.perf_counter()
     root = args.output.resolve()
     if root.exists() and any(root.iterdir()) and not args.force:

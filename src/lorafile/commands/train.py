@@ -74,6 +74,19 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lorafile.runtime.environment import as_missing_extra, require_train_extra
+
+    require_train_extra()  # T569 names the extra to install, before anything is written
+    try:
+        return _run(args)
+    except ModuleNotFoundError as err:  # a part of the extra that imported above, broken later
+        missing = as_missing_extra(err)
+        if missing is None:
+            raise
+        raise missing from err
+
+
+def _run(args: argparse.Namespace) -> int:
     from lorafile.commands.plan import load_plan
     from lorafile.runtime.train.loop import Trainer, TrainOptions
 
@@ -134,13 +147,11 @@ def _train(trainer, args: argparse.Namespace) -> int:
 
 
 def _not_started(args: argparse.Namespace, wrote_run_file: bool) -> str:
-    """The sentence for a Ctrl-C before the first step."""
-    fresh = wrote_run_file and not args.resume and not args.force
-    how = (
-        "run the same command with --force to start over (the caches filled so far are reused)"
-        if fresh
-        else "run the same command again"
-    )
+    """The sentence for a Ctrl-C before the first step (an aborted run with no checkpoint is
+    replaced by the next run without --force: runtime/train/run_state.py)."""
+    how = "run the same command again"
+    if wrote_run_file and not args.resume:
+        how += " (the caches filled so far are reused)"
     return f"Interrupted before training started; nothing was lost. To train, {how}."
 
 

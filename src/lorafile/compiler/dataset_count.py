@@ -91,11 +91,15 @@ SIMPLETUNER = ImageRule(
 def list_images(folder: Path, rule: ImageRule = NATIVE, limit: int | None = None) -> list[Path]:
     """The image files `rule`'s trainer would find in `folder`, sorted (names only, no decoding).
 
-    A recursive walk raises TooManyFiles after `limit` entries (default MAX_ENTRIES).
+    Only regular files (or links to one) count: a FIFO, socket or device named like an image
+    would block or never end the first read of it. A recursive walk raises TooManyFiles after
+    `limit` entries (default MAX_ENTRIES).
     """
     limit = MAX_ENTRIES if limit is None else limit
     if not rule.recursive:
-        return sorted(p for p in folder.iterdir() if rule.matches(p.name))
+        with os.scandir(folder) as entries:
+            # DirEntry.is_file: the type from the directory listing, a stat only for links
+            return sorted(Path(e.path) for e in entries if rule.matches(e.name) and e.is_file())
     found: list[Path] = []
     seen: set[str] = set()
     visited = 0
@@ -109,7 +113,11 @@ def list_images(folder: Path, rule: ImageRule = NATIVE, limit: int | None = None
             continue
         seen.add(real)
         dirs[:] = [d for d in dirs if d not in rule.skipped_dirs]
-        found += [Path(root) / name for name in files if rule.matches(name)]
+        found += [
+            Path(root) / name
+            for name in files
+            if rule.matches(name) and os.path.isfile(os.path.join(root, name))
+        ]
     return sorted(found)
 
 

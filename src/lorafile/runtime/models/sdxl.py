@@ -233,7 +233,7 @@ def load_sdxl(
     if tuple(parts) == ("vae",):
         return SDXLComponents(vae=load_vae(p, dtype, allow_pickle))
     if p.is_dir():
-        return _load_folder(p, dtype, parts)
+        return _load_folder(p, dtype, parts, allow_pickle)
     return _load_single_file(p, dtype, parts, tokenizer_path)
 
 
@@ -246,10 +246,12 @@ def load_vae(path: str | os.PathLike, dtype=None, allow_pickle: bool = False):
     kwargs = {"torch_dtype": dtype} if dtype is not None else {}
     if p.is_dir():
         if (p / "vae" / "config.json").exists():
+            kwargs |= folder_weights(p / "vae", "vae", allow_pickle)
             return AutoencoderKL.from_pretrained(
                 p, subfolder="vae", local_files_only=True, **kwargs
             ).eval()
         if (p / "config.json").exists():
+            kwargs |= folder_weights(p, "vae", allow_pickle)
             return AutoencoderKL.from_pretrained(p, local_files_only=True, **kwargs).eval()
         raise _fail(
             "F703",
@@ -301,7 +303,44 @@ def _vae_from_state(state: dict, metadata: dict, name: str):
     return vae.eval()
 
 
-def _load_folder(p: Path, dtype, parts) -> SDXLComponents:
+SAFETENSORS_WEIGHTS = {
+    # diffusers and transformers look for these names first (or their sharded index)
+    "diffusers": "diffusion_pytorch_model.safetensors",
+    "transformers": "model.safetensors",
+}
+
+
+def folder_weights(folder: Path, part: str, allow_pickle: bool) -> dict:
+    """The `from_pretrained` arguments that load a model part's weights from safetensors only.
+
+    Checked here, before any loader runs: a part folder without safetensors weights but with a
+    pickle file (`.bin`, `.pt`, `.ckpt`) is F702 unless pickles are allowed (diffusers and
+    transformers would otherwise fall back to unpickling it, which runs its code); one with no
+    weights at all is F703. `use_safetensors=True` then keeps the loaders from falling back.
+    """
+    names = [f.name for f in folder.iterdir()] if folder.is_dir() else []
+    if any(n.startswith(tuple(SAFETENSORS_WEIGHTS.values())) for n in names):
+        return {"use_safetensors": True}
+    pickles = sorted(n for n in names if n.lower().endswith(PICKLE_SUFFIXES))
+    if allow_pickle and pickles:
+        return {}  # the user trusts the file: the loaders' own choice
+    if pickles:
+        raise _fail(
+            "F702",
+            f"The {part} weights in `{folder}` are a pickle file ({pickles[0]}); loading them "
+            "would run any code they contain.",
+            "Use a copy of the model with .safetensors weights (most are published both ways), "
+            "or pass --allow-pickle if you trust where it came from.",
+        )
+    raise _fail(
+        "F703",
+        f"`{folder}` holds no weights for the {part} (no "
+        f"{' or '.join(sorted(SAFETENSORS_WEIGHTS.values()))}).",
+        "Check that the model folder was downloaded completely.",
+    )
+
+
+def _load_folder(p: Path, dtype, parts, allow_pickle: bool = False) -> SDXLComponents:
     if not (p / "model_index.json").exists() or not (p / "unet").is_dir():
         raise _fail(
             "F703",
@@ -317,10 +356,15 @@ def _load_folder(p: Path, dtype, parts) -> SDXLComponents:
         "text_encoder": CLIPTextModel,
         "text_encoder_2": CLIPTextModelWithProjection,
     }
+    # Every part is checked before the first one loads: a refused folder loads nothing.
+    weights = {
+        part: folder_weights(p / part, part, allow_pickle) for part in parts if part in loaders
+    }
     out = SDXLComponents()
     for part in parts:
         if part in loaders:
             kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+            kwargs |= weights[part]
             model = loaders[part].from_pretrained(
                 p, subfolder=part, local_files_only=True, **kwargs
             )

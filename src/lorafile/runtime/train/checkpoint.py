@@ -6,18 +6,20 @@ A checkpoint is a folder `checkpoints/step-NNNNNN/` holding
   state.pt             optimizer, lr scheduler, grad scaler, step, position in the data order,
                        RNG states, seed (tensors and plain values only: loaded weights_only)
   <name>-stepNNNNNN.safetensors   the same adapter in the user's format and precision
-It is written into a hidden temp folder that is renamed into place as the last step, so an
-interrupted save never leaves a folder that looks complete.
+It is written into a hidden temp folder (a unique name per save) that is renamed into place as
+the last step, so an interrupted save never leaves a folder that looks complete.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
 from pathlib import Path
 
 CHECKPOINTS = "checkpoints"
+TEMP_SUFFIX = ".tmp"
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
@@ -43,25 +45,40 @@ def save_checkpoint(
     out: Path, step: int, adapter: dict, state: dict, export, keep: int | None
 ) -> Path:
     """Write one checkpoint atomically; `export(path)` writes the user-format adapter file."""
+    import tempfile
+
     import torch
     from safetensors.torch import save_file
 
     final = step_dir(out, step)
-    tmp = final.parent / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed save
-    tmp.mkdir(parents=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=TEMP_SUFFIX, dir=final.parent))
     try:
         save_file({k: v.contiguous() for k, v in adapter.items()}, tmp / "adapter.safetensors")
-        torch.save(state, tmp / "state.pt")
+        # torch.save reports a full disk as an opaque RuntimeError ("unexpected pos"): pickle to
+        # memory, then write with Python, whose OSError says ENOSPC (the state is small).
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        (tmp / "state.pt").write_bytes(buffer.getbuffer())
         export(tmp)
         if final.exists():  # a resumed run re-saving a step: replace the old copy
             shutil.rmtree(final)
+        os.chmod(tmp, 0o755)  # mkdtemp's folder is private; a checkpoint is not
         os.replace(tmp, final)  # the commit point: the folder appears complete or not at all
     except BaseException:  # a full disk, or a second Ctrl-C while stopping: no temp folder left
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _prune(out, keep)
     return final
+
+
+def remove_temp_folders(out: Path) -> None:
+    """Remove the temp folders of saves that were killed (call it holding the folder's lock:
+    another run's save in progress looks the same)."""
+    folder = out / CHECKPOINTS
+    if folder.is_dir():
+        for tmp in folder.glob(f".step-*{TEMP_SUFFIX}"):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _prune(out: Path, keep: int | None) -> None:

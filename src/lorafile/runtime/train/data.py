@@ -58,6 +58,8 @@ class ScanResult:
     missing_captions: list[str] = field(default_factory=list)
     caption_files: dict[str, str] = field(default_factory=dict)
     """caption file path -> sha256, for the plan's file list."""
+    bad_captions: list[tuple[str, str]] = field(default_factory=list)
+    """Caption files that cannot be read as UTF-8 text, with why (an error: T568)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,10 +166,29 @@ def caption_for(image: Path, mode: str) -> tuple[str, Path | None]:
     if mode == "filename":
         return image.stem.replace("_", " ").replace("-", " ").strip(), None
     sidecar = image.with_suffix("." + mode.lstrip("."))
-    if not sidecar.is_file():
+    if not sidecar.is_file():  # a FIFO or a folder named like one is no caption file either
         return "", sidecar
-    text = sidecar.read_text(encoding="utf-8").strip()
+    text = read_caption_file(sidecar).strip()
     return " ".join(text.split()), sidecar
+
+
+class CaptionError(ValueError):
+    """A caption file that is not UTF-8 text (or cannot be read); says which and why."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def read_caption_file(path: Path) -> str:
+    """A caption file's text: UTF-8, with or without a byte-order mark; CaptionError if not."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        bad = err.object[err.start : err.start + 1].hex()
+        raise CaptionError(path, f"not UTF-8 text (byte 0x{bad} at offset {err.start})") from err
+    except OSError as err:
+        raise CaptionError(path, f"cannot be read ({err.strerror or err})") from err
 
 
 def with_trigger(caption: str, trigger: str | None) -> str:
@@ -204,7 +225,11 @@ def scan_folder(
         except Exception as err:  # any decoder error means "cannot use this file"
             result.skipped.append((str(path), f"{type(err).__name__}: {err}"))
             continue
-        text, sidecar = caption_for(path, captions)
+        try:
+            text, sidecar = caption_for(path, captions)
+        except CaptionError as err:
+            result.bad_captions.append((str(err.path), err.reason))
+            continue
         if sidecar is not None and sidecar.is_file():
             result.caption_files[str(sidecar)] = file_sha256(sidecar)
         elif sidecar is not None and not is_reg:

@@ -13,13 +13,17 @@ Features, with what each costs (reference/vram_perf.md §5):
   * fp8 base (`base_precision fp8`, runtime/train/fp8.py): frozen Linear/Conv weights stored in fp8.
 
 Guards: an output folder with an earlier run is not touched without `resume` or `force`
-(T571); a NaN/inf loss stops the run naming the step and the last good checkpoint (T573).
+(T571), nor one another run holds (T578, runtime/train/run_state.py); a NaN/inf loss stops the run
+naming the step and the last good checkpoint (T573); a handled failure marks run.json failed
+with its diagnostic, a full disk or unwritable folder is T577/T576, and the trained state is
+checkpointed before the final export so a failure there loses nothing (`_export_final`).
 Ctrl-C or SIGTERM during the loop stops after the step in progress with a checkpoint of it
 (runtime/train/interrupt.py: `TrainingInterrupted`, exit 130 / 143 from the CLI).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import secrets
@@ -32,15 +36,14 @@ from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
 from lorafile.files import write_text_atomic
 from lorafile.runtime.lorafiles.metadata import kohya_metadata
 from lorafile.runtime.train import checkpoint as ckpt
-from lorafile.runtime.train import data, interrupt
+from lorafile.runtime.train import data, interrupt, run_state
 from lorafile.runtime.train.defaults import DEFAULT_LOG_EVERY
 from lorafile.runtime.train.interrupt import KILL_AT_STEP_ENV as KILL_AT_STEP_ENV  # re-exported
 from lorafile.runtime.train.interrupt import SIGNAL_AT_STEP_ENV as SIGNAL_AT_STEP_ENV
 from lorafile.runtime.train.interrupt import TrainingInterrupted
 from lorafile.runtime.train.plan import recipe_of, scan_recipe
-
-RUN_FILE = "run.json"
-RUN_ARTIFACTS = (RUN_FILE, ckpt.CHECKPOINTS, "samples", "logs")
+from lorafile.runtime.train.run_state import RUN_ARTIFACTS as RUN_ARTIFACTS  # re-exported
+from lorafile.runtime.train.run_state import RUN_FILE, prepare_output, resume_checkpoint
 
 
 @dataclass
@@ -83,38 +86,6 @@ def _fail(code: str, message: str, help: str) -> DiagnosticError:
     return DiagnosticError(bag.items)
 
 
-def resume_checkpoint(out: Path, options: TrainOptions) -> Path | None:
-    """The checkpoint `options.resume` names (None without --resume); reads, never writes."""
-    if not options.resume:
-        return None
-    found = Path(options.resume) if options.resume is not True else ckpt.latest_checkpoint(out)
-    if found is None or not (found / "state.pt").is_file():
-        raise _fail(
-            "T572",
-            f"There is no checkpoint to resume from in `{found or out / ckpt.CHECKPOINTS}`.",
-            "start without --resume (add --force to replace the earlier run), or name a checkpoint folder",
-        )
-    return found
-
-
-def prepare_output(out: Path, options: TrainOptions) -> Path | None:
-    """Guard the output folder; return the checkpoint to resume from (None: fresh run)."""
-    earlier = [name for name in RUN_ARTIFACTS if (out / name).exists()]
-    if options.resume:
-        return resume_checkpoint(out, options)
-    if earlier and not options.force:
-        raise _fail(
-            "T571",
-            f"The output folder `{out}` holds an earlier run ({', '.join(earlier)}).",
-            "pass --resume to continue it, --force to replace it, or choose another folder with -o",
-        )
-    for name in earlier:  # --force: only what a run writes; the keyed caches stay valid
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return None
-
-
 class Trainer:
     """One training run. `setup()` loads and prepares everything, `train()` runs the loop."""
 
@@ -131,10 +102,43 @@ class Trainer:
         self.stop = interrupt.StopRequest()
         """The signal flag, with handlers installed only while `train()` runs its loop."""
         self.run_file_written = False
+        self.lock = run_state.FolderLock(self.out)
+        """Held (rank 0) from `setup()` until `train()` ends: one run per output folder."""
+
+    @contextlib.contextmanager
+    def _recording_failures(self, release: bool):
+        """A handled failure marks run.json failed with its diagnostic (a full disk or an
+        unwritable folder becomes T577/T576 first); the lock is released on any exception,
+        and on success too when `release`."""
+        try:
+            with run_state.writing("into the output folder", self.out, only_under=True):
+                yield
+        except Exception as err:  # a diagnostic, or a bug / CUDA error: run.json says so too
+            self._record_failure(err)
+            self.lock.release()
+            raise
+        except BaseException:  # a signal: the caller records `interrupted` or `aborted`
+            self.lock.release()
+            raise
+        if release:
+            self.lock.release()
+
+    def _record_failure(self, err: Exception) -> None:
+        """run.json says `failed` with the diagnostic, when this run owns the folder (an
+        earlier run's record is never touched); best effort: the disk may be full."""
+        if not (self.run_file_written and self.writes):
+            return
+        with contextlib.suppress(Exception):
+            self._write_run_file("failed", error=run_state.failure_record(err))
 
     # ---- setup ---------------------------------------------------------------------------
 
     def setup(self) -> Trainer:
+        """Load and prepare everything; a failure is recorded in run.json (see `train`)."""
+        with self._recording_failures(release=False):
+            return self._setup()
+
+    def _setup(self) -> Trainer:
         import torch
 
         # 1. Device and accelerator (several processes: this joins the process group).
@@ -150,7 +154,8 @@ class Trainer:
         # 3. Models, data, caches, adapters, speed settings, optimizer.
         self._load_models()
         self._load_data()
-        self._fill_caches()
+        with run_state.writing("the latent and text cache", self.out / "cache"):
+            self._fill_caches()
         self._attach_adapters()
         self._speed_up()
         self._build_optimizer()
@@ -163,6 +168,9 @@ class Trainer:
     def _prepare_output(self) -> tuple | None:
         """Rank 0 guards (and with --force clears) the folder while the others wait; every
         rank then loads the checkpoint to resume from. Sets the seed; returns the state."""
+        if self.writes:  # before anything is written: a second run into the folder stops here
+            self.lock.acquire()
+            ckpt.remove_temp_folders(self.out)  # left by a killed save; no other run writes here
         resume_from = prepare_output(self.out, self.options) if self.writes else None
         self.accelerator.wait_for_everyone()  # rank 0 has cleared (--force) or checked the folder
         if not self.writes:
@@ -194,6 +202,7 @@ class Trainer:
             "seed": self.seed,
             "steps": self.total,
             "step": self.step,
+            **run_state.this_process(),  # a `running` record whose process is gone is stale
             **extra,
         }
         if resume_from:
@@ -256,7 +265,9 @@ class Trainer:
         base_dir = Path(self.plan.get("base_dir") or ".")
         self.items, summaries, _ = scan_recipe(self.recipe, base_dir, bag)
         for warning in bag.items:
-            print(f"warning[{warning.code}]: {warning.message}", flush=True)
+            if not warning.is_error:
+                print(f"warning[{warning.code}]: {warning.message}", flush=True)
+        bag.raise_if_errors()  # e.g. T568: a caption file changed since the plan was built
         for summary in summaries["datasets"]:
             problem = data.check_counts(summary["images"], len(summary["skipped"]), summary["path"])
             if problem:
@@ -574,6 +585,12 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------------------
 
     def train(self) -> TrainResult:
+        """Run from the current step to the end (see `_train`); a failure marks run.json
+        `failed` with its diagnostic, and the output folder's lock is released at the end."""
+        with self._recording_failures(release=True):
+            return self._train()
+
+    def _train(self) -> TrainResult:
         """Run from the current step to the end; returns where everything was written.
 
         The loop never waits for the GPU: the loss stays a device tensor, and the losses,
@@ -700,13 +717,13 @@ class Trainer:
             folder = self.save_checkpoint()
             log.write(f"lorafile: saved checkpoint {folder}")
         if draw and self.writes:
-            self.samples += self.sample()
+            with run_state.writing("the samples", self.out / "samples"):
+                self.samples += self.sample()
         self.accelerator.wait_for_everyone()  # the other ranks wait while rank 0 writes
 
     def _nan_error(self, value: float, step: int | None = None) -> DiagnosticError:
         step = self.step + 1 if step is None else step
         last = ckpt.latest_checkpoint(self.out)
-        self._write_run_file("failed", reason=f"loss {value} at step {step}")
         return _fail(
             "T573",
             f"The loss became {value} at step {step}; training stopped before a checkpoint or "
@@ -738,7 +755,8 @@ class Trainer:
             path, self.models, fmt, self.r["save"]["precision"], kohya_metadata(self)
         )
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self, keep: int | bool | None = True) -> Path:
+        """Write a checkpoint of this step; `keep`: how many to keep (True: the recipe's)."""
         state = {
             "step": self.step,
             "position": list(self.position),
@@ -750,14 +768,15 @@ class Trainer:
             "rng": ckpt.rng_state(),
         }
         name = f"{self.r['output']['name']}-step{self.step:06d}.safetensors"
-        folder = ckpt.save_checkpoint(
-            self.out,
-            self.step,
-            self.adapter_states(),
-            state,
-            lambda folder: self.export(folder / name),
-            self.r["save"]["keep"],
-        )
+        with run_state.writing("a checkpoint", ckpt.step_dir(self.out, self.step)):
+            folder = ckpt.save_checkpoint(
+                self.out,
+                self.step,
+                self.adapter_states(),
+                state,
+                lambda folder: self.export(folder / name),
+                self.r["save"]["keep"] if keep is True else keep,
+            )
         self.saved_step = self.step
         return folder
 
@@ -788,9 +807,7 @@ class Trainer:
         difference = self.rank_difference()  # several processes: do the adapters agree?
         adapter = self.out / f"{self.r['output']['name']}.safetensors"
         if self.writes:
-            if self.r["sample"] and not self.stop.requested:  # a signal: finish quickly
-                self.samples += self.sample()
-            adapter = self.export(adapter)
+            adapter = self._export_final(adapter)
             extra = {} if difference is None else {"ranks_max_difference": difference}
             self._write_run_file(
                 "finished",
@@ -804,6 +821,38 @@ class Trainer:
         return TrainResult(
             self.out, adapter, self.step, self.seed, self.last_loss, seconds, self.samples, log_dir
         )
+
+    def _export_final(self, adapter: Path) -> Path:
+        """Samples and the adapter file, with the trained state kept in a checkpoint until
+        both are written: a failure here (a full disk) loses no training, the run resumes
+        from that checkpoint (`--resume`) and only writes the files. Written with no pruning
+        (no older checkpoint is dropped for it) and removed once the adapter is written."""
+        safety, unsaved = None, None
+        if self.saved_step != self.step:
+            try:
+                safety = self.save_checkpoint(keep=None)
+            except DiagnosticError as err:  # the smaller adapter file may still fit: try it
+                unsaved = err
+        last = ckpt.latest_checkpoint(self.out) if unsaved is None else None
+        if last:
+            then = (
+                f"the trained state is saved in `{last}`: run the same command with --resume "
+                "to write the adapter from it"
+            )
+        else:  # the checkpoint did not fit either: nothing to resume from
+            then = "no checkpoint of the trained state fitted either: the run has to start over"
+        if self.r["sample"] and not self.stop.requested:  # a signal: finish quickly
+            with run_state.writing("the samples", self.out / "samples", then):
+                self.samples += self.sample()
+        with run_state.writing("the adapter file", adapter, then):
+            adapter = self.export(adapter)
+        if safety is not None:
+            shutil.rmtree(safety, ignore_errors=True)
+            with contextlib.suppress(OSError):  # a run without `save every` leaves no folder
+                safety.parent.rmdir()
+        if unsaved is not None:
+            print(f"lorafile: warning: no checkpoint of the last step: {unsaved}", flush=True)
+        return adapter
 
 
 def train(plan: dict, options: TrainOptions | None = None) -> TrainResult:

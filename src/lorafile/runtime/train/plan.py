@@ -71,6 +71,13 @@ def scan_recipe(recipe: Recipe, base_dir: Path | None, bag: DiagnosticBag):
 
 
 def _report_scan(bag: DiagnosticBag, folder: Path, scan: data.ScanResult) -> None:
+    for path, reason in scan.bad_captions:
+        bag.error(
+            "T568",
+            f"The caption file `{path}` is {reason}.",
+            're-save it as UTF-8 (e.g. `iconv -f cp1252 -t utf-8 OLD > NEW`, or "Save as '
+            'UTF-8" in an editor), or remove it to train that image with the trigger alone',
+        )
     for path, reason in scan.skipped:
         bag.warning(
             "T561",
