@@ -31,6 +31,9 @@ COMMAND_ORDER = (
     "demo",
     "inspect",
     "convert",
+    "merge",
+    "resize",
+    "card",
 )
 
 

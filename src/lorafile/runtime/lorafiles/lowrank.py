@@ -46,7 +46,10 @@ def delta_matrix(module: AdapterModule, dtype=None):
     dtype = dtype or torch.float64
     scale = module.scale if module.scale is not None else 1.0
     if module.algo == "loha":
-        t = {k: module.tensors[k].to(dtype) for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")}
+        t = {
+            k: module.tensors[k].to(dtype)
+            for k in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+        }
         w1 = t["hada_w1_a"] @ t["hada_w1_b"].reshape(t["hada_w1_b"].shape[0], -1)
         w2 = t["hada_w2_a"] @ t["hada_w2_b"].reshape(t["hada_w2_b"].shape[0], -1)
         return w1 * w2 * scale
@@ -79,8 +82,9 @@ def retained_energy(s, k: int) -> float:
     return 1.0 if total == 0.0 else float((s[:k] ** 2).sum()) / total
 
 
-def choose_rank(s, rank: int | None = None, energy: float | None = None,
-                ratio: float | None = None) -> int:  # fmt: skip
+def choose_rank(
+    s, rank: int | None = None, energy: float | None = None, ratio: float | None = None
+) -> int:
     """The kept rank: `rank` (capped by the module's own), else the smallest k keeping
     `energy` of Σσ², else the count of σᵢ ≥ σ₀/`ratio`; at least 1."""
     import torch

@@ -66,8 +66,11 @@ def parse_lora_spec(text: str) -> LoraSpec:
             return LoraSpec(Path(head), float(tail))
         except ValueError:
             if Path(text).suffix.lower() != ".safetensors" and not Path(text).exists():
-                raise fail("F723", f"`{text}`: the strength `{tail}` is not a number.",
-                           "Write LORA.safetensors:0.8 (or no suffix for strength 1).") from None  # fmt: skip
+                raise fail(
+                    "F723",
+                    f"`{text}`: the strength `{tail}` is not a number.",
+                    "Write LORA.safetensors:0.8 (or no suffix for strength 1).",
+                ) from None
     return LoraSpec(Path(text), 1.0)
 
 
@@ -81,8 +84,12 @@ class LoadedLora:
     sha256: str
 
     def record(self) -> dict:
-        return {"file": self.spec.path.name, "sha256": self.sha256,
-                "strength": self.spec.strength, "modules": len(self.modules)}  # fmt: skip
+        return {
+            "file": self.spec.path.name,
+            "sha256": self.sha256,
+            "strength": self.spec.strength,
+            "modules": len(self.modules),
+        }
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -103,8 +110,11 @@ def load_loras(specs: list[LoraSpec], bag: DiagnosticBag) -> list[LoadedLora]:
         if bad:
             names = ", ".join(f"`{m.source}` ({why})" for m, why in bad[:6])
             more = f" and {len(bad) - 6} more" if len(bad) > 6 else ""
-            bag.error("F720", f"`{spec.path.name}`: {len(bad)} module(s) cannot be merged: "
-                      f"{names}{more}.", "Merge LoRA, LoCon and LoHa files made for SDXL.")  # fmt: skip
+            bag.error(
+                "F720",
+                f"`{spec.path.name}`: {len(bad)} module(s) cannot be merged: {names}{more}.",
+                "Merge LoRA, LoCon and LoHa files made for SDXL.",
+            )
             continue
         fill_alphas(lora.modules, None, bag)
         out.append(LoadedLora(spec, lora, lora.modules, sha256_of(spec.path)))
@@ -116,8 +126,11 @@ def check_outputs(out: Path, inputs: list[Path]) -> None:
     target = Path(out).resolve()
     for path in inputs:
         if Path(path).resolve() == target:
-            raise fail("F713", f"The output `{out}` would overwrite the input `{path}`.",
-                       "Choose another -o.")  # fmt: skip
+            raise fail(
+                "F713",
+                f"The output `{out}` would overwrite the input `{path}`.",
+                "Choose another -o.",
+            )
 
 
 # --- where each module lands in the base ---------------------------------------------------
@@ -166,10 +179,13 @@ def plan_targets(loras: list[LoadedLora], unet_config: dict, shapes: dict, bag: 
                 continue
             targets.setdefault(key, []).append(Target(m, lora.spec.strength, block))
         if missing:
-            bag.error("F722", f"`{lora.spec.path.name}`: {len(missing)} module(s) match no weight "
-                      f"of the base (for example `{missing[0]}`).",
-                      "The LoRA was made for another model; merge it into the base it was "
-                      "trained on (an SDXL checkpoint).")  # fmt: skip
+            bag.error(
+                "F722",
+                f"`{lora.spec.path.name}`: {len(missing)} module(s) match no weight "
+                f"of the base (for example `{missing[0]}`).",
+                "The LoRA was made for another model; merge it into the base it was "
+                "trained on (an SDXL checkpoint).",
+            )
     return targets
 
 
@@ -210,16 +226,19 @@ def merge_into_base(base, specs: list[LoraSpec], out, dtype=None) -> MergeResult
 
     base = check_model_path(base)
     if base.is_dir() or base.suffix.lower() != ".safetensors":
-        raise fail("F721", f"`{base}` is not a single-file .safetensors checkpoint.",
-                   "Merge into a single-file SDXL checkpoint (what ComfyUI and A1111 load); "
-                   "for a diffusers folder, use its pipeline's fuse_lora.")  # fmt: skip
+        raise fail(
+            "F721",
+            f"`{base}` is not a single-file .safetensors checkpoint.",
+            "Merge into a single-file SDXL checkpoint (what ComfyUI and A1111 load); "
+            "for a diffusers folder, use its pipeline's fuse_lora.",
+        )
     check_outputs(Path(out), [base, *(s.path for s in specs)])
     bag = DiagnosticBag()
     loras = load_loras(specs, bag)
     bag.raise_if_errors()
     out_dtype = parse_dtype(dtype)
     with atomic_path(Path(out)) as tmp, safe_open(str(base), framework="pt") as f:
-        keys = list(f.keys())  # noqa: SIM118 (safe_open API)
+        keys = list(f.keys())
         entries = _entries(f, keys, out_dtype)
         unet_config = _unet_config(f, base)
         targets = plan_targets(loras, unet_config, {e.name: e.shape for e in entries}, bag)
@@ -244,7 +263,7 @@ def _entries(f, keys: list[str], out_dtype) -> list[Entry]:
 def _unet_config(f, base: Path) -> dict:
     from lorafile.runtime.sdxl import _PROBES, single_file_configs
 
-    keys = set(f.keys())  # noqa: SIM118 (safe_open API)
+    keys = set(f.keys())
     probes = {k: f.get_tensor(k) for k in _PROBES if k in keys}
     return single_file_configs(probes, f.metadata() or {}, f"`{base.name}`")["unet"]
 
