@@ -4,7 +4,9 @@ written by lorafile's exporter, and fixed inputs to compare outputs on."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 from pathlib import Path
 
 import torch
@@ -67,3 +69,41 @@ def text_outputs(comp):
         te1 = comp.text_encoder(tokens, output_hidden_states=True).hidden_states[-2]
         te2 = comp.text_encoder_2(tokens, output_hidden_states=True).hidden_states[-2]
     return te1, te2
+
+
+def _openblas_setter():
+    """numpy's bundled OpenBLAS `set_num_threads`, or None (another BLAS, another build)."""
+    import ctypes
+    import glob
+
+    import numpy
+
+    for lib in glob.glob(
+        os.path.join(os.path.dirname(numpy.__file__), "..", "numpy.libs", "*openblas*")
+    ):
+        handle = ctypes.CDLL(lib)
+        for name in (
+            "scipy_openblas_set_num_threads64_",
+            "openblas_set_num_threads64_",
+            "openblas_set_num_threads",
+        ):
+            if hasattr(handle, name):
+                return getattr(handle, name)
+    return None
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch and numpy's BLAS on one thread: the tiny model's matrices are small, and on a
+    shared 2-core CI box idle BLAS threads spinning against each other make a 0.2 s loop of
+    SVDs take 20 s."""
+    threads, setter = torch.get_num_threads(), _openblas_setter()
+    torch.set_num_threads(1)
+    if setter is not None:
+        setter(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if setter is not None:
+            setter(os.cpu_count() or 1)

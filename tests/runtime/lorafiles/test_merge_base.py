@@ -9,9 +9,9 @@ import json
 
 import pytest
 import torch
-from lora_factory import lora_file, text_outputs, unet_output
 from safetensors import safe_open
 
+from lora_factory import lora_file, one_thread, text_outputs, unet_output
 from lorafile.cli import main
 from lorafile.compiler.diagnostics import DiagnosticError
 from lorafile.runtime import export
@@ -19,6 +19,12 @@ from lorafile.runtime.lorafiles.merge import LoraSpec, merge_into_base, parse_lo
 from lorafile.runtime.sdxl import load_sdxl
 
 TOL = 1e-4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_threaded():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
