@@ -111,7 +111,7 @@ def find_run(target: str | os.PathLike, bag: DiagnosticBag) -> RunFiles:
     plan_path = target / "plan.json"
     if target.is_dir() and plan_path.is_file():
         plan = read_json(plan_path, bag, "plan")
-        name = ((plan or {}).get("output") or {}).get("name")
+        name = (resolved(plan).get("output") or {}).get("name")
         adapter = target / f"{name}.safetensors" if name else None
         if adapter is not None and adapter.is_file():
             return RunFiles(adapter, target, plan, _run_json(target, bag))
@@ -124,6 +124,13 @@ def find_run(target: str | os.PathLike, bag: DiagnosticBag) -> RunFiles:
         "Give a run folder (with plan.json and the adapter `lorafile train` wrote) or a "
         "LoRA .safetensors file.",
     )
+
+
+def resolved(plan: dict | None) -> dict:
+    """The plan's resolved settings (output, sample, base, seed); `plan.json` nests them
+    under "resolved"."""
+    plan = plan or {}
+    return plan.get("resolved") or plan
 
 
 def _run_json(folder: Path, bag: DiagnosticBag) -> dict | None:
@@ -182,6 +189,8 @@ def _plain(value) -> str:
         return ", ".join(f"{k}={_plain(v)}" for k, v in value.items() if v is not None) or "-"
     if isinstance(value, list | tuple):
         return ", ".join(_plain(v) for v in value) or "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:g}"
     return "-" if value is None else str(value).replace("|", "\\|")
@@ -210,7 +219,7 @@ def recipe_settings(plan: dict | None) -> list[tuple[str, str]]:
         ("warmup", train.get("warmup")),
         ("optimizer", train.get("optimizer")),
         ("precision", train.get("precision")),
-        ("seed", (plan.get("resolved") or {}).get("seed", train.get("seed"))),
+        ("seed", resolved(plan).get("seed", train.get("seed"))),
         ("resolution", f"{size.get('width')}x{size.get('height')}" if size else None),
         ("dataset kind", dataset.get("kind")),
         ("repeats", dataset.get("repeats")),
@@ -219,7 +228,8 @@ def recipe_settings(plan: dict | None) -> list[tuple[str, str]]:
 
 
 def metadata_rows(metadata: dict[str, str]) -> list[tuple[str, str]]:
-    return [(k, _plain(metadata[k])) for k in METADATA_KEYS if metadata.get(k) not in (None, "")]
+    unset = (None, "", "None", "null")
+    return [(k, _plain(metadata[k])) for k in METADATA_KEYS if metadata.get(k) not in unset]
 
 
 def dataset_section(prep: dict | None, path: Path | None) -> dict | None:
@@ -260,7 +270,7 @@ def evaluation_section(report: dict | None) -> dict | None:
         return None
     columns = list(dict.fromkeys(k for r in rows for k in r["scores"]))
     table = [
-        {"name": r.get("name", "?"), "values": [_plain(r["scores"].get(c)) for c in columns]}
+        {"name": r.get("name", "?"), "cells": [_plain(r["scores"].get(c)) for c in columns]}
         for r in rows
     ]
     best = report.get("best") if isinstance(report.get("best"), dict) else {}
@@ -290,7 +300,7 @@ def widgets(
 
 
 def _sample_images(run: RunFiles) -> list[tuple[str, Path]]:
-    prompts = list(((run.plan or {}).get("sample") or {}).get("prompts") or [])
+    prompts = list((resolved(run.plan).get("sample") or {}).get("prompts") or [])
     steps = sorted((run.folder / "samples").glob("step-*"))
     if not steps or not prompts:
         return []
@@ -320,10 +330,10 @@ def card_context(
     eval_data, eval_path = find_report(
         eval_report, run.folder, ("eval/report.json", "report.json"), bag, "eval report"
     )
-    sample = (run.plan or {}).get("sample") or {}
+    sample = resolved(run.plan).get("sample") or {}
     flow = settings_from_plan(run.plan or {}, run.adapter.name)
     context = {
-        "name": (run.plan or {}).get("output", {}).get("name")
+        "name": (resolved(run.plan).get("output") or {}).get("name")
         or metadata.get("ss_output_name")
         or run.adapter.stem,
         "file": run.adapter.name,
@@ -341,7 +351,7 @@ def card_context(
         "width": flow.width,
         "height": flow.height,
         "comfyui": Path(os.path.relpath(comfyui, out.parent)).as_posix() if comfyui else None,
-        "trainer": "(native trainer)" if run.plan else "",
+        "trainer": "lorafile's native trainer" if run.plan else "",
         "settings": recipe_settings(run.plan),
         "metadata": metadata_rows(metadata),
         "dataset": dataset_section(prep_data, prep_path),

@@ -111,14 +111,16 @@ def strong_prompt(trigger: str | None, prompts: list[str]) -> str:
 
 
 def settings_from_plan(plan: dict, lora_name: str, strength: float = 1.0) -> WorkflowSettings:
-    """Settings from a native plan.json: the base's file name, the training resolution, the
+    """Settings from a native plan.json (its "resolved" part, or a flat dict of the same keys): the base's file name, the training resolution, the
     sample block's prompts, negative, sampler, steps, cfg and seed (when it has one)."""
-    recipe = plan.get("recipe", {})
+    recipe, settings = plan.get("recipe", {}), plan.get("resolved") or plan
     dataset = (recipe.get("datasets") or [{}])[0]
     resolution = dataset.get("resolution") or {"width": 1024, "height": 1024}
-    sample = plan.get("sample") or {}
+    sample = settings.get("sample") or {}
     sampler, scheduler = SAMPLERS.get(sample.get("sampler", ""), ("dpmpp_2m", "karras"))
-    base = str(plan.get("base") or recipe.get("base", {}).get("path", "sd_xl_base_1.0.safetensors"))
+    base = str(
+        settings.get("base") or recipe.get("base", {}).get("path", "sd_xl_base_1.0.safetensors")
+    )
     ckpt = base.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
     if not ckpt.endswith((".safetensors", ".ckpt")):
         ckpt += ".safetensors"  # a diffusers folder: ComfyUI loads the single-file export
@@ -132,7 +134,7 @@ def settings_from_plan(plan: dict, lora_name: str, strength: float = 1.0) -> Wor
         strength=strength,
         steps=int(sample.get("steps", 30)),
         cfg=float(sample.get("cfg", 7.0)),
-        seed=int(sample.get("seed", recipe.get("train", {}).get("seed") or 0)),
+        seed=int(sample.get("seed", settings.get("seed") or 0)),
         sampler=sampler,
         scheduler=scheduler,
         prefix=lora_name.rsplit(".", 1)[0],
