@@ -138,10 +138,9 @@ def _run_json(folder: Path, bag: DiagnosticBag) -> dict | None:
     return read_json(path, bag, "run file") if path.is_file() else None
 
 
-def find_report(
-    explicit, folder: Path, names: tuple[str, ...], bag: DiagnosticBag, what: str
-) -> tuple[dict | None, Path | None]:
-    """The report at `explicit`, else the first of `names` found in `folder` or its parent."""
+def find_report(explicit, candidates: list[Path], bag: DiagnosticBag,
+                what: str) -> tuple[dict | None, Path | None]:  # fmt: skip
+    """The report at `explicit`, else at the first of `candidates` that exists."""
     if explicit:
         path = Path(explicit)
         if not path.is_file():
@@ -152,11 +151,9 @@ def find_report(
             )
             return None, None
         return read_json(path, bag, what), path
-    for base in (folder, folder.parent):
-        for name in names:
-            path = base / name
-            if path.is_file():
-                return read_json(path, bag, what), path
+    for path in candidates:
+        if path.is_file():
+            return read_json(path, bag, what), path
     return None, None
 
 
@@ -324,12 +321,7 @@ def card_context(
     metadata = file_metadata(run.adapter)
     recipe = (run.plan or {}).get("recipe", {})
     trigger = trigger or recipe.get("trigger")
-    prep_data, prep_path = find_report(
-        prep, run.folder, ("prep.json", "prep/report.json"), bag, "prep report"
-    )
-    eval_data, eval_path = find_report(
-        eval_report, run.folder, ("eval/report.json", "report.json"), bag, "eval report"
-    )
+    (prep_data, prep_path), (eval_data, eval_path) = reports(run, bag, prep, eval_report)
     sample = resolved(run.plan).get("sample") or {}
     flow = settings_from_plan(run.plan or {}, run.adapter.name)
     context = {
@@ -359,6 +351,18 @@ def card_context(
     }
     sections = [s for s in ("dataset", "evaluation") if context[s]]
     return context, sections
+
+
+def reports(run: RunFiles, bag: DiagnosticBag, prep, eval_report):
+    """((prep, its path), (eval report, its path)): given, or found beside the run."""
+    here, up = run.folder, run.folder.parent
+    prep_paths = [here / "prep.json", here / "prep" / "report.json", up / "prep.json",
+                  up / "prep" / "report.json"]  # fmt: skip
+    eval_paths = [here / "eval" / "report.json", here / "report.json", up / "eval" / "report.json"]
+    return (
+        find_report(prep, prep_paths, bag, "prep report"),
+        find_report(eval_report, eval_paths, bag, "eval report"),
+    )
 
 
 def _tags(recipe: dict) -> list[str]:
