@@ -241,14 +241,16 @@ def merge_into_base(base, specs: list[LoraSpec], out, dtype=None) -> MergeResult
     loras = load_loras(specs, bag)
     bag.raise_if_errors()
     out_dtype = parse_dtype(dtype)
-    with atomic_path(Path(out)) as tmp, safe_open(str(base), framework="pt") as f:
+    with safe_open(str(base), framework="pt") as f:  # the header only
         keys = list(f.keys())
         entries = _entries(f, keys, out_dtype)
         unet_config = _unet_config(f, base)
-        targets = plan_targets(loras, unet_config, {e.name: e.shape for e in entries}, bag)
-        bag.raise_if_errors()
         meta = merged_metadata(f.metadata() or {}, loras)
-        size = write_streaming(tmp, entries, _merged(f, keys, targets, out_dtype), meta)
+    targets = plan_targets(loras, unet_config, {e.name: e.shape for e in entries}, bag)
+    bag.raise_if_errors()
+    with atomic_path(Path(out)) as tmp:
+        tensors = _merged(base_tensors(base, entries), targets, out_dtype)
+        size = write_streaming(tmp, entries, tensors, meta)
     records = [lora.record() for lora in loras]
     return MergeResult(Path(out), records, len(targets), len(keys), size, bag)
 
@@ -272,12 +274,32 @@ def _unet_config(f, base: Path) -> dict:
     return single_file_configs(probes, f.metadata() or {}, f"`{base.name}`")["unet"]
 
 
-def _merged(f, keys: list[str], targets: dict[str, list[Target]], out_dtype):
-    """(key, tensor) in `keys` order: base tensors with their LoRA deltas added, cast."""
+REOPEN_BYTES = 512 * 2**20
+
+
+def base_tensors(path: Path, entries: list[Entry]):
+    """(name, tensor) of the base in `entries` order, read with `safe_open`, which is
+    reopened after each REOPEN_BYTES read. Why: safe_open memory-maps the whole file and the
+    pages read stay mapped (counted in the process's resident set) until the handle closes;
+    reopening releases them, so the resident set stays near one chunk, not the whole base."""
+    from safetensors import safe_open
+
+    start = 0
+    while start < len(entries):
+        read = 0
+        with safe_open(str(path), framework="pt") as f:
+            while start < len(entries) and read < REOPEN_BYTES:
+                entry = entries[start]
+                yield entry.name, f.get_tensor(entry.name)
+                read += entry.nbytes
+                start += 1
+
+
+def _merged(tensors, targets: dict[str, list[Target]], out_dtype):
+    """Base tensors with their LoRA deltas added, cast to `out_dtype` (None: the base's)."""
     import torch
 
-    for key in keys:
-        tensor = f.get_tensor(key)
+    for key, tensor in tensors:
         if key in targets:
             native = tensor.dtype
             weight = tensor.to(torch.float32, copy=True)
