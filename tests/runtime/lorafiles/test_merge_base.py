@@ -190,3 +190,42 @@ def test_cli(tiny_sdxl_dir, loras, tmp_path, capsys):
         == 1
     )
     assert "F725" in capsys.readouterr().err
+
+
+def test_any_layout_merges_the_same(tiny_sdxl_dir, loras, tmp_path):
+    """A diffusers/peft-layout copy of the LoRA merges to the same checkpoint, tensor for tensor."""
+    from safetensors.torch import load_file
+
+    from lorafile.runtime.convert import convert_file
+
+    a, _ = loras
+    convert_file(a, tmp_path / "peft.safetensors", "diffusers")
+    base = tiny_sdxl_dir / "tiny_sdxl.safetensors"
+    merge_into_base(base, [LoraSpec(a, 0.7)], tmp_path / "k.safetensors")
+    merge_into_base(
+        base, [LoraSpec(tmp_path / "peft.safetensors", 0.7)], tmp_path / "d.safetensors"
+    )
+    k, d = load_file(str(tmp_path / "k.safetensors")), load_file(str(tmp_path / "d.safetensors"))
+    assert k.keys() == d.keys() and all(torch.equal(k[n], d[n]) for n in k)
+
+
+def test_streaming_writer_round_trips_through_safetensors(tmp_path):
+    from safetensors.torch import load_file
+
+    from lorafile.runtime.lorafiles.stream import Entry, dtype_name, write_streaming
+
+    tensors = {
+        "a": torch.randn(3, 5).to(torch.bfloat16),
+        "b": torch.tensor(2.5),  # 0-dim (kohya's alpha)
+        "c": torch.arange(7, dtype=torch.int64),
+        "d": torch.tensor([True, False]),
+        "e": torch.randn(2, 3, 1, 1, dtype=torch.float16),
+    }
+    entries = [Entry(k, dtype_name(v.dtype), tuple(v.shape)) for k, v in tensors.items()]
+    write_streaming(tmp_path / "s.safetensors", entries, iter(tensors.items()), {"k": "v"})
+    back = load_file(str(tmp_path / "s.safetensors"))
+    assert back.keys() == tensors.keys() and all(
+        torch.equal(back[k], v) for k, v in tensors.items()
+    )
+    with pytest.raises(ValueError):
+        write_streaming(tmp_path / "bad.safetensors", entries, iter([("a", torch.zeros(3, 5))]), {})
