@@ -11,14 +11,12 @@ are three row blocks of one `in_proj_weight`). The merged weight is
 computed in float32 and cast to the output dtype, exactly what a loader applying the LoRA at
 that strength computes (diffusers' `fuse_lora`, ComfyUI's `LoraLoader`, A1111's `<lora:x:s>`).
 
-Memory: the base is read with safetensors' `safe_open` one tensor at a time and the output is
-written by `stream.write_streaming` (header first, then each tensor's bytes), so the process
-holds one base tensor (at most the 253 MB float32 copy of bigG's token embedding on SDXL) plus
-the LoRA files, never the whole checkpoint: on a full-size random SDXL file (6.9 GB, fp16) and
-a rank-8 LoRA on all 1052 modules, the merge allocated 595 MiB at peak (RssAnon, torch
-included); ru_maxrss was 6.87 GiB because it also counts the base's pages mapped in by
-safetensors' memory map, which the kernel drops under pressure (bench/merge_memory.py,
-docs/share.md).
+Memory: the base is read with safetensors' `safe_open` one tensor at a time (reopened every
+512 MiB, see `base_tensors`) and the output is written by `stream.write_streaming` (header
+first, then each tensor's bytes), so the process holds one base tensor (at most the 253 MB
+float32 copy of bigG's token embedding on SDXL) plus the LoRA files, never the whole checkpoint.
+On a full-size random SDXL file (6.9 GB, fp16) and a rank-8 LoRA on all 1052 modules the peak
+resident set (ru_maxrss) was 1.44 GiB, torch included (bench/merge_memory.py; docs/share.md).
 
 Diagnostic codes: F720 a module that cannot be merged, F721 the base is not a single
 `.safetensors` file, F722 a module that matches no base weight (wrong model), F723 a bad
