@@ -33,6 +33,9 @@ COMMAND_ORDER = (
     "demo",
     "inspect",
     "convert",
+    "merge",
+    "resize",
+    "card",
 )
 
 

@@ -260,6 +260,23 @@ _TE2_FIXED = {
 }
 
 
+def te2_module_to_openclip(path: str) -> tuple[str, int | None]:
+    """A bigG Linear's module path -> (OpenCLIP weight name, q/k/v block or None).
+
+    `text_model.encoder.layers.3.self_attn.k_proj` -> (`transformer.resblocks.3.attn.in_proj_weight`,
+    1): q, k and v are the three row blocks of the fused `in_proj_weight`."""
+    m = re.match(r"(?:text_model\.)?encoder\.layers\.(\d+)\.(.*)$", path)
+    if not m:
+        raise KeyError(f"`{path}` is not a layer of the bigG text encoder")
+    layer, module = m[1], m[2]
+    qkv = re.match(r"self_attn\.(q|k|v)_proj$", module)
+    if qkv:
+        return f"transformer.resblocks.{layer}.attn.in_proj_weight", "qkv".index(qkv[1])
+    if module not in _TE2_LAYER:
+        raise KeyError(f"`{path}` is not a layer of the bigG text encoder")
+    return f"transformer.resblocks.{layer}.{_TE2_LAYER[module]}.weight", None
+
+
 def te2_state_to_openclip(state: Mapping) -> dict:
     """CLIPTextModelWithProjection state dict -> OpenCLIP names (q/k/v fused, projection
     transposed: OpenCLIP computes `x @ text_projection`, HF `Linear(x)` = `x @ W.T`)."""
