@@ -28,6 +28,7 @@ COMMAND_ORDER = (
     "import_",
     "migrate",
     "train",
+    "eval",
     "demo",
     "inspect",
     "convert",

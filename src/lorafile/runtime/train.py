@@ -131,6 +131,8 @@ class Trainer:
         self.stop = interrupt.StopRequest()
         """The signal flag, with handlers installed only while `train()` runs its loop."""
         self.run_file_written = False
+        self.sample_scorer = None
+        """Scores each sample against the base model's images (evaluate/during.py)."""
 
     # ---- setup ---------------------------------------------------------------------------
 
@@ -775,6 +777,7 @@ class Trainer:
             module.eval()
         folder = self.out / "samples" / f"step-{self.step:06d}"
         paths = sample_images(m, self.r["sample"], folder, self.device, self.accelerator.autocast)
+        self._score_samples(paths)
         for module, mode in zip((m.unet, m.text_encoder, m.text_encoder_2), modes, strict=True):
             module.train(mode)
         if mem["cache_latents"]:
@@ -783,6 +786,23 @@ class Trainer:
             self._offload(m.text_encoder, m.text_encoder_2)
         ckpt.set_rng_state(rng)
         return paths
+
+    def _score_samples(self, paths: list[Path]) -> None:
+        """TensorBoard's eval/* scalars for these samples (runtime/evaluate/during.py); the
+        first call also renders the base model's images of the sample prompts."""
+        log_dir = self._log_dir()
+        if log_dir is None:
+            return
+        from lorafile.runtime.evaluate.during import SampleScorer
+
+        if self.sample_scorer is None:
+            subject = [Path(it.path) for it in self.items if not it.is_reg]
+            self.sample_scorer = SampleScorer(
+                log_dir, self.r["sample"], self.recipe.trigger, subject
+            )
+        self.sample_scorer.score(
+            self.models, paths, self.step, self.device, self.accelerator.autocast
+        )
 
     def _finish(self, seconds: float, log_dir: Path | None) -> TrainResult:
         difference = self.rank_difference()  # several processes: do the adapters agree?
