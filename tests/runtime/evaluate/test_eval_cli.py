@@ -84,6 +84,16 @@ def recipe(base: Path, data: Path, out: Path, trigger: str | None, **changes) ->
     return Recipe(**(fields | changes))
 
 
+def plan_for(spec: Recipe) -> dict:
+    from lorafile.compiler.diagnostics import DiagnosticBag
+    from lorafile.runtime.plan import build_plan
+
+    bag = DiagnosticBag()
+    plan = build_plan(spec, bag)
+    bag.raise_if_errors()
+    return plan
+
+
 @pytest.fixture(scope="module")
 def runs(tiny_sdxl_dir, tmp_path_factory):
     """Two 30-step LoCon runs on the demo's concept: `trigger` (captions carry `zqx`, with a
@@ -91,7 +101,6 @@ def runs(tiny_sdxl_dir, tmp_path_factory):
     import torch
 
     from lorafile.runtime.train import TrainOptions, train
-    from test_train import plan_for
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("eval")
@@ -113,20 +122,10 @@ def runs(tiny_sdxl_dir, tmp_path_factory):
 
 
 def evaluate(target: Path, out: Path, prompts: Path, *extra: str) -> dict:
-    code = main(
-        [
-            "eval",
-            str(target),
-            "-o",
-            str(out),
-            "--prompts",
-            str(prompts),
-            "--steps",
-            "4",
-            "-q",
-            *extra,
-        ]
-    )
+    """`lorafile eval` at 64x64 with 4 sampler steps (a run without a sample block would
+    otherwise render at the SDXL default, 1024x1024 and 28 steps)."""
+    fast = ["--prompts", str(prompts), "--steps", "4", "--size", "64x64", "-q"]
+    code = main(["eval", str(target), "-o", str(out), *fast, *extra])
     assert code == 0
     return json.loads((out / "report.json").read_text())
 
@@ -197,8 +196,9 @@ def test_kohya_file_from_convert_evaluates_the_same_as_its_native_file(runs):
     reports, images = [], []
     for name, path in (("native", native), ("kohya", kohya)):
         out = runs["root"] / f"E-{name}"
-        data = evaluate(path, out, runs["prompts"], "--base", str(runs["base"]),
-                        "--size", "64x64", "--strengths", "0,1")  # fmt: skip
+        data = evaluate(
+            path, out, runs["prompts"], "--base", str(runs["base"]), "--strengths", "0,1"
+        )
         reports.append(data["checkpoints"][0]["scores"])
         images.append([(out / p).read_bytes() for p in data["checkpoints"][0]["images"]["1"]])
     assert reports[0] == reports[1] and reports[0]["1"]["effect"] > 0.05

@@ -166,6 +166,8 @@ class Evaluation:
         self.strengths = sorted({float(s) for s in options.strengths} | {0.0})
         self.settings = render_settings(target, options, self.device)
         self.groups = {g: self.prompts.of(g) for g in ("strong", "adjacent", "free")}
+        self.training_count = 0
+        """Training images memorisation compared with (set by `run`)."""
 
     @property
     def headline(self) -> float:
@@ -208,6 +210,7 @@ class Evaluation:
         return Column(images, paths)
 
     def _checkpoint(self, renderer, checkpoint, base: Column, training, bar) -> dict:
+        """Every non-zero strength of one checkpoint, scored against the base column."""
         renderer.use(checkpoint.path)
         columns, scores = {}, {}
         base_vectors = [S.as_vector(im) for im in base.images]
@@ -228,8 +231,9 @@ class Evaluation:
 
 
 def _sample_seed(target: Target) -> int:
-    sample = target.sample or {}
-    return int(sample.get("seed", DEFAULT_SEED)) if sample.get("seed") is not None else DEFAULT_SEED
+    """The run's sample seed (its samples and the grid's rows then share their noise)."""
+    seed = (target.sample or {}).get("seed")
+    return DEFAULT_SEED if seed is None else int(seed)
 
 
 def save_image(image, path: Path) -> Path:
