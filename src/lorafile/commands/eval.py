@@ -21,69 +21,43 @@ def register(subparsers) -> None:
     )
     p.add_argument("target", type=Path, metavar="TARGET", help="run folder, .recipe, or LoRA file")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT", help="report folder")
-    p.add_argument(
-        "--base",
-        type=Path,
-        metavar="MODEL",
-        help="base model (required for a LoRA file; overrides a run's)",
-    )
-    p.add_argument("--prompts", type=Path, metavar="FILE", help="prompt-set file (docs/eval.md)")
-    p.add_argument(
-        "--trigger",
-        metavar="WORD",
-        help="trigger word for the default prompt set (default: the recipe's)",
-    )
-    p.add_argument(
-        "--strengths",
-        metavar="LIST",
-        default="0,0.5,0.75,1",
-        help="LoRA strengths, the columns (default %(default)s)",
-    )
-    p.add_argument(
-        "--checkpoints",
-        metavar="WHICH",
-        default="all",
-        help="all, last, or steps N,M (default all)",
-    )
-    p.add_argument(
-        "--seed",
-        type=int,
-        metavar="S",
-        help="seed of the first prompt (default: the sample seed, else 42)",
-    )
-    p.add_argument(
-        "--steps",
-        type=int,
-        metavar="N",
-        help="sampler steps (default: the recipe's sample steps, else 28)",
-    )
-    p.add_argument(
-        "--size", metavar="WxH", help="WxH (default: the recipe's sample size, else 1024x1024)"
-    )
-    p.add_argument(
-        "--sampler", metavar="NAME", help="sampler name (default: the recipe's, else euler_a)"
-    )
-    p.add_argument(
-        "--cfg", type=float, metavar="G", help="guidance scale (default: the recipe's, else 7)"
-    )
-    p.add_argument(
-        "--dataset",
-        type=Path,
-        metavar="DIR",
-        help="training images for memorisation (default: the run's)",
-    )
-    p.add_argument(
-        "--batch",
-        type=int,
-        metavar="N",
-        help="prompts per sampler call (default 8 on a GPU, 1 on CPU)",
-    )
-    p.add_argument(
-        "--device", metavar="DEV", help="torch device (default: cuda when available, else cpu)"
-    )
+    for flag, kind, metavar, default, help in (*WHAT, *RENDER):
+        p.add_argument(flag, type=kind, metavar=metavar, default=default, help=help)
     p.add_argument("--force", action="store_true", help="replace an earlier evaluation in OUT")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+# (flag, type, metavar, default, help), added in this order.
+WHAT = (
+    ("--base", Path, "MODEL", None, "base model (required for a LoRA file; overrides a run's)"),
+    ("--prompts", Path, "FILE", None, "prompt-set file (docs/eval.md)"),
+    (
+        "--trigger",
+        str,
+        "WORD",
+        None,
+        "trigger word for the default prompts (default: the recipe's)",
+    ),
+    (
+        "--strengths",
+        str,
+        "LIST",
+        "0,0.5,0.75,1",
+        "LoRA strengths, the columns (default %(default)s)",
+    ),
+    ("--checkpoints", str, "WHICH", "all", "all, last, or steps N,M (default all)"),
+    ("--dataset", Path, "DIR", None, "training images for memorisation (default: the run's)"),
+)
+RENDER = (
+    ("--seed", int, "S", None, "seed of the first prompt (default: the sample seed, else 42)"),
+    ("--steps", int, "N", None, "sampler steps (default: the recipe's sample steps, else 28)"),
+    ("--size", str, "WxH", None, "image size (default: the recipe's sample size, else 1024x1024)"),
+    ("--sampler", str, "NAME", None, "sampler (default: the recipe's, else euler_a)"),
+    ("--cfg", float, "G", None, "guidance scale (default: the recipe's, else 7)"),
+    ("--batch", int, "N", None, "prompts per sampler call (default 8 on a GPU, 1 on a CPU)"),
+    ("--device", str, "DEV", None, "torch device (default: cuda when available, else cpu)"),
+)  # fmt: skip
 
 
 def _option_error(option: str, value: str, help: str):
