@@ -49,6 +49,10 @@ def test_demo_runs_everything_and_the_adapter_learns(tmp_path):
     assert [g.parent.name for g in grids] == ["step-000050", "step-000100"]
     with Image.open(grids[-1]) as grid:
         assert grid.size == (128, 64)
+    report = demo["report"]  # `lorafile eval` on the run: the page and every image it shows
+    assert report == root / "eval" / "index.html" and (root / "eval" / "report.json").is_file()
+    for name in ("grids/step-000050.png", "grids/final.png", "grids/checkpoints.png", "loss.svg"):
+        assert (root / "eval" / name).is_file(), name
 
 
 def test_demo_refuses_a_non_empty_folder(tmp_path):

@@ -30,6 +30,7 @@ COMMAND_ORDER = (
     "prep",
     "caption",
     "train",
+    "eval",
     "demo",
     "inspect",
     "convert",

@@ -3,7 +3,8 @@
 Builds a tiny SDXL-shaped model (a diffusers folder and a single file), a synthetic dataset
 whose trigger word stands for a texture, writes a recipe, then checks, lints and compiles it for
 every target, trains about a hundred steps with samples and TensorBoard logs, and measures
-whether the adapter learned the concept (held-out denoising loss with and without it).
+whether the adapter learned the concept (held-out denoising loss with and without it), then
+evaluates the checkpoints with `lorafile eval` (grids, scores, report) and prints the report's path.
 """
 
 from __future__ import annotations
@@ -68,6 +69,18 @@ log tensorboard
 """
 
 
+EVAL_PROMPTS = """\
+# The demo's evaluation prompt set (docs/eval.md): a few rows keep it fast on a CPU.
+# strong
+{trigger}, a red circle
+{trigger}, a blue square
+# adjacent
+{trigger}, a city street at night
+# free
+a red circle
+"""
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
@@ -75,7 +88,8 @@ def register(subparsers) -> None:
         description=(
             "Build a tiny SDXL-shaped model and a synthetic dataset with a trigger word, write a "
             "recipe, check, lint and compile it for kohya, SimpleTuner and the native trainer, "
-            "train about 100 steps with samples and TensorBoard logs, and show where it all is."
+            "train about 100 steps with samples and TensorBoard logs, evaluate the checkpoints "
+            "(`lorafile eval`), and show where it all is."
         ),
     )
     p.add_argument(
@@ -144,16 +158,28 @@ def train_and_measure(recipe: Path, root: Path):
     """Train, then the held-out loss on trigger captions without and with the adapter."""
     from lorafile.commands.plan import load_plan
     from lorafile.runtime.demo import heldout_loss
+    from lorafile.runtime.evaluate.during import SampleScorer
     from lorafile.runtime.lorafiles import export
     from lorafile.runtime.models.sdxl import load_sdxl
     from lorafile.runtime.train.loop import TrainOptions, train
 
-    result = train(load_plan(recipe), TrainOptions())
+    result = train(load_plan(recipe), TrainOptions(sample_scorer=SampleScorer))
     models = load_sdxl(root / "model" / "tiny-sdxl.safetensors")
     before = heldout_loss(models, root / "dataset" / "heldout", TRIGGER)
     export.load_adapter(result.adapter, models)
     after = heldout_loss(models, root / "dataset" / "heldout", TRIGGER)
     return result, before, after
+
+
+def evaluate(root: Path, run_folder: Path) -> Path:
+    """`lorafile eval` on the run: base and both checkpoints at strength 1, 8 sampler steps."""
+    from lorafile.runtime.evaluate.runner import EvalOptions, Evaluation
+    from lorafile.runtime.evaluate.target import resolve_target
+
+    prompts = root / "eval-prompts.txt"
+    prompts.write_text(EVAL_PROMPTS.format(trigger=TRIGGER))
+    options = EvalOptions(out=root / "eval", strengths=(0.0, 1.0), prompts=prompts, quiet=True)
+    return Evaluation(resolve_target(run_folder), options).run()
 
 
 def run_demo(root: Path, steps: int = 100) -> dict:
@@ -167,7 +193,15 @@ def run_demo(root: Path, steps: int = 100) -> dict:
     recipe = build_inputs(root, steps)
     status = check_lint_compile(recipe, root)
     result, before, after = train_and_measure(recipe, root)
-    return {"status": status, "result": result, "before": before, "after": after, "recipe": recipe}
+    report = evaluate(root, result.out)
+    return {
+        "status": status,
+        "result": result,
+        "before": before,
+        "after": after,
+        "recipe": recipe,
+        "report": report,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -203,5 +237,6 @@ def run(args: argparse.Namespace) -> int:
     _say(f"logs:     tensorboard --logdir {result.log_dir}")
     _say(f"configs:  {root / 'compiled'} (kohya/, simpletuner/, native/plan.json)")
     _say(f"recipe:   {demo['recipe']}")
+    _say(f"eval:     {demo['report']} (grids, scores, loss curve; `lorafile eval` made it)")
     _say(f"done in {time.perf_counter() - start:.0f} s")
     return 0 if all(code == 0 for code in demo["status"].values()) else 1

@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from lorafile.commands.plan import load_plan
+    from lorafile.runtime.evaluate.during import SampleScorer
     from lorafile.runtime.train.loop import Trainer, TrainOptions
 
     plan = load_plan(args.input)
@@ -105,6 +106,7 @@ def _run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         log_every=args.log_every,
         compile=args.compile_mode or args.compile,
+        sample_scorer=SampleScorer,
     )
     trainer = launch.trainer(plan, options) if launch.in_worker() else Trainer(plan, options)
     try:

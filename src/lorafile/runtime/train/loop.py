@@ -29,8 +29,10 @@ import math
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
 from lorafile.files import write_text_atomic
@@ -66,6 +68,11 @@ class TrainOptions:
     """torch.compile the UNet (dynamic=False: one graph per bucket shape; the first step of
     each shape compiles, which takes minutes for SDXL). True or a `torch.compile` mode from
     `diffusion.COMPILE_MODES`; "reduce-overhead" also replays each shape as a CUDA graph."""
+    sample_scorer: Callable[..., Any] | None = None
+    """Scores each set of samples against the base model (TensorBoard `eval/*`): a factory
+    `(log_dir, sample settings, trigger, training images) -> scorer` with
+    `scorer.score(models, paths, step, device, autocast)`. The commands pass
+    `runtime.evaluate.during.SampleScorer`; the loop never imports evaluate (which reads runs)."""
 
 
 @dataclass
@@ -104,6 +111,8 @@ class Trainer:
         self.run_file_written = False
         self.lock = run_state.FolderLock(self.out)
         """Held (rank 0) from `setup()` until `train()` ends: one run per output folder."""
+        self.sample_scorer = None
+        """Scores each sample against the base model's images (evaluate/during.py)."""
 
     @contextlib.contextmanager
     def _recording_failures(self, release: bool):
@@ -794,6 +803,7 @@ class Trainer:
             module.eval()
         folder = self.out / "samples" / f"step-{self.step:06d}"
         paths = sample_images(m, self.r["sample"], folder, self.device, self.accelerator.autocast)
+        self._score_samples(paths)
         for module, mode in zip((m.unet, m.text_encoder, m.text_encoder_2), modes, strict=True):
             module.train(mode)
         if mem["cache_latents"]:
@@ -802,6 +812,19 @@ class Trainer:
             self._offload(m.text_encoder, m.text_encoder_2)
         ckpt.set_rng_state(rng)
         return paths
+
+    def _score_samples(self, paths: list[Path]) -> None:
+        """TensorBoard's eval/* scalars for these samples (runtime/evaluate/during.py); the
+        first call also renders the base model's images of the sample prompts."""
+        log_dir, factory = self._log_dir(), self.options.sample_scorer
+        if log_dir is None or factory is None:
+            return
+        if self.sample_scorer is None:
+            subject = [Path(it.path) for it in self.items if not it.is_reg]
+            self.sample_scorer = factory(log_dir, self.r["sample"], self.recipe.trigger, subject)
+        self.sample_scorer.score(
+            self.models, paths, self.step, self.device, self.accelerator.autocast
+        )
 
     def _finish(self, seconds: float, log_dir: Path | None) -> TrainResult:
         difference = self.rank_difference()  # several processes: do the adapters agree?

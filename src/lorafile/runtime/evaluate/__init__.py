@@ -1,0 +1,1 @@
+"""Evaluation: the test grid across checkpoints and strengths, its scores and its report."""
