@@ -61,7 +61,9 @@ def bases() -> st.SearchStrategy[m.Base]:
         m.Base,
         path=paths(),
         vae=optional(paths()),
+        variant=optional(st.sampled_from(m.WEIGHT_VARIANTS)),
         prediction=st.sampled_from(["epsilon", "v"]),
+        zero_terminal_snr=st.booleans(),
         clip_skip=optional(st.integers(1, 12)),
     )
 

@@ -118,7 +118,15 @@ def _fields(model: m.Spec, spelled: list[tuple[str, str]]) -> list[str]:
 
 def _base(base: m.Base) -> list[str]:
     lines = [f"vae {quote(base.vae)}"] if base.vae is not None else []
-    lines += _fields(base, [("prediction", "prediction"), ("clip_skip", "clip_skip")])
+    lines += _fields(
+        base,
+        [
+            ("variant", "variant"),
+            ("prediction", "prediction"),
+            ("zero_terminal_snr", "zero_terminal_snr"),
+            ("clip_skip", "clip_skip"),
+        ],
+    )
     return block(f"base {base.family} {quote(base.path)}", lines)
 
 

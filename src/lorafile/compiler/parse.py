@@ -498,7 +498,9 @@ st.TABLES.update(
         },
         "base": {
             "vae": string("vae", 'vae "/models/sdxl-vae-fp16-fix"'),
+            "variant": choice("variant", m.WEIGHT_VARIANTS, "weight variant", "variant fp16"),
             "prediction": choice("prediction", ("epsilon", "v"), "prediction type", "prediction v"),
+            "zero_terminal_snr": switch("zero_terminal_snr", "zero_terminal_snr on"),
             "clip_skip": scalar("clip_skip", read_int, "clip_skip 2"),
         },
         "dataset": {

@@ -54,6 +54,7 @@ BasePrecision = Literal["fp32", "bf16", "fp16", "fp8"]
 SavePrecision = Literal["fp32", "fp16", "bf16"]
 Logger = Literal["none", "tensorboard", "wandb"]
 Layout = Literal["kohya", "diffusers"]
+WeightVariant = Literal["fp16", "bf16"]
 
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
@@ -66,6 +67,7 @@ BASE_PRECISIONS: tuple[str, ...] = get_args(BasePrecision)
 SAVE_PRECISIONS: tuple[str, ...] = get_args(SavePrecision)
 LOGGERS: tuple[str, ...] = get_args(Logger)
 LAYOUTS: tuple[str, ...] = get_args(Layout)
+WEIGHT_VARIANTS: tuple[str, ...] = get_args(WeightVariant)
 
 
 class Spec(BaseModel):
@@ -100,10 +102,16 @@ class Base(Spec):
 
     family: Literal["sdxl"] = "sdxl"
     path: Annotated[str, Field(min_length=1)]
-    """Single-file `.safetensors` (kohya/ComfyUI layout) or a diffusers folder."""
+    """Single-file `.safetensors` (kohya/ComfyUI layout), a diffusers folder, or a Hugging Face
+    Hub id (`org/name`, `org/name@revision`, `org/name/file.safetensors`; compiler/hub.py)."""
     vae: str | None = None
     """Optional replacement VAE (e.g. sdxl-vae-fp16-fix); default: the base model's own."""
+    variant: WeightVariant | None = None
+    """Load a diffusers model's `*.fp16.safetensors` weights where a part has them."""
     prediction: Literal["epsilon", "v"] = "epsilon"
+    zero_terminal_snr: bool = False
+    """Rescale the noise schedule so its last step is pure noise (Lin et al. 2024); what
+    v-prediction fine-tunes such as NoobAI-XL v-pred were trained with."""
     clip_skip: Annotated[int, Field(ge=1, le=12)] | None = None
     """Which text-encoder layer from the end feeds the UNet; SDXL already uses the penultimate."""
 

@@ -84,6 +84,7 @@ def base(ctx: Context) -> Base:
             vae=args.get("vae"),
             clip_skip=clip_skip,
             prediction="v" if args.get("v_parameterization") else "epsilon",
+            zero_terminal_snr=bool(args.get("zero_terminal_snr")),
         ),
         lambda: Base(path=path),
         "model",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from lorafile.backends.kohya import schema as schema
 from lorafile.backends.kohya import write as kw
 from lorafile.backends.kohya.options import OPTIONS
+from lorafile.compiler.hub import parse_hub_ref
 from lorafile.spec.models import TARGETS, Recipe
 
 # Nearest sample_sampler for recipe samplers sd-scripts lacks.
@@ -44,6 +45,7 @@ OWNED = {
     "vae",
     "clip_skip",
     "v_parameterization",
+    "zero_terminal_snr",
     "fp8_base",
     "network_dim",
     "network_alpha",
@@ -107,7 +109,7 @@ def project(recipe: Recipe, lossy: bool = True) -> tuple[Recipe, list[Reason]]:
     """
     data = recipe.model_dump()
     reasons = Reasons(apply=lossy)
-    for step in (_adapter, _train, _datasets, _regularization, _sample, _save, _misc, _passthrough):
+    for step in (_base, _adapter, _train, _datasets, _regularization, _sample, _save, _misc, _passthrough):
         step(data, reasons)
     result = Recipe.model_validate(data)
     if _overrides_fields(result.passthrough.get("kohya", {})):
@@ -346,6 +348,35 @@ def _bucket_range(d: dict, reasons: Reasons) -> None:
         )
     ):
         b["min"], b["max"] = min(b["min"], low), max(b["max"], high)
+
+
+def _base(data: dict, reasons: Reasons) -> None:
+    """sd-scripts hands a name that is not a file to diffusers' `from_pretrained` with no
+    revision (a hub id loads at its default branch) and cannot load one file inside a repo."""
+    base = data["base"]
+    for field in ("path", "vae"):
+        ref = parse_hub_ref(base[field] or "")
+        if ref is None or (ref.revision is None and ref.filename is None):
+            continue
+        if reasons.add(
+            Reason(
+                "T518",
+                f"sd-scripts loads hub models by repo id only; `{ref}` becomes `{ref.repo_id}` "
+                "(its default branch, a diffusers folder).",
+                f"download it (`{ref.download_command()}`) and give the local path",
+            )
+        ):
+            base[field] = ref.repo_id
+    if base["variant"] is not None and reasons.add(
+        Reason(
+            "T518",
+            f"sd-scripts picks the weight variant itself (fp16 files only when it trains in "
+            f"fp16); `variant {base['variant']}` is not written.",
+            "nothing to do",
+            lossy=False,
+        )
+    ):
+        base["variant"] = None
 
 
 def _regularization(data: dict, reasons: Reasons) -> None:

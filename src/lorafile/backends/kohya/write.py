@@ -155,6 +155,7 @@ def model_args(recipe: Recipe) -> dict:
         "pretrained_model_name_or_path": base.path,
         "vae": base.vae,
         "v_parameterization": True if base.prediction == "v" else None,
+        "zero_terminal_snr": True if base.zero_terminal_snr else None,
         "clip_skip": base.clip_skip,
         "fp8_base": True if train.base_precision == "fp8" else None,
     }

@@ -36,6 +36,7 @@ CONSUMED = frozenset(
         "gradient_checkpointing",
         "caption_dropout_probability",
         "prediction_type",
+        "rescale_betas_zero_snr",
         "base_model_default_dtype",
         "num_processes",
         "lora_type",

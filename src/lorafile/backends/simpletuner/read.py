@@ -28,8 +28,9 @@ from lorafile.backends.simpletuner.load import (
     resolve,
 )
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
+from lorafile.compiler.hub import parse_hub_ref
 from lorafile.spec import Recipe
-from lorafile.spec.models import SCHEDULERS
+from lorafile.spec.models import SCHEDULERS, WEIGHT_VARIANTS
 
 MISSING_DATASET = "<no data backend config>"
 
@@ -145,6 +146,13 @@ def _base(config: dict) -> dict:
     }
     if config.get("prediction_type") == "v_prediction":
         base["prediction"] = "v"
+    revision = config.get("revision")
+    if revision and parse_hub_ref(f"{base['path']}@{revision}") is not None:
+        base["path"] = f"{base['path']}@{revision}"  # else kept as passthrough
+    if config.get("variant") in WEIGHT_VARIANTS:
+        base["variant"] = config["variant"]
+    if config.get("rescale_betas_zero_snr") is True:
+        base["zero_terminal_snr"] = True
     return base
 
 

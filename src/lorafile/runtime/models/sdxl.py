@@ -222,22 +222,25 @@ def load_sdxl(
     allow_pickle: bool = False,
     parts=PARTS,
     tokenizer_path: str | os.PathLike | None = None,
+    variant: str | None = None,
 ) -> SDXLComponents:
     """Load an SDXL model offline from a diffusers folder or a single-file checkpoint.
 
     `dtype` (a torch dtype) casts the model weights; `parts` limits what is loaded (e.g. only
     the UNet); `tokenizer_path` is a diffusers folder whose tokenizer/ and tokenizer_2/ are used
-    for a full-size single file (which carries no vocabulary). Raises DiagnosticError (F70x).
+    for a full-size single file (which carries no vocabulary); `variant` (e.g. "fp16") picks a
+    diffusers folder's `*.fp16.safetensors` weights in each part that has them. Raises
+    DiagnosticError (F70x). A hub id is resolved first by runtime/models/hub.py.
     """
     p = check_model_path(path, allow_pickle)
     if tuple(parts) == ("vae",):
-        return SDXLComponents(vae=load_vae(p, dtype, allow_pickle))
+        return SDXLComponents(vae=load_vae(p, dtype, allow_pickle, variant))
     if p.is_dir():
-        return _load_folder(p, dtype, parts)
+        return _load_folder(p, dtype, parts, variant)
     return _load_single_file(p, dtype, parts, tokenizer_path)
 
 
-def load_vae(path: str | os.PathLike, dtype=None, allow_pickle: bool = False):
+def load_vae(path: str | os.PathLike, dtype=None, allow_pickle: bool = False, variant=None):
     """An SDXL VAE from a diffusers VAE folder (e.g. sdxl-vae-fp16-fix), a pipeline folder, a
     standalone VAE file (LDM or diffusers names) or a full single-file checkpoint."""
     from diffusers import AutoencoderKL
@@ -246,10 +249,12 @@ def load_vae(path: str | os.PathLike, dtype=None, allow_pickle: bool = False):
     kwargs = {"torch_dtype": dtype} if dtype is not None else {}
     if p.is_dir():
         if (p / "vae" / "config.json").exists():
+            kwargs["variant"] = part_variant(p / "vae", variant)
             return AutoencoderKL.from_pretrained(
                 p, subfolder="vae", local_files_only=True, **kwargs
             ).eval()
         if (p / "config.json").exists():
+            kwargs["variant"] = part_variant(p, variant)
             return AutoencoderKL.from_pretrained(p, local_files_only=True, **kwargs).eval()
         raise _fail(
             "F703",
@@ -301,7 +306,16 @@ def _vae_from_state(state: dict, metadata: dict, name: str):
     return vae.eval()
 
 
-def _load_folder(p: Path, dtype, parts) -> SDXLComponents:
+def part_variant(folder: Path, variant: str | None) -> str | None:
+    """`variant` if the part folder has weights of that variant, else None (the plain weights),
+    as diffusers falls back; so `variant fp16` also loads repositories without fp16 files."""
+    if variant is None:
+        return None
+    tagged = (f"*.{variant}.safetensors", f"*.{variant}-*.safetensors", f"*.{variant}.bin")
+    return variant if any(any(folder.glob(pattern)) for pattern in tagged) else None
+
+
+def _load_folder(p: Path, dtype, parts, variant: str | None = None) -> SDXLComponents:
     if not (p / "model_index.json").exists() or not (p / "unet").is_dir():
         raise _fail(
             "F703",
@@ -322,7 +336,11 @@ def _load_folder(p: Path, dtype, parts) -> SDXLComponents:
         if part in loaders:
             kwargs = {"torch_dtype": dtype} if dtype is not None else {}
             model = loaders[part].from_pretrained(
-                p, subfolder=part, local_files_only=True, **kwargs
+                p,
+                subfolder=part,
+                local_files_only=True,
+                variant=part_variant(p / part, variant),
+                **kwargs,
             )
             setattr(out, part, model.eval())
         elif part.startswith("tokenizer"):

@@ -52,8 +52,32 @@ def draw_timesteps(batch: int, num_timesteps: int, generator, device):
     return to_device(torch.randint(0, num_timesteps, (batch,), generator=generator), device)
 
 
+def schedule_overrides(prediction: str, zero_terminal_snr: bool) -> dict:
+    """Scheduler config changes for the base model's prediction type and zero-terminal-SNR.
+
+    Zero-terminal-SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are
+    Flawed") rescales the betas so the last timestep is pure noise (diffusers'
+    `rescale_zero_terminal_snr`), and samples from that last timestep (`trailing` spacing).
+    Training and sampling schedulers both take these, so they agree with each other."""
+    out: dict = {}
+    if prediction == "v":
+        out["prediction_type"] = "v_prediction"
+    if zero_terminal_snr:
+        out.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return out
+
+
+def training_scheduler(config, prediction: str = "epsilon", zero_terminal_snr: bool = False):
+    """The DDPM training schedule of a base model's scheduler config (SDXL ships an Euler
+    config; its betas and timestep count are what training needs), with `schedule_overrides`."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(config, **schedule_overrides(prediction, zero_terminal_snr))
+
+
 def target_for(scheduler, latents, noise, timesteps, prediction: str):
-    """What the UNet must predict: the noise (epsilon) or the velocity (v-prediction)."""
+    """What the UNet must predict: the noise (epsilon) or the velocity (v-prediction),
+    v = sqrt(alpha_bar_t) * noise - sqrt(1 - alpha_bar_t) * latents (Salimans & Ho 2022)."""
     if prediction == "v":
         return scheduler.get_velocity(latents, noise, timesteps)
     return noise
@@ -74,7 +98,10 @@ def min_snr_weights(scheduler, timesteps, gamma: float | None, prediction: str):
         return torch.ones_like(timesteps, dtype=torch.float32)
     s = snr(scheduler, timesteps)
     clipped = torch.clamp(s, max=gamma)
-    return clipped / (s + 1.0) if prediction == "v" else clipped / s
+    if prediction == "v":
+        return clipped / (s + 1.0)
+    # Zero-terminal-SNR makes the last step's SNR 0; min(s, gamma) / s tends to 1 there.
+    return torch.where(s > 0, clipped / s.clamp(min=torch.finfo(s.dtype).tiny), 1.0)
 
 
 def denoising_loss(

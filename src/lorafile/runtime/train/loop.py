@@ -227,11 +227,12 @@ class Trainer:
         self.dtype = dtypes[self.plan["memory"]["base_precision"]]
         """The dtype the UNet computes in (its inputs are cast to it); not `unet.dtype`, which
         reads float8 once the base is stored in fp8 (runtime/train/fp8.py)."""
-        m = load_sdxl(self.r["base"], allow_pickle=self.options.allow_pickle)
+        variant, pickle = self.recipe.base.variant, self.options.allow_pickle
+        base = self._model_path(self.r["base"])
+        m = load_sdxl(base, allow_pickle=pickle, variant=variant)
         if self.r.get("vae"):
-            m.vae = load_sdxl(
-                self.r["vae"], allow_pickle=self.options.allow_pickle, parts=("vae",)
-            ).vae
+            vae = self._model_path(self.r["vae"])
+            m.vae = load_sdxl(vae, allow_pickle=pickle, parts=("vae",), variant=variant).vae
         # The VAE stays fp32 (diffusers' scripts: SDXL's VAE overflows in fp16).
         for module, dtype in (
             (m.vae, torch.float32),
@@ -243,13 +244,25 @@ class Trainer:
                 module.to(dtype)  # on the host first: an fp32 copy never reaches the GPU
             module.to(self.device)
         self.models = m
-        self.noise_scheduler = m.noise_scheduler()
+        from lorafile.runtime.train import diffusion
+
+        base = self.recipe.base
+        self.noise_scheduler = diffusion.training_scheduler(
+            m.scheduler.config, base.prediction, base.zero_terminal_snr
+        )
         if self.r["sample"]:  # fail now, not at the first sample after an hour of training
             from lorafile.runtime.train.sampling import make_scheduler
 
             make_scheduler(self.r["sample"]["sampler"], m.scheduler.config)
-        if self.recipe.base.prediction == "v":
-            self.noise_scheduler.register_to_config(prediction_type="v_prediction")
+
+    def _model_path(self, text: str):
+        """A local path, or a hub id resolved through the local cache (or a download)."""
+        from lorafile.runtime.models.hub import resolve_model
+
+        resolved = resolve_model(text, Path(self.plan.get("base_dir") or "."), self.recipe.base.variant)
+        if resolved.ref is not None and not self.options.quiet:
+            print(f"model {resolved.describe()}", flush=True)
+        return resolved.path
 
     def _load_data(self) -> None:
         bag = DiagnosticBag()
