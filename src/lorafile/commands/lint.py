@@ -77,6 +77,7 @@ def run(args) -> int:
         budget=budget,
         gpus_count=args.gpus,
         bag=bag,
+        base_dir=None if str(args.file) == "-" else Path(args.file).resolve().parent,
     )
     if args.format == "json":
         data = lint.to_json(report)

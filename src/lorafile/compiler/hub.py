@@ -111,3 +111,23 @@ def cached_snapshot(ref: HubRef, cache: Path | None = None) -> Path | None:
         return snapshot
     target = snapshot / ref.filename
     return target if target.is_file() else None
+
+
+def describe_location(text: str, base_dir: Path | None) -> str:
+    """For people (`lint`, `plan`): where a recipe's model resolves to now. A hub reference
+    shows its cached snapshot, or the command that downloads it; nothing is downloaded."""
+    if not is_hub_ref(text, base_dir):
+        path = Path(text).expanduser()
+        path = path if path.is_absolute() else (base_dir or Path.cwd()) / path
+        return str(path) if path.exists() else f"{path} (missing here)"
+    ref = parse_hub_ref(text)
+    assert ref is not None  # is_hub_ref checked the shape
+    cached = cached_snapshot(ref)
+    if cached is not None:
+        return f"hub {ref}, cached at {cached}"
+    when = (
+        "and HF_HUB_OFFLINE is set: download it first"
+        if hub_offline()
+        else "downloads when training starts"
+    )
+    return f"hub {ref}, not in the cache ({hub_cache_dir()}) {when} (`{ref.download_command()}`)"

@@ -93,7 +93,10 @@ def _fp16_unet(tiny_sdxl_dir: Path, tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("text", "ref"),
     [
-        ("stabilityai/stable-diffusion-xl-base-1.0", HubRef("stabilityai/stable-diffusion-xl-base-1.0")),
+        (
+            "stabilityai/stable-diffusion-xl-base-1.0",
+            HubRef("stabilityai/stable-diffusion-xl-base-1.0"),
+        ),
         ("org/name@v1.1", HubRef("org/name", "v1.1")),
         ("org/name/sd_xl.safetensors", HubRef("org/name", None, "sd_xl.safetensors")),
         ("org/name@main/sub/m.safetensors", HubRef("org/name", "main", "sub/m.safetensors")),
@@ -229,10 +232,8 @@ def test_the_fp16_variant_is_loaded_where_the_repository_has_it(hub_cache, tmp_p
     weight = regular.unet.state_dict()[MARK]
     assert torch.equal(fp16.unet.state_dict()[MARK].float(), (weight + 1).half().float())
     # The VAE has no fp16 files: its plain weights are used, as diffusers falls back.
-    assert all(
-        torch.equal(a, b)
-        for a, b in zip(regular.vae.state_dict().values(), fp16.vae.state_dict().values())
-    )
+    plain_vae, fp16_vae = regular.vae.state_dict(), fp16.vae.state_dict()
+    assert all(torch.equal(plain_vae[k], fp16_vae[k]) for k in plain_vae)
 
 
 def test_a_missing_model_offline_says_how_to_download_it(offline_home, tmp_path):
@@ -252,9 +253,8 @@ def test_pickle_weights_on_the_hub_are_refused(hub_cache, tmp_path):
 
 def test_plan_shows_where_the_model_resolved(hub_cache, tmp_path):
     from lorafile.runtime.train.plan import build_plan, describe_plan
-    from test_train import tiny_recipe
-
     from lorafile.spec.models import Base
+    from test_train import tiny_recipe
 
     recipe = tiny_recipe(Path("unused"), tmp_path / "data", tmp_path / "out")
     cached = recipe.model_copy(update={"base": Base(path="tiny-org/tiny-sdxl")})
@@ -282,7 +282,12 @@ def test_a_hub_id_recipe_trains_offline_from_the_cache(hub_cache, tmp_path):
         tmp_path / "out",
         base=Base(path="tiny-org/tiny-sdxl@v2", vae="tiny-org/tiny-sdxl", variant="fp16"),
         train=Train(
-            steps=2, lr=1e-3, optimizer="adamw", precision="no", checkpointing=False, seed=1,
+            steps=2,
+            lr=1e-3,
+            optimizer="adamw",
+            precision="no",
+            checkpointing=False,
+            seed=1,
             cache=Cache(latents=True, text=True),
         ),
         sample=None,
@@ -308,3 +313,19 @@ def test_train_reports_a_missing_hub_model(offline_home, tmp_path):
         train(plan_for(recipe), TrainOptions(quiet=True))
     assert err.value.diagnostics[0].code == "F705"
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
+
+
+def test_lint_shows_where_a_hub_model_is(hub_cache, tmp_path):
+    from lorafile.compiler.lint import lint_recipe, render_text
+    from lorafile.spec.models import Base
+    from test_train import tiny_recipe
+
+    recipe = tiny_recipe(Path("unused"), tmp_path / "data", tmp_path / "out")
+    recipe = recipe.model_copy(
+        update={"base": Base(path="tiny-org/tiny-sdxl@v2", vae="nobody/vae")}
+    )
+    report = lint_recipe(recipe, base_dir=tmp_path)
+    text = render_text(report)
+    snapshot = hub_cache / "hub" / "models--tiny-org--tiny-sdxl" / "snapshots" / COMMIT_B
+    assert f"hub tiny-org/tiny-sdxl@v2, cached at {snapshot}" in text
+    assert "`hf download nobody/vae`" in report.models["vae"]

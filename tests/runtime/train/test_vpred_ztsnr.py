@@ -110,14 +110,25 @@ def test_a_vpred_zero_snr_recipe_trains_and_samples(tiny_sdxl_dir, tmp_path):
         tmp_path / "data",
         tmp_path / "out",
         base=Base(
-            path=str(tiny_sdxl_dir / "tiny_sdxl.safetensors"), prediction="v", zero_terminal_snr=True
+            path=str(tiny_sdxl_dir / "tiny_sdxl.safetensors"),
+            prediction="v",
+            zero_terminal_snr=True,
         ),
         train=Train(
-            steps=2, lr=1e-3, optimizer="adamw", precision="no", checkpointing=False, seed=1,
-            min_snr_gamma=5, cache=Cache(latents=True, text=True),
+            steps=2,
+            lr=1e-3,
+            optimizer="adamw",
+            precision="no",
+            checkpointing=False,
+            seed=1,
+            min_snr_gamma=5,
+            cache=Cache(latents=True, text=True),
         ),
         sample=Sample(
-            every=Interval(every=2), steps=2, size=Resolution(width=64, height=64), seed=1,
+            every=Interval(every=2),
+            steps=2,
+            size=Resolution(width=64, height=64),
+            seed=1,
             prompts=("zqx",),
         ),
     )

@@ -109,7 +109,17 @@ def project(recipe: Recipe, lossy: bool = True) -> tuple[Recipe, list[Reason]]:
     """
     data = recipe.model_dump()
     reasons = Reasons(apply=lossy)
-    for step in (_base, _adapter, _train, _datasets, _regularization, _sample, _save, _misc, _passthrough):
+    for step in (
+        _base,
+        _adapter,
+        _train,
+        _datasets,
+        _regularization,
+        _sample,
+        _save,
+        _misc,
+        _passthrough,
+    ):
         step(data, reasons)
     result = Recipe.model_validate(data)
     if _overrides_fields(result.passthrough.get("kohya", {})):

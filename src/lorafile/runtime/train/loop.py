@@ -259,7 +259,9 @@ class Trainer:
         """A local path, or a hub id resolved through the local cache (or a download)."""
         from lorafile.runtime.models.hub import resolve_model
 
-        resolved = resolve_model(text, Path(self.plan.get("base_dir") or "."), self.recipe.base.variant)
+        resolved = resolve_model(
+            text, Path(self.plan.get("base_dir") or "."), self.recipe.base.variant
+        )
         if resolved.ref is not None and not self.options.quiet:
             print(f"model {resolved.describe()}", flush=True)
         return resolved.path

@@ -207,21 +207,8 @@ def model_location(text: str | None, base_dir: Path | None) -> str | None:
 
 
 def where_model_is(text: str | None, base_dir: Path | None) -> str | None:
-    """For people: where a model resolves to now; for a hub reference, the local cache's
-    snapshot or the command that downloads it (nothing is downloaded here)."""
-    if text is None:
-        return None
-    if not hub_refs.is_hub_ref(text, base_dir):
-        path = resolve_path(text, base_dir)
-        return str(path) if path.exists() else f"{path} (missing here)"
-    ref = hub_refs.parse_hub_ref(text)
-    cached = hub_refs.cached_snapshot(ref)
-    if cached is not None:
-        return f"hub {ref}, cached at {cached}"
-    when = "cannot be downloaded: HF_HUB_OFFLINE is set" if hub_refs.hub_offline() else (
-        "downloads when training starts"
-    )
-    return f"hub {ref}, not in the cache ({hub_refs.hub_cache_dir()}); {when} (`{ref.download_command()}`)"
+    """For people: where a model resolves to now (compiler/hub.py describe_location)."""
+    return None if text is None else hub_refs.describe_location(text, base_dir)
 
 
 def _files(items: list[data.ImageItem], scans: list[data.ScanResult]) -> list[dict]:
@@ -265,7 +252,6 @@ def _sample(recipe: Recipe, per_epoch: int) -> dict | None:
 
 ZERO_SNR_GUIDANCE_RESCALE = 0.7
 """CFG rescale for zero-terminal-SNR models: Lin et al. 2024 (section 3.4) use phi = 0.7."""
-
 
 
 def build_plan(recipe: Recipe, bag: DiagnosticBag, base_dir: Path | None = None) -> dict:
@@ -354,11 +340,7 @@ def describe_plan(plan: dict) -> str:
         f"  learning rate    unet {r['unet_lr']:g}, text encoders {r['text_encoder_lr']:g}, warmup {r['warmup_steps']} steps",
         f"  seed             {r['seed'] if r['seed'] is not None else 'random (recorded at start)'}",
         f"  base model       {r.get('models', {}).get('base') or r['base']}",
-        *(
-            [f"  vae              {r['models']['vae']}"]
-            if r.get("models", {}).get("vae")
-            else []
-        ),
+        *([f"  vae              {r['models']['vae']}"] if r.get("models", {}).get("vae") else []),
         f"  adapter          {a['algo']} rank {a['rank']} alpha {a['alpha']:g} on {', '.join(a['targets'])}"
         + (" + text encoders" if a["text_encoder"] else ""),
         "",
