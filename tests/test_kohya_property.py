@@ -30,6 +30,7 @@ REFERENCE = json.loads(
 )
 OPTION_TYPES = {o["dest"]: o for o in REFERENCE}
 FIELD_CODES = {
+    "base": {"T517", "T518"},
     "adapter": {"T507", "T510"},
     "train": {"T504", "T505", "T506", "T515"},
     "datasets": {"T509", "T511", "T512"},

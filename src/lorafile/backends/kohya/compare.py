@@ -36,6 +36,8 @@ def same(key: str, old: object, new: object, old_args: dict, new_args: dict) -> 
         return str(old or "adamw").lower() == str(new or "adamw").lower()
     if key == "sample_sampler":
         return _sampler(old) == _sampler(new)
+    if key == "clip_skip":  # sdxl_train_util ignores it: the penultimate layers feed the UNet
+        return True
     return _equal(old, new)
 
 

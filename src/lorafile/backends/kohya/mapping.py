@@ -77,6 +77,15 @@ def base(ctx: Context) -> Base:
         )
         path = "sd_xl_base_1.0.safetensors"
     clip_skip = args.get("clip_skip")
+    if clip_skip is not None and clip_skip != 2:
+        ctx.warning(
+            "I621",
+            "clip_skip",
+            f"sd-scripts ignores `clip_skip = {clip_skip}` for SDXL (both text encoders feed "
+            "their penultimate layer), so the recipe leaves clip_skip out.",
+            "remove clip_skip from the config; SDXL already uses the penultimate layer",
+        )
+        clip_skip = None
     return build(
         ctx,
         lambda: Base(

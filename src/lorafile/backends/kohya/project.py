@@ -360,6 +360,11 @@ def _bucket_range(d: dict, reasons: Reasons) -> None:
         b["min"], b["max"] = min(b["min"], low), max(b["max"], high)
 
 
+SDXL_CLIP_LAYER = 2
+"""sdxl_train_util's text encoding: hidden_states[11] of CLIP-L (12 layers) and
+hidden_states[-2] of OpenCLIP-G, the penultimate layers, whatever clip_skip says."""
+
+
 def _base(data: dict, reasons: Reasons) -> None:
     """sd-scripts hands a name that is not a file to diffusers' `from_pretrained` with no
     revision (a hub id loads at its default branch) and cannot load one file inside a repo."""
@@ -377,6 +382,15 @@ def _base(data: dict, reasons: Reasons) -> None:
             )
         ):
             base[field] = ref.repo_id
+    if base["clip_skip"] not in (None, SDXL_CLIP_LAYER) and reasons.add(
+        Reason(
+            "T517",
+            f"sd-scripts ignores clip_skip for SDXL: both text encoders always feed their "
+            f"penultimate layer (clip_skip 2); `clip_skip {base['clip_skip']}` is not written.",
+            "remove clip_skip, or train natively to use another layer",
+        )
+    ):
+        base["clip_skip"] = None
     if base["variant"] is not None and reasons.add(
         Reason(
             "T518",
