@@ -16,6 +16,7 @@ from lorafile.spec.models import (
     Sample,
     Save,
     Train,
+    TimestepBias,
     Warmup,
     default_targets,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "Sample",
     "Save",
     "Train",
+    "TimestepBias",
     "Warmup",
     "default_targets",
 ]

@@ -55,6 +55,9 @@ SavePrecision = Literal["fp32", "fp16", "bf16"]
 Logger = Literal["none", "tensorboard", "wandb"]
 Layout = Literal["kohya", "diffusers"]
 WeightVariant = Literal["fp16", "bf16"]
+LossKind = Literal["l2", "huber", "smooth_l1"]
+HuberSchedule = Literal["snr", "exponential", "constant"]
+BiasStrategy = Literal["earlier", "later", "range"]
 
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
@@ -68,6 +71,11 @@ SAVE_PRECISIONS: tuple[str, ...] = get_args(SavePrecision)
 LOGGERS: tuple[str, ...] = get_args(Logger)
 LAYOUTS: tuple[str, ...] = get_args(Layout)
 WEIGHT_VARIANTS: tuple[str, ...] = get_args(WeightVariant)
+LOSS_KINDS: tuple[str, ...] = get_args(LossKind)
+HUBER_SCHEDULES: tuple[str, ...] = get_args(HuberSchedule)
+BIAS_STRATEGIES: tuple[str, ...] = get_args(BiasStrategy)
+NUM_TIMESTEPS = 1000
+"""SDXL's training schedule length (timesteps 0..999)."""
 
 
 class Spec(BaseModel):
@@ -249,6 +257,30 @@ class Cache(Spec):
     location: Literal["memory", "disk"] = "memory"
 
 
+class TimestepBias(Spec):
+    """Sample some timesteps more often (SimpleTuner's timestep_bias_*): the weight of the
+    biased timesteps is multiplied, the rest keep weight 1."""
+
+    strategy: BiasStrategy
+    multiplier: Annotated[float, Field(gt=0.0, le=100.0)]
+    portion: Fraction = 0.25
+    """`earlier`/`later`: the share of the schedule at its start/end that is biased."""
+    begin: Annotated[int, Field(ge=0, le=NUM_TIMESTEPS - 1)] = 0
+    end: Annotated[int, Field(ge=1, le=NUM_TIMESTEPS)] = NUM_TIMESTEPS
+    """`range`: timesteps begin..end (the end excluded) are biased."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TimestepBias:
+        if self.strategy == "range":
+            if self.begin >= self.end:
+                raise ValueError(f"the bias range {self.begin}..{self.end} is empty")
+            if self.portion != 0.25:
+                raise ValueError("portion applies to the earlier and later biases only")
+        elif (self.begin, self.end) != (0, NUM_TIMESTEPS):
+            raise ValueError("a timestep range applies to the range bias only")
+        return self
+
+
 class Train(Spec):
     """How long, how fast and how precisely to train."""
 
@@ -277,6 +309,25 @@ class Train(Spec):
     """Gradient checkpointing: ~6 GiB less at 1024², ~1.8x slower step."""
     cache: Cache = Cache()
     noise_offset: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    noise_offset_probability: Fraction = 1.0
+    """The share of steps that get the noise offset (SimpleTuner's default is 25%)."""
+    multires_noise_iterations: Annotated[int, Field(ge=1, le=32)] | None = None
+    """Multi-resolution (pyramid) noise: this many coarser noise layers are added."""
+    multires_noise_discount: Fraction = 0.3
+    """Weight factor per coarser layer of multi-resolution noise."""
+    ip_noise_gamma: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    """Input-perturbation noise (Ning et al. 2023): the UNet sees extra noise of this strength
+    that its target leaves out."""
+    min_timestep: Annotated[int, Field(ge=0, le=NUM_TIMESTEPS - 1)] = 0
+    max_timestep: Annotated[int, Field(ge=1, le=NUM_TIMESTEPS)] = NUM_TIMESTEPS
+    """Timesteps are drawn from min..max, the max excluded (kohya's min/max_timestep)."""
+    timestep_bias: TimestepBias | None = None
+    loss: LossKind = "l2"
+    huber_schedule: HuberSchedule = "snr"
+    """How the Huber threshold changes with the timestep (kohya's and SimpleTuner's default)."""
+    huber_c: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    debiased_estimation: bool = False
+    """Weight the loss by 1/sqrt(SNR) (1/(SNR+1) for v-prediction), Yu et al. 2024."""
     min_snr_gamma: Annotated[float, Field(gt=0.0, le=100.0)] | None = None
     max_grad_norm: Annotated[float, Field(ge=0.0)] = 1.0
     """0 disables clipping."""
@@ -298,6 +349,8 @@ class Train(Spec):
         warmup = self.warmup
         if warmup and warmup.unit == "steps" and self.steps and warmup.value > self.steps:
             raise ValueError("warmup is longer than training")
+        if self.min_timestep >= self.max_timestep:
+            raise ValueError(f"the timestep range {self.min_timestep}..{self.max_timestep} is empty")
         return self
 
     @property

@@ -544,18 +544,18 @@ class Trainer:
                 latents,
                 cond,
                 generator,
-                prediction=self.recipe.base.prediction,
-                noise_offset=self.recipe.train.noise_offset,
                 channels_last=getattr(self, "channels_last", False),
                 dtype=getattr(self, "dtype", None),  # known: diffusers' unet.dtype is slow
+                options=diffusion.StepOptions.from_recipe(self.recipe),
             )
-        if self.recipe.train.min_snr_gamma is not None:
+        train, prediction = self.recipe.train, self.recipe.base.prediction
+        if train.min_snr_gamma is not None:
             per_sample = per_sample * diffusion.min_snr_weights(
-                self.noise_scheduler,
-                timesteps,
-                self.recipe.train.min_snr_gamma,
-                self.recipe.base.prediction,
+                self.noise_scheduler, timesteps, train.min_snr_gamma, prediction
             )
+        if train.debiased_estimation:  # after min-SNR, as kohya applies both
+            weights = diffusion.debiased_weights(self.noise_scheduler, timesteps, prediction)
+            per_sample = per_sample * weights
         # Prior preservation: a regularization image's loss counts its folder's `weight` times.
         items = [self.items[s.index] for s in batch]
         if any(it.is_reg for it in items):
