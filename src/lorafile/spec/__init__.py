@@ -15,8 +15,8 @@ from lorafile.spec.models import (
     Resolution,
     Sample,
     Save,
-    Train,
     TimestepBias,
+    Train,
     Warmup,
     default_targets,
 )
@@ -36,8 +36,8 @@ __all__ = [
     "Resolution",
     "Sample",
     "Save",
-    "Train",
     "TimestepBias",
+    "Train",
     "Warmup",
     "default_targets",
 ]

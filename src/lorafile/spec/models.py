@@ -350,7 +350,9 @@ class Train(Spec):
         if warmup and warmup.unit == "steps" and self.steps and warmup.value > self.steps:
             raise ValueError("warmup is longer than training")
         if self.min_timestep >= self.max_timestep:
-            raise ValueError(f"the timestep range {self.min_timestep}..{self.max_timestep} is empty")
+            raise ValueError(
+                f"the timestep range {self.min_timestep}..{self.max_timestep} is empty"
+            )
         return self
 
     @property

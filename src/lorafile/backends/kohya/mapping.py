@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lorafile.backends.kohya import schema as schema
+from lorafile.backends.kohya import training_options
 from lorafile.backends.kohya import write as kw
 from lorafile.backends.kohya.read import (
     APPROX_OPTIMIZERS,
@@ -304,6 +305,7 @@ def train(ctx: Context, subsets: list[schema.Subset]) -> Train:
         "checkpointing": bool(args.get("gradient_checkpointing")),
         "cache": cache(ctx),
         "noise_offset": args.get("noise_offset") or 0.0,
+        **training_options.read_args(args),
         "min_snr_gamma": args.get("min_snr_gamma"),
         "max_grad_norm": args.get("max_grad_norm"),
         "seed": args.get("seed"),

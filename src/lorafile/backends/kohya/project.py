@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lorafile.backends.kohya import schema as schema
+from lorafile.backends.kohya import training_options
 from lorafile.backends.kohya import write as kw
 from lorafile.backends.kohya.options import OPTIONS
 from lorafile.compiler.hub import parse_hub_ref
@@ -63,6 +64,7 @@ OWNED = {
     "gradient_checkpointing",
     "seed",
     "noise_offset",
+    *training_options.OWNED,
     "min_snr_gamma",
     "prior_loss_weight",
     "cache_latents",
@@ -111,6 +113,7 @@ def project(recipe: Recipe, lossy: bool = True) -> tuple[Recipe, list[Reason]]:
     reasons = Reasons(apply=lossy)
     for step in (
         _base,
+        _options,
         _adapter,
         _train,
         _datasets,
@@ -401,6 +404,10 @@ def _base(data: dict, reasons: Reasons) -> None:
         )
     ):
         base["variant"] = None
+
+
+def _options(data: dict, reasons: Reasons) -> None:
+    training_options.project(data, reasons, Reason)
 
 
 def _regularization(data: dict, reasons: Reasons) -> None:

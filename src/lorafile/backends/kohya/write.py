@@ -14,6 +14,7 @@ import json
 import yaml
 
 from lorafile.backends import tomlio
+from lorafile.backends.kohya import training_options
 from lorafile.backends.kohya.schema import DATASET_LEVEL
 from lorafile.backends.kohya.schema import literal as schema_literal
 from lorafile.spec.models import Recipe, Sample
@@ -251,6 +252,7 @@ def training_args(recipe: Recipe) -> dict:
         "noise_offset": float(train.noise_offset) if train.noise_offset else None,
         "min_snr_gamma": None if train.min_snr_gamma is None else float(train.min_snr_gamma),
         "prior_loss_weight": float(weights.pop()) if weights else None,
+        **training_options.write_args(recipe),
     }
 
 

@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from lorafile.backends.simpletuner import training_options
 from lorafile.compiler import dataset_count
 from lorafile.compiler.dataset_count import Counts
 from lorafile.compiler.hub import parse_hub_ref
@@ -466,6 +467,7 @@ def _train(recipe: Recipe, report: Report, base_dir: Path | None):
     update["base_precision"] = _base_precision(train, report)
     update["cache"] = _cache(train, report)
     update["min_snr_gamma"] = _snr(train.min_snr_gamma, report)
+    update.update(training_options.normalize(recipe, report))
     if train.memory == "auto":
         report(
             "T546",

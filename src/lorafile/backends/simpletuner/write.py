@@ -18,6 +18,7 @@ import tomli_w
 
 from lorafile.backends.simpletuner import mapping as m
 from lorafile.backends.simpletuner import options as opts
+from lorafile.backends.simpletuner import training_options
 from lorafile.compiler.hub import parse_hub_ref
 from lorafile.spec import Recipe
 
@@ -180,10 +181,13 @@ def _loss(recipe: Recipe) -> dict:
     if train.noise_offset:
         # noise_offset only acts with offset_noise, and only on 25% of steps by default.
         config.update(
-            offset_noise=True, noise_offset=train.noise_offset, noise_offset_probability=1.0
+            offset_noise=True,
+            noise_offset=train.noise_offset,
+            noise_offset_probability=train.noise_offset_probability,
         )
     if train.min_snr_gamma is not None:
         config["snr_gamma"] = int(train.min_snr_gamma)  # an int argument in SimpleTuner
+    config.update(training_options.write_args(recipe))
     return config
 
 

@@ -313,9 +313,7 @@ def denoising_loss(
     target = target_for(scheduler, latents, noise, timesteps, options.prediction)
     thresholds = None
     if options.loss != "l2":
-        thresholds = huber_thresholds(
-            scheduler, timesteps, options.huber_schedule, options.huber_c
-        )
+        thresholds = huber_thresholds(scheduler, timesteps, options.huber_schedule, options.huber_c)
     per_sample = elementwise_loss(pred, target, options.loss, thresholds).mean(dim=(1, 2, 3))
     return per_sample, timesteps
 
