@@ -115,3 +115,15 @@ class TestSimpleTuner(BackendCase):
         assert "T559" in codes(self.errors(diagnostics))
         files, _ = self.write(r, allow_lossy=True)
         assert f'"pretrained_model_name_or_path": "{NOOB}"' in files["config.json"]
+
+
+def test_simpletuner_samples_a_zero_snr_model_with_cfg_rescale():
+    from lorafile.spec.models import Interval, Sample
+
+    case = TestSimpleTuner()
+    r = recipe(prediction="v", zero_terminal_snr=True, vae="madebyollin/sdxl-vae-fp16-fix")
+    r = r.model_copy(update={"sample": Sample(every=Interval(every=100), prompts=("a fox",))})
+    files, _ = case.write(r)
+    assert '"validation_guidance_rescale": 0.7' in files["config.json"]
+    got, _ = case.read_files(files)
+    assert got.passthrough == {} and got.base.zero_terminal_snr

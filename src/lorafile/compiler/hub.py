@@ -126,8 +126,8 @@ def describe_location(text: str, base_dir: Path | None) -> str:
     if cached is not None:
         return f"hub {ref}, cached at {cached}"
     when = (
-        "and HF_HUB_OFFLINE is set: download it first"
+        "HF_HUB_OFFLINE is set: download it first"
         if hub_offline()
         else "downloads when training starts"
     )
-    return f"hub {ref}, not in the cache ({hub_cache_dir()}) {when} (`{ref.download_command()}`)"
+    return f"hub {ref}, not in the cache ({hub_cache_dir()}); {when} (`{ref.download_command()}`)"

@@ -227,6 +227,9 @@ def _validation(recipe: Recipe, out: Generated) -> dict:
     )
     if sample.seed is not None:
         config["validation_seed"] = sample.seed
+    if recipe.base.zero_terminal_snr:
+        # As the native sampler: CFG rescale 0.7 (Lin et al. 2024, section 3.4).
+        config["validation_guidance_rescale"] = 0.7
     return config
 
 
