@@ -139,3 +139,19 @@ def test_a_vpred_zero_snr_recipe_trains_and_samples(tiny_sdxl_dir, tmp_path):
     assert (tmp_path / "out" / "tiny.safetensors").is_file()
     assert np.isfinite(result.last_loss)
     assert result.samples and all(Path(p).is_file() for p in result.samples)
+
+
+def test_lint_warns_about_zero_snr_with_epsilon():
+    from lorafile.compiler.lint import lint_recipe
+    from lorafile.compiler.parse import parse_recipe
+
+    text = (
+        'recipe "z"\nbase sdxl "/m.safetensors" {\n    zero_terminal_snr on\n}\n'
+        'dataset "/d"\ntrain {\n    steps 10\n}\noutput "/o"\n'
+    )
+    report = lint_recipe(parse_recipe(text))
+    assert "L324" in [d.code for d in report.diagnostics]
+    vpred = parse_recipe(
+        text.replace("zero_terminal_snr on", "prediction v\n    zero_terminal_snr on")
+    )
+    assert "L324" not in [d.code for d in lint_recipe(vpred).diagnostics]

@@ -153,7 +153,8 @@ def resolve_model(text: str, base_dir: Path | None, variant: str | None = None) 
         raise _fail(
             "F705",
             f"The model `{ref}` is not in the local hub cache ({hub_cache_dir()}), and "
-            "HF_HUB_OFFLINE is set, so it cannot be downloaded.",
+            "HF_HUB_OFFLINE is set, so it cannot be downloaded (nor is there a local "
+            f"`{resolve(text, base_dir)}`).",
             f"download it where there is a network: `{ref.download_command()}` (same HF_HOME), "
             "or unset HF_HUB_OFFLINE",
         )
