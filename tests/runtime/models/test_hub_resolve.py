@@ -329,3 +329,30 @@ def test_lint_shows_where_a_hub_model_is(hub_cache, tmp_path):
     snapshot = hub_cache / "hub" / "models--tiny-org--tiny-sdxl" / "snapshots" / COMMIT_B
     assert f"hub tiny-org/tiny-sdxl@v2, cached at {snapshot}" in text
     assert "`hf download nobody/vae`" in report.models["vae"]
+
+
+def test_online_only_the_chosen_files_are_downloaded(tmp_path, monkeypatch):
+    """No network: huggingface_hub's listing and download are replaced by recorders."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = []
+
+    def snapshot_download(repo_id, revision=None, cache_dir=None, local_files_only=False, **kw):
+        if local_files_only:
+            raise LocalEntryNotFoundError("not cached")
+        calls.append({"repo_id": repo_id, "revision": revision, "cache_dir": cache_dir, **kw})
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "list_repo_files", lambda self, r, revision=None: SDXL_REPO
+    )
+    got = resolve_model("stabilityai/sdxl@v1", tmp_path, variant="fp16")
+    assert got.source == "download" and got.path == tmp_path / "snapshot"
+    (call,) = calls
+    assert call["revision"] == "v1" and call["cache_dir"] == str(tmp_path / "hf" / "hub")
+    assert call["allow_patterns"] == choose_files(SDXL_REPO, "fp16", "stabilityai/sdxl@v1")
+    assert "token" not in call  # huggingface_hub's own (HF_TOKEN or `hf auth login`)
