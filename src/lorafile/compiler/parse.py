@@ -321,9 +321,17 @@ def _buckets(ctx: Ctx, stmt: Stmt, out: dict, path: Path) -> None:
 def _timesteps(ctx: Ctx, stmt: Stmt, out: dict, path: Path) -> None:
     """`timesteps MIN..MAX`: the range timesteps are drawn from, MAX excluded."""
     expect_args(stmt, 1, 1, "timesteps 200..1000")
-    low, high = read_range(stmt.args[0])
+    low, high = _timestep_range(stmt.args[0])
     set_field(ctx, out, path, "min_timestep", low, stmt)
     set_field(ctx, out, path, "max_timestep", high, stmt)
+
+
+def _timestep_range(arg: Arg) -> tuple[int, int]:
+    try:
+        return read_range(arg)
+    except Bad as err:
+        err.help = "write a range of timesteps such as 200..1000 (the end is excluded)"
+        raise
 
 
 def _timestep_bias(ctx: Ctx, stmt: Stmt, out: dict, path: Path) -> None:
@@ -338,7 +346,7 @@ def _timestep_bias(ctx: Ctx, stmt: Stmt, out: dict, path: Path) -> None:
     if strategy == "range":
         example = "timestep_bias range 200..500 2"
         expect_args(stmt, 3, 3, example)
-        bias["begin"], bias["end"] = read_range(rest[0])
+        bias["begin"], bias["end"] = _timestep_range(rest[0])
         rest = rest[1:]
     bias["multiplier"] = read_float(rest[0])
     if len(rest) > 1:
