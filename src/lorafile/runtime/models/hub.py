@@ -161,6 +161,15 @@ def resolve_model(text: str, base_dir: Path | None, variant: str | None = None) 
     return ResolvedModel(_download(ref, variant), ref, "download")
 
 
+def local_model(text: str, base_dir: Path | None, variant: str | None, announce: bool) -> Path:
+    """The local path of a recipe's model text (`resolve_model`); `announce` prints where a hub
+    id resolved to, so a run's log says which snapshot it trained on."""
+    resolved = resolve_model(text, base_dir, variant)
+    if resolved.ref is not None and announce:
+        print(f"model {resolved.describe()}", flush=True)
+    return resolved.path
+
+
 def _from_cache(ref: HubRef, variant: str | None) -> Path | None:
     """The cached snapshot (or file) holding everything needed, or None."""
     from huggingface_hub import hf_hub_download, snapshot_download

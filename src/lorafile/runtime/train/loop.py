@@ -214,6 +214,7 @@ class Trainer:
     def _load_models(self) -> None:
         import torch
 
+        from lorafile.runtime.models.hub import local_model
         from lorafile.runtime.models.sdxl import load_sdxl
 
         fp16 = self.plan["memory"]["mixed_precision"] == "fp16"
@@ -228,10 +229,11 @@ class Trainer:
         """The dtype the UNet computes in (its inputs are cast to it); not `unet.dtype`, which
         reads float8 once the base is stored in fp8 (runtime/train/fp8.py)."""
         variant, pickle = self.recipe.base.variant, self.options.allow_pickle
-        base = self._model_path(self.r["base"])
+        where = Path(self.plan.get("base_dir") or ".")
+        base = local_model(self.r["base"], where, variant, announce=not self.options.quiet)
         m = load_sdxl(base, allow_pickle=pickle, variant=variant)
         if self.r.get("vae"):
-            vae = self._model_path(self.r["vae"])
+            vae = local_model(self.r["vae"], where, variant, announce=not self.options.quiet)
             m.vae = load_sdxl(vae, allow_pickle=pickle, parts=("vae",), variant=variant).vae
         # The VAE stays fp32 (diffusers' scripts: SDXL's VAE overflows in fp16).
         for module, dtype in (
@@ -254,17 +256,6 @@ class Trainer:
             from lorafile.runtime.train.sampling import make_scheduler
 
             make_scheduler(self.r["sample"]["sampler"], m.scheduler.config)
-
-    def _model_path(self, text: str):
-        """A local path, or a hub id resolved through the local cache (or a download)."""
-        from lorafile.runtime.models.hub import resolve_model
-
-        resolved = resolve_model(
-            text, Path(self.plan.get("base_dir") or "."), self.recipe.base.variant
-        )
-        if resolved.ref is not None and not self.options.quiet:
-            print(f"model {resolved.describe()}", flush=True)
-        return resolved.path
 
     def _load_data(self) -> None:
         bag = DiagnosticBag()
