@@ -61,7 +61,9 @@ def bases() -> st.SearchStrategy[m.Base]:
         m.Base,
         path=paths(),
         vae=optional(paths()),
+        variant=optional(st.sampled_from(m.WEIGHT_VARIANTS)),
         prediction=st.sampled_from(["epsilon", "v"]),
+        zero_terminal_snr=st.booleans(),
         clip_skip=optional(st.integers(1, 12)),
     )
 
@@ -176,6 +178,15 @@ def _train_fields() -> dict[str, st.SearchStrategy]:
             location=st.sampled_from(["memory", "disk"]),
         ),
         "noise_offset": floats(0.0, 1.0),
+        "noise_offset_probability": floats(0.0, 1.0),
+        "multires_noise_iterations": optional(st.integers(1, 32)),
+        "multires_noise_discount": floats(0.0, 1.0),
+        "ip_noise_gamma": optional(floats(0.0, 1.0, exclude_min=True)),
+        "timestep_bias": optional(timestep_biases()),
+        "loss": st.sampled_from(m.LOSS_KINDS),
+        "huber_schedule": st.sampled_from(m.HUBER_SCHEDULES),
+        "huber_c": floats(0.0, 1.0, exclude_min=True),
+        "debiased_estimation": st.booleans(),
         "min_snr_gamma": optional(floats(0.0, 100.0, exclude_min=True)),
         "max_grad_norm": floats(0.0, 1e6),
         "seed": optional(st.integers(0, 2**32 - 1)),
@@ -205,12 +216,25 @@ def trains(draw) -> m.Train:
         "base_precision",
         "cache",
         "noise_offset",
+        "noise_offset_probability",
+        "multires_noise_iterations",
+        "multires_noise_discount",
+        "ip_noise_gamma",
+        "timestep_bias",
+        "loss",
+        "huber_schedule",
+        "huber_c",
+        "debiased_estimation",
         "min_snr_gamma",
         "max_grad_norm",
         "seed",
         "memory",
     )
+    low, high = sorted(draw(st.lists(st.integers(0, 1000), min_size=2, max_size=2, unique=True)))
+    full = draw(st.booleans())  # the default range often, any range otherwise
     return m.Train(
+        min_timestep=0 if full else low,
+        max_timestep=1000 if full else high,
         steps=steps,
         epochs=draw(f["epochs"]) if steps is None else None,
         scheduler=scheduler,
@@ -220,6 +244,23 @@ def trains(draw) -> m.Train:
         checkpointing=draw(f["bool"]),
         **{name: draw(f[name]) for name in plain},
     )
+
+
+def timestep_biases() -> st.SearchStrategy[m.TimestepBias]:
+    multiplier = floats(0.0, 100.0, exclude_min=True)
+    ends = st.lists(st.integers(0, 1000), min_size=2, max_size=2, unique=True).map(sorted)
+    ranged = st.builds(
+        lambda e, x: m.TimestepBias(strategy="range", begin=e[0], end=e[1], multiplier=x),
+        ends,
+        multiplier,
+    )
+    sided = st.builds(
+        m.TimestepBias,
+        strategy=st.sampled_from(["earlier", "later"]),
+        multiplier=multiplier,
+        portion=floats(0.0, 1.0),
+    )
+    return st.one_of(ranged, sided)
 
 
 TRAIN_FIELDS = _train_fields()

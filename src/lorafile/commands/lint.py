@@ -78,6 +78,7 @@ def run(args) -> int:
         budget=budget,
         gpus_count=args.gpus,
         bag=bag,
+        base_dir=None if str(args.file) == "-" else Path(args.file).resolve().parent,
     )
     datasets = summarize_datasets(loaded.recipe, args.file.resolve().parent)
     if args.format == "json":

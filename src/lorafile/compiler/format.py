@@ -118,7 +118,15 @@ def _fields(model: m.Spec, spelled: list[tuple[str, str]]) -> list[str]:
 
 def _base(base: m.Base) -> list[str]:
     lines = [f"vae {quote(base.vae)}"] if base.vae is not None else []
-    lines += _fields(base, [("prediction", "prediction"), ("clip_skip", "clip_skip")])
+    lines += _fields(
+        base,
+        [
+            ("variant", "variant"),
+            ("prediction", "prediction"),
+            ("zero_terminal_snr", "zero_terminal_snr"),
+            ("clip_skip", "clip_skip"),
+        ],
+    )
     return block(f"base {base.family} {quote(base.path)}", lines)
 
 
@@ -206,10 +214,29 @@ def _train(train: m.Train) -> list[str]:
         cache = [w for w in ("latents", "text") if getattr(train.cache, w)]
         cache += ["disk"] if train.cache.location == "disk" else []
         lines.append("cache " + " ".join(cache))
+    lines += _fields(train, [("noise_offset", "noise_offset")])
+    if train.noise_offset_probability != 1.0:
+        probability = units.format_fraction_percent(train.noise_offset_probability)
+        lines.append(f"noise_offset_probability {probability}")
     lines += _fields(
         train,
         [
-            ("noise_offset", "noise_offset"),
+            ("multires_noise_iterations", "multires_noise_iterations"),
+            ("multires_noise_discount", "multires_noise_discount"),
+            ("ip_noise_gamma", "ip_noise_gamma"),
+        ],
+    )
+    if (train.min_timestep, train.max_timestep) != (0, m.NUM_TIMESTEPS):
+        lines.append(f"timesteps {train.min_timestep}..{train.max_timestep}")
+    if train.timestep_bias is not None:
+        lines.append(_timestep_bias(train.timestep_bias))
+    lines += _fields(
+        train,
+        [
+            ("loss", "loss"),
+            ("huber_schedule", "huber_schedule"),
+            ("huber_c", "huber_c"),
+            ("debiased_estimation", "debiased_estimation"),
             ("min_snr_gamma", "min_snr_gamma"),
             ("max_grad_norm", "max_grad_norm"),
             ("seed", "seed"),
@@ -217,6 +244,16 @@ def _train(train: m.Train) -> list[str]:
         ],
     )
     return block("train", lines)
+
+
+def _timestep_bias(bias: m.TimestepBias) -> str:
+    words = ["timestep_bias", bias.strategy]
+    if bias.strategy == "range":
+        words.append(f"{bias.begin}..{bias.end}")
+    words.append(number(bias.multiplier))
+    if bias.portion != m.TimestepBias.model_fields["portion"].default:
+        words += ["portion", units.format_fraction_percent(bias.portion)]
+    return " ".join(words)
 
 
 def _lr(train: m.Train) -> str:

@@ -9,8 +9,9 @@ the measures that would save memory (compiler/fit.py), and runs the rules
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from lorafile.compiler import fit, vram
+from lorafile.compiler import fit, hub, vram
 from lorafile.compiler.diagnostics import (
     Diagnostic,
     DiagnosticBag,
@@ -41,6 +42,8 @@ class LintReport:
     diagnostics: list[Diagnostic]
     fitted: fit.FitReport | None = None
     trainer: str = "native"
+    models: dict[str, str] | None = None
+    """Where the base model and VAE resolve to (hub ids: the cache, or how to download)."""
 
     @property
     def fits(self) -> bool | None:
@@ -97,8 +100,10 @@ def lint_recipe(
     budget: Budget | None = None,
     gpus_count: int | None = None,
     bag: DiagnosticBag | None = None,
+    base_dir: Path | None = None,
 ) -> LintReport:
-    """Estimate, judge, suggest and run the lint rules for one recipe."""
+    """Estimate, judge, suggest and run the lint rules for one recipe (`base_dir`: the
+    recipe's folder, which relative model paths are relative to)."""
     bag = bag if bag is not None else DiagnosticBag()
     budget = budget if budget is not None else resolve_budget(recipe, bag, smap=smap)
     fitted = None
@@ -114,7 +119,10 @@ def lint_recipe(
     ctx = LintContext(recipe, bag, trainer=trainer, source=source, smap=smap, gpus=gpus_count)
     for rule in RULES:
         rule(ctx)
-    return LintReport(recipe, est, budget, suggestions, list(bag.items), fitted, trainer)
+    models = {"base model": hub.describe_location(recipe.base.path, base_dir)}
+    if recipe.base.vae:
+        models["vae"] = hub.describe_location(recipe.base.vae, base_dir)
+    return LintReport(recipe, est, budget, suggestions, list(bag.items), fitted, trainer, models)
 
 
 def _verdict(est, budget: Budget, suggestions, bag: DiagnosticBag, smap) -> None:
@@ -164,6 +172,8 @@ def render_text(report: LintReport) -> str:
     """The human report: components, total, budget, verdict, suggestions, then findings."""
     est = report.estimate
     lines = [_headline(report), ""]
+    lines += [f"  {name:<12}{where}" for name, where in (report.models or {}).items()]
+    lines += [""] if report.models else []
     lines.append(f"  {'component':<40}{'GiB':>8}")
     for c in est.components:
         lines.append(f"  {c.name:<40}{vram.gib(c.bytes):>8.2f}   {c.note}".rstrip())
@@ -228,5 +238,6 @@ def to_json(report: LintReport) -> dict:
         "phases": [{"name": p.name, "bytes": p.bytes} for p in est.phases],
         "suggestions": [s.to_dict() for s in report.suggestions],
         "memory_auto": [c for c, _ in report.fitted.switched] if report.fitted else None,
+        "models": report.models,
         "diagnostics": [d.to_dict() for d in report.diagnostics],
     }

@@ -168,6 +168,19 @@ def base_named_sdxl_2(ctx: LintContext) -> None:
         )
 
 
+def zero_snr_without_v(ctx: LintContext) -> None:
+    base = ctx.recipe.base
+    if base.zero_terminal_snr and base.prediction == "epsilon":
+        ctx.bag.warning(
+            "L324",
+            "zero_terminal_snr with epsilon prediction: at the last timestep the input is pure "
+            "noise, so predicting the noise there is trivial and samples that start from it "
+            "cannot recover the image (kohya warns the same).",
+            "add `prediction v` for a v-prediction model, or remove zero_terminal_snr",
+            ctx.span("base", "zero_terminal_snr"),
+        )
+
+
 # ==== precision and learning rate ===============================================================
 def precision_fp16(ctx: LintContext) -> None:
     train = ctx.recipe.train
@@ -541,6 +554,7 @@ def _below(image: Image, minimum: float) -> bool:
 Rule = Callable[[LintContext], None]
 RULES: tuple[Rule, ...] = (
     base_named_sdxl_2,
+    zero_snr_without_v,
     precision_fp16,
     learning_rate,
     steps_heuristic,

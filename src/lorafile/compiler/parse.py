@@ -318,6 +318,45 @@ def _buckets(ctx: Ctx, stmt: Stmt, out: dict, path: Path) -> None:
         i += 1
 
 
+def _timesteps(ctx: Ctx, stmt: Stmt, out: dict, path: Path) -> None:
+    """`timesteps MIN..MAX`: the range timesteps are drawn from, MAX excluded."""
+    expect_args(stmt, 1, 1, "timesteps 200..1000")
+    low, high = _timestep_range(stmt.args[0])
+    set_field(ctx, out, path, "min_timestep", low, stmt)
+    set_field(ctx, out, path, "max_timestep", high, stmt)
+
+
+def _timestep_range(arg: Arg) -> tuple[int, int]:
+    try:
+        return read_range(arg)
+    except Bad as err:
+        err.help = "write a range of timesteps such as 200..1000 (the end is excluded)"
+        raise
+
+
+def _timestep_bias(ctx: Ctx, stmt: Stmt, out: dict, path: Path) -> None:
+    """`timestep_bias later|earlier MULTIPLIER [portion P%]` or
+    `timestep_bias range BEGIN..END MULTIPLIER`."""
+    example = "timestep_bias later 2 portion 25%"
+    expect_args(stmt, 2, 4, example)
+    args = stmt.args
+    strategy = read_choice(args[0], m.BIAS_STRATEGIES, "timestep bias")
+    bias: dict = {"strategy": strategy}
+    rest = args[1:]
+    if strategy == "range":
+        example = "timestep_bias range 200..500 2"
+        expect_args(stmt, 3, 3, example)
+        bias["begin"], bias["end"] = _timestep_range(rest[0])
+        rest = rest[1:]
+    bias["multiplier"] = read_float(rest[0])
+    if len(rest) > 1:
+        if len(rest) != 3 or rest[1].text != "portion":
+            raise Bad("R106", "Expected `portion P%` after the multiplier.", f"write `{example}`",
+                      rest[1].span)  # fmt: skip
+        bias["portion"] = read_fraction(rest[2])
+    set_field(ctx, out, path, "timestep_bias", bias, stmt)
+
+
 def _shuffle(ctx: Ctx, stmt: Stmt, out: dict, path: Path) -> None:
     """`shuffle_captions on [keep N]`."""
     example = "shuffle_captions on keep 1"
@@ -498,7 +537,9 @@ st.TABLES.update(
         },
         "base": {
             "vae": string("vae", 'vae "/models/sdxl-vae-fp16-fix"'),
+            "variant": choice("variant", m.WEIGHT_VARIANTS, "weight variant", "variant fp16"),
             "prediction": choice("prediction", ("epsilon", "v"), "prediction type", "prediction v"),
+            "zero_terminal_snr": switch("zero_terminal_snr", "zero_terminal_snr on"),
             "clip_skip": scalar("clip_skip", read_int, "clip_skip 2"),
         },
         "dataset": {
@@ -543,6 +584,24 @@ st.TABLES.update(
             "checkpointing": switch("checkpointing", "checkpointing on"),
             "cache": _def(_cache, "cache latents text"),
             "noise_offset": scalar("noise_offset", read_float, "noise_offset 0.0357"),
+            "noise_offset_probability": scalar(
+                "noise_offset_probability", read_fraction, "noise_offset_probability 25%"
+            ),
+            "multires_noise_iterations": scalar(
+                "multires_noise_iterations", read_int, "multires_noise_iterations 6"
+            ),
+            "multires_noise_discount": scalar(
+                "multires_noise_discount", read_float, "multires_noise_discount 0.3"
+            ),
+            "ip_noise_gamma": scalar("ip_noise_gamma", read_float, "ip_noise_gamma 0.1"),
+            "timesteps": _def(_timesteps, "timesteps 200..1000"),
+            "timestep_bias": _def(_timestep_bias, "timestep_bias later 2 portion 25%"),
+            "loss": choice("loss", m.LOSS_KINDS, "loss", "loss huber"),
+            "huber_schedule": choice(
+                "huber_schedule", m.HUBER_SCHEDULES, "Huber schedule", "huber_schedule snr"
+            ),
+            "huber_c": scalar("huber_c", read_float, "huber_c 0.1"),
+            "debiased_estimation": switch("debiased_estimation", "debiased_estimation on"),
             "min_snr_gamma": scalar("min_snr_gamma", read_float, "min_snr_gamma 5"),
             "max_grad_norm": scalar("max_grad_norm", read_float, "max_grad_norm 1.0"),
             "seed": scalar("seed", read_int, "seed 42"),

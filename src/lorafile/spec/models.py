@@ -54,6 +54,10 @@ BasePrecision = Literal["fp32", "bf16", "fp16", "fp8"]
 SavePrecision = Literal["fp32", "fp16", "bf16"]
 Logger = Literal["none", "tensorboard", "wandb"]
 Layout = Literal["kohya", "diffusers"]
+WeightVariant = Literal["fp16", "bf16"]
+LossKind = Literal["l2", "huber", "smooth_l1"]
+HuberSchedule = Literal["snr", "exponential", "constant"]
+BiasStrategy = Literal["earlier", "later", "range"]
 
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
@@ -66,6 +70,12 @@ BASE_PRECISIONS: tuple[str, ...] = get_args(BasePrecision)
 SAVE_PRECISIONS: tuple[str, ...] = get_args(SavePrecision)
 LOGGERS: tuple[str, ...] = get_args(Logger)
 LAYOUTS: tuple[str, ...] = get_args(Layout)
+WEIGHT_VARIANTS: tuple[str, ...] = get_args(WeightVariant)
+LOSS_KINDS: tuple[str, ...] = get_args(LossKind)
+HUBER_SCHEDULES: tuple[str, ...] = get_args(HuberSchedule)
+BIAS_STRATEGIES: tuple[str, ...] = get_args(BiasStrategy)
+NUM_TIMESTEPS = 1000
+"""SDXL's training schedule length (timesteps 0..999)."""
 
 
 class Spec(BaseModel):
@@ -100,10 +110,16 @@ class Base(Spec):
 
     family: Literal["sdxl"] = "sdxl"
     path: Annotated[str, Field(min_length=1)]
-    """Single-file `.safetensors` (kohya/ComfyUI layout) or a diffusers folder."""
+    """Single-file `.safetensors` (kohya/ComfyUI layout), a diffusers folder, or a Hugging Face
+    Hub id (`org/name`, `org/name@revision`, `org/name/file.safetensors`; compiler/hub.py)."""
     vae: str | None = None
     """Optional replacement VAE (e.g. sdxl-vae-fp16-fix); default: the base model's own."""
+    variant: WeightVariant | None = None
+    """Load a diffusers model's `*.fp16.safetensors` weights where a part has them."""
     prediction: Literal["epsilon", "v"] = "epsilon"
+    zero_terminal_snr: bool = False
+    """Rescale the noise schedule so its last step is pure noise (Lin et al. 2024); what
+    v-prediction fine-tunes such as NoobAI-XL v-pred were trained with."""
     clip_skip: Annotated[int, Field(ge=1, le=12)] | None = None
     """Which text-encoder layer from the end feeds the UNet; SDXL already uses the penultimate."""
 
@@ -241,6 +257,30 @@ class Cache(Spec):
     location: Literal["memory", "disk"] = "memory"
 
 
+class TimestepBias(Spec):
+    """Sample some timesteps more often (SimpleTuner's timestep_bias_*): the weight of the
+    biased timesteps is multiplied, the rest keep weight 1."""
+
+    strategy: BiasStrategy
+    multiplier: Annotated[float, Field(gt=0.0, le=100.0)]
+    portion: Fraction = 0.25
+    """`earlier`/`later`: the share of the schedule at its start/end that is biased."""
+    begin: Annotated[int, Field(ge=0, le=NUM_TIMESTEPS - 1)] = 0
+    end: Annotated[int, Field(ge=1, le=NUM_TIMESTEPS)] = NUM_TIMESTEPS
+    """`range`: timesteps begin..end (the end excluded) are biased."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TimestepBias:
+        if self.strategy == "range":
+            if self.begin >= self.end:
+                raise ValueError(f"the bias range {self.begin}..{self.end} is empty")
+            if self.portion != 0.25:
+                raise ValueError("portion applies to the earlier and later biases only")
+        elif (self.begin, self.end) != (0, NUM_TIMESTEPS):
+            raise ValueError("a timestep range applies to the range bias only")
+        return self
+
+
 class Train(Spec):
     """How long, how fast and how precisely to train."""
 
@@ -269,6 +309,25 @@ class Train(Spec):
     """Gradient checkpointing: ~6 GiB less at 1024², ~1.8x slower step."""
     cache: Cache = Cache()
     noise_offset: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    noise_offset_probability: Fraction = 1.0
+    """The share of steps that get the noise offset (SimpleTuner's default is 25%)."""
+    multires_noise_iterations: Annotated[int, Field(ge=1, le=32)] | None = None
+    """Multi-resolution (pyramid) noise: this many coarser noise layers are added."""
+    multires_noise_discount: Fraction = 0.3
+    """Weight factor per coarser layer of multi-resolution noise."""
+    ip_noise_gamma: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    """Input-perturbation noise (Ning et al. 2023): the UNet sees extra noise of this strength
+    that its target leaves out."""
+    min_timestep: Annotated[int, Field(ge=0, le=NUM_TIMESTEPS - 1)] = 0
+    max_timestep: Annotated[int, Field(ge=1, le=NUM_TIMESTEPS)] = NUM_TIMESTEPS
+    """Timesteps are drawn from min..max, the max excluded (kohya's min/max_timestep)."""
+    timestep_bias: TimestepBias | None = None
+    loss: LossKind = "l2"
+    huber_schedule: HuberSchedule = "snr"
+    """How the Huber threshold changes with the timestep (kohya's and SimpleTuner's default)."""
+    huber_c: Annotated[float, Field(gt=0.0, le=1.0)] = 0.1
+    debiased_estimation: bool = False
+    """Weight the loss by 1/sqrt(SNR) (1/(SNR+1) for v-prediction), Yu et al. 2024."""
     min_snr_gamma: Annotated[float, Field(gt=0.0, le=100.0)] | None = None
     max_grad_norm: Annotated[float, Field(ge=0.0)] = 1.0
     """0 disables clipping."""
@@ -290,6 +349,10 @@ class Train(Spec):
         warmup = self.warmup
         if warmup and warmup.unit == "steps" and self.steps and warmup.value > self.steps:
             raise ValueError("warmup is longer than training")
+        if self.min_timestep >= self.max_timestep:
+            raise ValueError(
+                f"the timestep range {self.min_timestep}..{self.max_timestep} is empty"
+            )
         return self
 
     @property

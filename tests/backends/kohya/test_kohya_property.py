@@ -29,8 +29,9 @@ from strategies import recipes
 REFERENCE = json.loads((TESTS / "fixtures" / "kohya" / "reference_options.json").read_text())
 OPTION_TYPES = {o["dest"]: o for o in REFERENCE}
 FIELD_CODES = {
+    "base": {"T517", "T518"},
     "adapter": {"T507", "T510"},
-    "train": {"T504", "T505", "T506", "T515"},
+    "train": {"T504", "T505", "T506", "T515", "T580"},
     "datasets": {"T509", "T511", "T512"},
     "regularization": {"T502", "T503"},
     "sample": {"T501", "T516"},

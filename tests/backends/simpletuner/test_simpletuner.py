@@ -489,7 +489,6 @@ class TestSimpleTuner(BackendCase):
             ("legacy_yaml", {"I630", "I631", "I632", "I633", "I634", "I653"}),
             ("legacy_keys", {"I632", "I633", "I641"}),
             ("env_placeholders", {"I635"}),
-            ("noise_offset_partial", {"I645"}),
             ("lycoris_lokr_example", {"I643"}),
             ("env_export_quotes", {"I636"}),
         ],
@@ -497,6 +496,14 @@ class TestSimpleTuner(BackendCase):
     def test_read_diagnostics(self, name, codes):
         _, diagnostics = self.read(FIXTURES / name)
         assert codes <= {d.code for d in diagnostics}, [str(d) for d in diagnostics]
+
+    def test_offset_noise_probability_is_read_into_the_recipe(self):
+        # SimpleTuner's default noise_offset_probability is 0.25: offset noise on a quarter
+        # of the steps, which the recipe now says itself (no passthrough, no I645).
+        got, diagnostics = self.read(FIXTURES / "noise_offset_partial")
+        assert (got.train.noise_offset, got.train.noise_offset_probability) == (0.1, 0.25)
+        assert "I645" not in {d.code for d in diagnostics}
+        assert "noise_offset_probability" not in got.passthrough.get("simpletuner", {})
 
     def test_legacy_yaml_best_reading(self):
         got, _ = self.read(FIXTURES / "legacy_yaml" / "config.yaml")

@@ -11,6 +11,8 @@ from lorafile.backends.kohya import mapping as km
 from lorafile.backends.kohya import read as kr
 from lorafile.backends.kohya import schema
 
+TIMESTEP_ENDS = {"min_timestep": 0, "max_timestep": 1000}
+
 
 def same_dataset_value(key: str, old: object, new: object) -> bool:
     if key == "resolution":
@@ -36,6 +38,12 @@ def same(key: str, old: object, new: object, old_args: dict, new_args: dict) -> 
         return str(old or "adamw").lower() == str(new or "adamw").lower()
     if key == "sample_sampler":
         return _sampler(old) == _sampler(new)
+    if key in TIMESTEP_ENDS:  # None is the whole schedule: 0..num_train_timesteps
+        return (old if old is not None else TIMESTEP_ENDS[key]) == (
+            new if new is not None else TIMESTEP_ENDS[key]
+        )
+    if key == "clip_skip":  # sdxl_train_util ignores it: the penultimate layers feed the UNet
+        return True
     return _equal(old, new)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lorafile.backends.kohya import schema as schema
+from lorafile.backends.kohya import training_options
 from lorafile.backends.kohya import write as kw
 from lorafile.backends.kohya.read import (
     APPROX_OPTIMIZERS,
@@ -77,6 +78,15 @@ def base(ctx: Context) -> Base:
         )
         path = "sd_xl_base_1.0.safetensors"
     clip_skip = args.get("clip_skip")
+    if clip_skip is not None and clip_skip != 2:
+        ctx.warning(
+            "I621",
+            "clip_skip",
+            f"sd-scripts ignores `clip_skip = {clip_skip}` for SDXL (both text encoders feed "
+            "their penultimate layer), so the recipe leaves clip_skip out.",
+            "remove clip_skip from the config; SDXL already uses the penultimate layer",
+        )
+        clip_skip = None
     return build(
         ctx,
         lambda: Base(
@@ -84,6 +94,7 @@ def base(ctx: Context) -> Base:
             vae=args.get("vae"),
             clip_skip=clip_skip,
             prediction="v" if args.get("v_parameterization") else "epsilon",
+            zero_terminal_snr=bool(args.get("zero_terminal_snr")),
         ),
         lambda: Base(path=path),
         "model",
@@ -294,6 +305,7 @@ def train(ctx: Context, subsets: list[schema.Subset]) -> Train:
         "checkpointing": bool(args.get("gradient_checkpointing")),
         "cache": cache(ctx),
         "noise_offset": args.get("noise_offset") or 0.0,
+        **training_options.read_args(args),
         "min_snr_gamma": args.get("min_snr_gamma"),
         "max_grad_norm": args.get("max_grad_norm"),
         "seed": args.get("seed"),

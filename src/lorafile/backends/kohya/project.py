@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lorafile.backends.kohya import schema as schema
+from lorafile.backends.kohya import training_options
 from lorafile.backends.kohya import write as kw
 from lorafile.backends.kohya.options import OPTIONS
+from lorafile.compiler.hub import parse_hub_ref
 from lorafile.spec.models import TARGETS, Recipe
 
 # Nearest sample_sampler for recipe samplers sd-scripts lacks.
@@ -44,6 +46,7 @@ OWNED = {
     "vae",
     "clip_skip",
     "v_parameterization",
+    "zero_terminal_snr",
     "fp8_base",
     "network_dim",
     "network_alpha",
@@ -61,6 +64,7 @@ OWNED = {
     "gradient_checkpointing",
     "seed",
     "noise_offset",
+    *training_options.OWNED,
     "min_snr_gamma",
     "prior_loss_weight",
     "cache_latents",
@@ -107,7 +111,18 @@ def project(recipe: Recipe, lossy: bool = True) -> tuple[Recipe, list[Reason]]:
     """
     data = recipe.model_dump()
     reasons = Reasons(apply=lossy)
-    for step in (_adapter, _train, _datasets, _regularization, _sample, _save, _misc, _passthrough):
+    for step in (
+        _base,
+        _options,
+        _adapter,
+        _train,
+        _datasets,
+        _regularization,
+        _sample,
+        _save,
+        _misc,
+        _passthrough,
+    ):
         step(data, reasons)
     result = Recipe.model_validate(data)
     if _overrides_fields(result.passthrough.get("kohya", {})):
@@ -346,6 +361,53 @@ def _bucket_range(d: dict, reasons: Reasons) -> None:
         )
     ):
         b["min"], b["max"] = min(b["min"], low), max(b["max"], high)
+
+
+SDXL_CLIP_LAYER = 2
+"""sdxl_train_util's text encoding: hidden_states[11] of CLIP-L (12 layers) and
+hidden_states[-2] of OpenCLIP-G, the penultimate layers, whatever clip_skip says."""
+
+
+def _base(data: dict, reasons: Reasons) -> None:
+    """sd-scripts hands a name that is not a file to diffusers' `from_pretrained` with no
+    revision (a hub id loads at its default branch) and cannot load one file inside a repo."""
+    base = data["base"]
+    for field in ("path", "vae"):
+        ref = parse_hub_ref(base[field] or "")
+        if ref is None or (ref.revision is None and ref.filename is None):
+            continue
+        if reasons.add(
+            Reason(
+                "T518",
+                f"sd-scripts loads hub models by repo id only; `{ref}` becomes `{ref.repo_id}` "
+                "(its default branch, a diffusers folder).",
+                f"download it (`{ref.download_command()}`) and give the local path",
+            )
+        ):
+            base[field] = ref.repo_id
+    if base["clip_skip"] not in (None, SDXL_CLIP_LAYER) and reasons.add(
+        Reason(
+            "T517",
+            f"sd-scripts ignores clip_skip for SDXL: both text encoders always feed their "
+            f"penultimate layer (clip_skip 2); `clip_skip {base['clip_skip']}` is not written.",
+            "remove clip_skip, or train natively to use another layer",
+        )
+    ):
+        base["clip_skip"] = None
+    if base["variant"] is not None and reasons.add(
+        Reason(
+            "T518",
+            f"sd-scripts picks the weight variant itself (fp16 files only when it trains in "
+            f"fp16); `variant {base['variant']}` is not written.",
+            "nothing to do",
+            lossy=False,
+        )
+    ):
+        base["variant"] = None
+
+
+def _options(data: dict, reasons: Reasons) -> None:
+    training_options.project(data, reasons, Reason)
 
 
 def _regularization(data: dict, reasons: Reasons) -> None:

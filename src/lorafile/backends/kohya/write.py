@@ -14,6 +14,7 @@ import json
 import yaml
 
 from lorafile.backends import tomlio
+from lorafile.backends.kohya import training_options
 from lorafile.backends.kohya.schema import DATASET_LEVEL
 from lorafile.backends.kohya.schema import literal as schema_literal
 from lorafile.spec.models import Recipe, Sample
@@ -155,6 +156,7 @@ def model_args(recipe: Recipe) -> dict:
         "pretrained_model_name_or_path": base.path,
         "vae": base.vae,
         "v_parameterization": True if base.prediction == "v" else None,
+        "zero_terminal_snr": True if base.zero_terminal_snr else None,
         "clip_skip": base.clip_skip,
         "fp8_base": True if train.base_precision == "fp8" else None,
     }
@@ -250,6 +252,7 @@ def training_args(recipe: Recipe) -> dict:
         "noise_offset": float(train.noise_offset) if train.noise_offset else None,
         "min_snr_gamma": None if train.min_snr_gamma is None else float(train.min_snr_gamma),
         "prior_loss_weight": float(weights.pop()) if weights else None,
+        **training_options.write_args(recipe),
     }
 
 

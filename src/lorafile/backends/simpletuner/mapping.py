@@ -14,8 +14,10 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from lorafile.backends.simpletuner import training_options
 from lorafile.compiler import dataset_count
 from lorafile.compiler.dataset_count import Counts
+from lorafile.compiler.hub import parse_hub_ref
 from lorafile.spec import Recipe
 from lorafile.spec.models import Buckets, Resolution, Warmup
 
@@ -211,7 +213,38 @@ def _base(recipe: Recipe, report: Report):
             False,
         )
         vae = DEFAULT_VAE
-    return base.model_copy(update={"clip_skip": None, "vae": vae})
+    path = _hub_file(base.path, "base model", report)
+    vae = _hub_file(vae, "VAE", report)
+    if vae != base.vae and parse_hub_ref(vae) and parse_hub_ref(vae).revision:
+        vae = _hub_revision_dropped(vae, report)
+    return base.model_copy(update={"clip_skip": None, "vae": vae, "path": path})
+
+
+def _hub_file(text: str, what: str, report: Report) -> str:
+    """SimpleTuner loads a hub repository by id (and `revision`), not one file inside it."""
+    ref = parse_hub_ref(text)
+    if ref is None or ref.filename is None:
+        return text
+    report(
+        "T559",
+        f"SimpleTuner cannot load one file inside a hub repository; the {what} `{ref}` "
+        f"becomes the repository `{ref.repo_id}`.",
+        f"download it (`{ref.download_command()}`) and give the local path",
+        True,
+    )
+    return ref.repo_id + (f"@{ref.revision}" if ref.revision else "")
+
+
+def _hub_revision_dropped(vae: str, report: Report) -> str:
+    ref = parse_hub_ref(vae)
+    report(
+        "T559",
+        f"SimpleTuner's `revision` applies to the base model only; the VAE `{ref}` loads at "
+        "its default branch.",
+        f"download it (`{ref.download_command()}`) and give the local path",
+        True,
+    )
+    return ref.repo_id
 
 
 def _dataset(ds, index: int, recipe: Recipe, report: Report):
@@ -434,6 +467,7 @@ def _train(recipe: Recipe, report: Report, base_dir: Path | None):
     update["base_precision"] = _base_precision(train, report)
     update["cache"] = _cache(train, report)
     update["min_snr_gamma"] = _snr(train.min_snr_gamma, report)
+    update.update(training_options.normalize(recipe, report))
     if train.memory == "auto":
         report(
             "T546",

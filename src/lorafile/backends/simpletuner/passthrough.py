@@ -16,6 +16,7 @@ import json
 
 from lorafile.backends.simpletuner import mapping as m
 from lorafile.backends.simpletuner import options as opts
+from lorafile.backends.simpletuner import training_options
 from lorafile.backends.simpletuner.load import image_entries, is_regularisation
 from lorafile.backends.simpletuner.write import Generated, generate
 from lorafile.compiler.diagnostics import DiagnosticBag
@@ -36,6 +37,7 @@ CONSUMED = frozenset(
         "gradient_checkpointing",
         "caption_dropout_probability",
         "prediction_type",
+        "rescale_betas_zero_snr",
         "base_model_default_dtype",
         "num_processes",
         "lora_type",
@@ -83,11 +85,12 @@ CONSUMED = frozenset(
         "caption_strategy",
         "instance_prompt",
         "prepend_instance_prompt",
+        *training_options.CONSUMED,
     }
 )
 # Absent from a config, these still mean SimpleTuner's default, which differs from the value
 # the writer emits for a recipe: keep the default so a re-export behaves like the original.
-DEFAULT_SENSITIVE = ("grad_clip_method", "noise_offset_probability")
+DEFAULT_SENSITIVE = ("grad_clip_method",)
 CONSUMED_DATASET = frozenset(
     {
         "instance_data_dir",

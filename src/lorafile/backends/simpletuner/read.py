@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from lorafile.backends.simpletuner import mapping as m
 from lorafile.backends.simpletuner import options as opts
 from lorafile.backends.simpletuner import passthrough as pt
+from lorafile.backends.simpletuner import training_options
 from lorafile.backends.simpletuner.load import (
     PLACEHOLDER,
     Loaded,
@@ -28,8 +29,9 @@ from lorafile.backends.simpletuner.load import (
     resolve,
 )
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
+from lorafile.compiler.hub import parse_hub_ref
 from lorafile.spec import Recipe
-from lorafile.spec.models import SCHEDULERS
+from lorafile.spec.models import SCHEDULERS, WEIGHT_VARIANTS
 
 MISSING_DATASET = "<no data backend config>"
 
@@ -145,6 +147,13 @@ def _base(config: dict) -> dict:
     }
     if config.get("prediction_type") == "v_prediction":
         base["prediction"] = "v"
+    revision = config.get("revision")
+    if revision and parse_hub_ref(f"{base['path']}@{revision}") is not None:
+        base["path"] = f"{base['path']}@{revision}"  # else kept as passthrough
+    if config.get("variant") in WEIGHT_VARIANTS:
+        base["variant"] = config["variant"]
+    if config.get("rescale_betas_zero_snr") is True:
+        base["zero_terminal_snr"] = True
     return base
 
 
@@ -417,6 +426,9 @@ def _train(config: dict, bag: DiagnosticBag) -> dict:
         train["min_snr_gamma"] = float(config["snr_gamma"])
     train.update(pt.optimizer(config, bag))
     train["noise_offset"] = _noise_offset(config, bag)
+    if train["noise_offset"]:
+        train["noise_offset_probability"] = float(config.get("noise_offset_probability", 0.25))
+    train.update(training_options.read_args(config))
     return train
 
 
@@ -430,15 +442,6 @@ def _noise_offset(config: dict, bag: DiagnosticBag) -> float:
                 "add `offset_noise: true` (and noise_offset_probability 1.0)",
             )
         return 0.0
-    probability = float(config.get("noise_offset_probability", 0.25))
-    if probability != 1.0:
-        bag.warning(
-            "I645",
-            f"offset noise acts on {probability:.0%} of steps in this config; a "
-            "recipe's noise offset acts on every step. The probability is kept for "
-            "SimpleTuner.",
-            "set noise_offset_probability 1.0 for kohya's behaviour",
-        )
     return float(config.get("noise_offset", 0.1))
 
 

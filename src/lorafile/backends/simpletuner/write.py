@@ -18,6 +18,8 @@ import tomli_w
 
 from lorafile.backends.simpletuner import mapping as m
 from lorafile.backends.simpletuner import options as opts
+from lorafile.backends.simpletuner import training_options
+from lorafile.compiler.hub import parse_hub_ref
 from lorafile.spec import Recipe
 
 DATA_BACKEND_FILE = "multidatabackend.json"
@@ -53,12 +55,23 @@ def generate(recipe: Recipe) -> Generated:
     return out
 
 
+def _model_source(path: str, variant: str | None) -> dict:
+    """`org/name@rev` is SimpleTuner's model id plus `revision`; `variant` as it is."""
+    ref = parse_hub_ref(path)
+    out: dict = {"pretrained_model_name_or_path": path}
+    if ref is not None and ref.revision and ref.filename is None:
+        out = {"pretrained_model_name_or_path": ref.repo_id, "revision": ref.revision}
+    if variant is not None:
+        out["variant"] = variant
+    return out
+
+
 def _model(recipe: Recipe) -> dict:
     base = recipe.base
     config = {
         "model_family": "sdxl",
         "model_type": "lora",  # the registry default is `full`
-        "pretrained_model_name_or_path": base.path,
+        **_model_source(base.path, base.variant),
         "pretrained_vae_model_name_or_path": base.vae,
         "output_dir": recipe.output.path,
         "data_backend_config": DATA_BACKEND_FILE,
@@ -71,6 +84,10 @@ def _model(recipe: Recipe) -> dict:
     }
     if base.prediction == "v":
         config["prediction_type"] = "v_prediction"
+    if base.zero_terminal_snr:
+        # Zero-terminal-SNR needs trailing timesteps (Lin et al. 2024, section 3.3).
+        config["rescale_betas_zero_snr"] = True
+        config["training_scheduler_timestep_spacing"] = "trailing"
     if recipe.train.base_precision == "fp32":
         config["base_model_default_dtype"] = "fp32"
     if recipe.hardware.gpus > 1:
@@ -164,10 +181,13 @@ def _loss(recipe: Recipe) -> dict:
     if train.noise_offset:
         # noise_offset only acts with offset_noise, and only on 25% of steps by default.
         config.update(
-            offset_noise=True, noise_offset=train.noise_offset, noise_offset_probability=1.0
+            offset_noise=True,
+            noise_offset=train.noise_offset,
+            noise_offset_probability=train.noise_offset_probability,
         )
     if train.min_snr_gamma is not None:
         config["snr_gamma"] = int(train.min_snr_gamma)  # an int argument in SimpleTuner
+    config.update(training_options.write_args(recipe))
     return config
 
 
@@ -207,6 +227,9 @@ def _validation(recipe: Recipe, out: Generated) -> dict:
     )
     if sample.seed is not None:
         config["validation_seed"] = sample.seed
+    if recipe.base.zero_terminal_snr:
+        # As the native sampler: CFG rescale 0.7 (Lin et al. 2024, section 3.4).
+        config["validation_guidance_rescale"] = 0.7
     return config
 
 

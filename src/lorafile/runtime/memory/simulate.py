@@ -358,6 +358,7 @@ class _TraceTrainer:
 
         from lorafile.runtime.models import sdxl
         from lorafile.runtime.train import data
+        from lorafile.spec.models import Base, Train
 
         self.s, self.seed, self.device = s, 0, torch.device("meta")
         self.dtype = compute_dtype(s)  # as Trainer.dtype: an fp8 UNet's `.dtype` reads float8
@@ -370,10 +371,8 @@ class _TraceTrainer:
         self.tokenizers, self.te_id = (tok, tok), "memsim"
         self.noise_scheduler = DDPMScheduler.from_config(sdxl.sdxl_config("scheduler"))
         ns = _Namespace
-        self.recipe = ns(
-            base=ns(prediction="epsilon", clip_skip=None),
-            train=ns(noise_offset=0.0, min_snr_gamma=None),
-        )
+        # The default base and training options (Trainer.loss_step reads every one).
+        self.recipe = ns(base=Base(path="memsim"), train=Train(steps=1))
         self.plan = {"memory": {"cache_text": s.cache_text, "cache_latents": s.cache_latents}}
         self.items = [data.ImageItem("", "", s.width, s.height, "", (s.width, s.height), source=0)]
         self.reg_weight = 1.0

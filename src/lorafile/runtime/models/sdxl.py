@@ -222,22 +222,25 @@ def load_sdxl(
     allow_pickle: bool = False,
     parts=PARTS,
     tokenizer_path: str | os.PathLike | None = None,
+    variant: str | None = None,
 ) -> SDXLComponents:
     """Load an SDXL model offline from a diffusers folder or a single-file checkpoint.
 
     `dtype` (a torch dtype) casts the model weights; `parts` limits what is loaded (e.g. only
     the UNet); `tokenizer_path` is a diffusers folder whose tokenizer/ and tokenizer_2/ are used
-    for a full-size single file (which carries no vocabulary). Raises DiagnosticError (F70x).
+    for a full-size single file (which carries no vocabulary); `variant` (e.g. "fp16") picks a
+    diffusers folder's `*.fp16.safetensors` weights in each part that has them. Raises
+    DiagnosticError (F70x). A hub id is resolved first by runtime/models/hub.py.
     """
     p = check_model_path(path, allow_pickle)
     if tuple(parts) == ("vae",):
-        return SDXLComponents(vae=load_vae(p, dtype, allow_pickle))
+        return SDXLComponents(vae=load_vae(p, dtype, allow_pickle, variant))
     if p.is_dir():
-        return _load_folder(p, dtype, parts, allow_pickle)
+        return _load_folder(p, dtype, parts, allow_pickle, variant)
     return _load_single_file(p, dtype, parts, tokenizer_path)
 
 
-def load_vae(path: str | os.PathLike, dtype=None, allow_pickle: bool = False):
+def load_vae(path: str | os.PathLike, dtype=None, allow_pickle: bool = False, variant=None):
     """An SDXL VAE from a diffusers VAE folder (e.g. sdxl-vae-fp16-fix), a pipeline folder, a
     standalone VAE file (LDM or diffusers names) or a full single-file checkpoint."""
     from diffusers import AutoencoderKL
@@ -247,11 +250,13 @@ def load_vae(path: str | os.PathLike, dtype=None, allow_pickle: bool = False):
     if p.is_dir():
         if (p / "vae" / "config.json").exists():
             kwargs |= folder_weights(p / "vae", "vae", allow_pickle)
+            kwargs["variant"] = part_variant(p / "vae", variant)
             return AutoencoderKL.from_pretrained(
                 p, subfolder="vae", local_files_only=True, **kwargs
             ).eval()
         if (p / "config.json").exists():
             kwargs |= folder_weights(p, "vae", allow_pickle)
+            kwargs["variant"] = part_variant(p, variant)
             return AutoencoderKL.from_pretrained(p, local_files_only=True, **kwargs).eval()
         raise _fail(
             "F703",
@@ -319,7 +324,8 @@ def folder_weights(folder: Path, part: str, allow_pickle: bool) -> dict:
     weights at all is F703. `use_safetensors=True` then keeps the loaders from falling back.
     """
     names = [f.name for f in folder.iterdir()] if folder.is_dir() else []
-    if any(n.startswith(tuple(SAFETENSORS_WEIGHTS.values())) for n in names):
+    stems = tuple(name.removesuffix(".safetensors") for name in SAFETENSORS_WEIGHTS.values())
+    if any(n.startswith(stems) and n.endswith(".safetensors") for n in names):  # fp16 variants too
         return {"use_safetensors": True}
     pickles = sorted(n for n in names if n.lower().endswith(PICKLE_SUFFIXES))
     if allow_pickle and pickles:
@@ -340,7 +346,18 @@ def folder_weights(folder: Path, part: str, allow_pickle: bool) -> dict:
     )
 
 
-def _load_folder(p: Path, dtype, parts, allow_pickle: bool = False) -> SDXLComponents:
+def part_variant(folder: Path, variant: str | None) -> str | None:
+    """`variant` if the part folder has weights of that variant, else None (the plain weights),
+    as diffusers falls back; so `variant fp16` also loads repositories without fp16 files."""
+    if variant is None:
+        return None
+    tagged = (f"*.{variant}.safetensors", f"*.{variant}-*.safetensors", f"*.{variant}.bin")
+    return variant if any(any(folder.glob(pattern)) for pattern in tagged) else None
+
+
+def _load_folder(
+    p: Path, dtype, parts, allow_pickle: bool = False, variant: str | None = None
+) -> SDXLComponents:
     if not (p / "model_index.json").exists() or not (p / "unet").is_dir():
         raise _fail(
             "F703",
@@ -366,7 +383,11 @@ def _load_folder(p: Path, dtype, parts, allow_pickle: bool = False) -> SDXLCompo
             kwargs = {"torch_dtype": dtype} if dtype is not None else {}
             kwargs |= weights[part]
             model = loaders[part].from_pretrained(
-                p, subfolder=part, local_files_only=True, **kwargs
+                p,
+                subfolder=part,
+                local_files_only=True,
+                variant=part_variant(p / part, variant),
+                **kwargs,
             )
             setattr(out, part, model.eval())
         elif part.startswith("tokenizer"):

@@ -7,6 +7,8 @@ noise and timesteps are a function of (seed, position) and a resumed run repeats
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 def to_device(tensor, device):
     """Move a host tensor to `device` without making the host wait for the GPU.
@@ -35,25 +37,158 @@ def step_generator(seed: int, epoch: int, index: int):
     return torch.Generator("cpu").manual_seed((seed * 1_000_003 + epoch * 100_003 + index) % 2**63)
 
 
-def draw_noise(latents, generator, noise_offset: float = 0.0):
-    """Gaussian noise like `latents`; noise offset adds a per-channel constant
-    (`offset * N(0,1)` of shape (B, C, 1, 1)), which lets the model learn very dark/bright images."""
+@dataclass(frozen=True)
+class StepOptions:
+    """The recipe's noise, timestep and loss settings as one training step uses them
+    (`from_recipe`); the defaults are a plain DDPM step with an L2 loss."""
+
+    prediction: str = "epsilon"
+    noise_offset: float = 0.0
+    noise_offset_probability: float = 1.0
+    multires_iterations: int | None = None
+    multires_discount: float = 0.3
+    ip_noise_gamma: float | None = None
+    min_timestep: int = 0
+    max_timestep: int | None = None
+    """None: the schedule's length."""
+    timestep_bias: object = None
+    """A spec TimestepBias, or None."""
+    loss: str = "l2"
+    huber_schedule: str = "snr"
+    huber_c: float = 0.1
+
+    @classmethod
+    def from_recipe(cls, recipe) -> StepOptions:
+        t = recipe.train
+        return cls(
+            prediction=recipe.base.prediction,
+            noise_offset=t.noise_offset,
+            noise_offset_probability=t.noise_offset_probability,
+            multires_iterations=t.multires_noise_iterations,
+            multires_discount=t.multires_noise_discount,
+            ip_noise_gamma=t.ip_noise_gamma,
+            min_timestep=t.min_timestep,
+            max_timestep=t.max_timestep,
+            timestep_bias=t.timestep_bias,
+            loss=t.loss,
+            huber_schedule=t.huber_schedule,
+            huber_c=t.huber_c,
+        )
+
+
+def draw_noise(latents, generator, noise_offset: float = 0.0, options: StepOptions | None = None):
+    """Gaussian noise like `latents`, drawn on the host from `generator`.
+
+    Noise offset adds a per-channel constant (`offset * N(0,1)` of shape (B, C, 1, 1)), which
+    lets the model learn very dark/bright images; with a probability below 1 a whole micro-batch
+    gets it or not (one uniform draw, as SimpleTuner). Multi-resolution noise is added after
+    it, as kohya does (`pyramid_noise`). A random draw happens only for a setting that is on,
+    so turning nothing on leaves every earlier run's noise unchanged."""
     import torch
 
+    options = options or StepOptions(noise_offset=noise_offset)
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
-    if noise_offset:
-        noise += noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
+    offset = options.noise_offset
+    probability = options.noise_offset_probability
+    if offset and probability < 1.0 and float(torch.rand((), generator=generator)) >= probability:
+        offset = 0.0
+    if offset:
+        noise += offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
+    if options.multires_iterations:
+        noise = pyramid_noise(
+            noise, generator, options.multires_iterations, options.multires_discount
+        )
     return to_device(noise, latents.device)
 
 
-def draw_timesteps(batch: int, num_timesteps: int, generator, device):
+def pyramid_noise(noise, generator, iterations: int, discount: float):
+    """Multi-resolution noise (J. Whitaker, "Multi-Resolution Noise for Diffusion Model
+    Training", 2023; kohya's `pyramid_noise_like`): for i = 1..iterations-1, noise of size
+    (H, W) / r**i with r uniform in [2, 4) is upsampled bilinearly and added with weight
+    discount**i, stopping once a side reaches 1; the sum is divided by its standard deviation
+    (over the whole batch) to be unit variance again. The i = 0 layer of kohya's loop has
+    r**0 = 1 and adds discount**0 = 1 full-size noise: kept, for the same distribution."""
+    import torch
+    import torch.nn.functional as F
+
+    b, c, h, w = noise.shape
+    for i in range(iterations):
+        r = 2.0 + 2.0 * float(torch.rand((), generator=generator))
+        hn, wn = max(1, int(h / r**i)), max(1, int(w / r**i))
+        layer = torch.randn((b, c, hn, wn), generator=generator, dtype=noise.dtype)
+        noise = noise + F.interpolate(layer, size=(h, w), mode="bilinear") * discount**i
+        if hn == 1 or wn == 1:
+            break
+    return noise / noise.std()
+
+
+def timestep_weights(num_timesteps: int, min_timestep: int = 0, max_timestep: int | None = None,
+                     bias=None):  # fmt: skip
+    """Sampling weights of each timestep, or None for uniform over [min, max).
+
+    A bias (SimpleTuner's `generate_timestep_weights`) multiplies the weight of the biased
+    timesteps: the last or first `portion` of the schedule (`later`, `earlier`), or
+    begin..end (`range`, end excluded); the rest keep weight 1. Timesteps outside
+    [min, max) get weight 0 (kohya's min/max_timestep)."""
     import torch
 
-    return to_device(torch.randint(0, num_timesteps, (batch,), generator=generator), device)
+    high = num_timesteps if max_timestep is None else max_timestep
+    if bias is None:
+        return None
+    weights = torch.ones(num_timesteps, dtype=torch.float64)
+    count = int(bias.portion * num_timesteps)
+    chosen = {
+        "later": slice(num_timesteps - count, None) if count else slice(0, 0),
+        "earlier": slice(0, count),
+        "range": slice(bias.begin, bias.end),
+    }[bias.strategy]
+    weights[chosen] *= bias.multiplier
+    weights[:min_timestep] = 0.0
+    weights[high:] = 0.0
+    return weights / weights.sum()
+
+
+def draw_timesteps(batch: int, num_timesteps: int, generator, device, options=None):
+    """Uniform integer timesteps in [min, max) (default [0, num_timesteps)), or drawn with
+    `timestep_weights` when the recipe biases them."""
+    import torch
+
+    options = options or StepOptions()
+    high = num_timesteps if options.max_timestep is None else options.max_timestep
+    weights = timestep_weights(num_timesteps, options.min_timestep, high, options.timestep_bias)
+    if weights is None:
+        drawn = torch.randint(options.min_timestep, high, (batch,), generator=generator)
+    else:
+        drawn = torch.multinomial(weights, batch, replacement=True, generator=generator)
+    return to_device(drawn, device)
+
+
+def schedule_overrides(prediction: str, zero_terminal_snr: bool) -> dict:
+    """Scheduler config changes for the base model's prediction type and zero-terminal-SNR.
+
+    Zero-terminal-SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are
+    Flawed") rescales the betas so the last timestep is pure noise (diffusers'
+    `rescale_zero_terminal_snr`), and samples from that last timestep (`trailing` spacing).
+    Training and sampling schedulers both take these, so they agree with each other."""
+    out: dict = {}
+    if prediction == "v":
+        out["prediction_type"] = "v_prediction"
+    if zero_terminal_snr:
+        out.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return out
+
+
+def training_scheduler(config, prediction: str = "epsilon", zero_terminal_snr: bool = False):
+    """The DDPM training schedule of a base model's scheduler config (SDXL ships an Euler
+    config; its betas and timestep count are what training needs), with `schedule_overrides`."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(config, **schedule_overrides(prediction, zero_terminal_snr))
 
 
 def target_for(scheduler, latents, noise, timesteps, prediction: str):
-    """What the UNet must predict: the noise (epsilon) or the velocity (v-prediction)."""
+    """What the UNet must predict: the noise (epsilon) or the velocity (v-prediction),
+    v = sqrt(alpha_bar_t) * noise - sqrt(1 - alpha_bar_t) * latents (Salimans & Ho 2022)."""
     if prediction == "v":
         return scheduler.get_velocity(latents, noise, timesteps)
     return noise
@@ -74,7 +209,48 @@ def min_snr_weights(scheduler, timesteps, gamma: float | None, prediction: str):
         return torch.ones_like(timesteps, dtype=torch.float32)
     s = snr(scheduler, timesteps)
     clipped = torch.clamp(s, max=gamma)
-    return clipped / (s + 1.0) if prediction == "v" else clipped / s
+    if prediction == "v":
+        return clipped / (s + 1.0)
+    # Zero-terminal-SNR makes the last step's SNR 0; min(s, gamma) / s tends to 1 there.
+    return torch.where(s > 0, clipped / s.clamp(min=torch.finfo(s.dtype).tiny), 1.0)
+
+
+def huber_thresholds(scheduler, timesteps, schedule: str, huber_c: float):
+    """The pseudo-Huber threshold c_t per sample (kohya's `get_huber_threshold`, which
+    SimpleTuner copies): `constant` c; `exponential` c**(t / T), from 1 at t = 0 down to c at
+    t = T; `snr` (1 - c) / (1 + sigma_t)**2 + c with sigma_t = sqrt((1 - abar_t) / abar_t),
+    near 1 for clean timesteps and c for noisy ones."""
+    import torch
+
+    t = timesteps.float()
+    if schedule == "constant":
+        return torch.full_like(t, huber_c)
+    if schedule == "exponential":
+        return huber_c ** (t / scheduler.config.num_train_timesteps)
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    sigmas = ((1.0 - alphas) / alphas) ** 0.5
+    return (1.0 - huber_c) / (1.0 + sigmas) ** 2 + huber_c
+
+
+def elementwise_loss(pred, target, kind: str = "l2", thresholds=None):
+    """The loss per element: l2 (p - y)**2; `huber` 2c(sqrt((p - y)**2 + c**2) - c) and
+    `smooth_l1` 2(sqrt((p - y)**2 + c**2) - c) with `thresholds` c per sample (kohya's
+    `conditional_loss`: pseudo-Huber, quadratic near 0 and linear far from it)."""
+    import torch
+
+    squared = (pred.float() - target.float()) ** 2
+    if kind == "l2":
+        return squared
+    c = thresholds.float().view(-1, *([1] * (squared.dim() - 1)))
+    robust = 2.0 * (torch.sqrt(squared + c**2) - c)
+    return c * robust if kind == "huber" else robust
+
+
+def debiased_weights(scheduler, timesteps, prediction: str):
+    """Debiased estimation loss weights (Yu et al. 2024; kohya's `apply_debiased_estimation`):
+    1 / sqrt(SNR) for epsilon, 1 / (SNR + 1) for v-prediction, with SNR capped at 1000."""
+    s = snr(scheduler, timesteps).clamp(max=1000.0)
+    return 1.0 / (s + 1.0) if prediction == "v" else 1.0 / s.sqrt()
 
 
 def denoising_loss(
@@ -89,10 +265,15 @@ def denoising_loss(
     timesteps=None,
     channels_last=False,
     dtype=None,
+    options: StepOptions | None = None,
 ):
-    """Per-sample MSE (B,) of the UNet's prediction, and the timesteps used.
+    """Per-sample loss (B,) of the UNet's prediction (MSE unless `options.loss` says otherwise),
+    and the timesteps used.
 
     `cond` holds `embeds`, `pooled`, `time_ids`. `timesteps` may be fixed (evaluation).
+    `options` (StepOptions) carries the recipe's noise, timestep and loss settings; without it
+    `prediction` and `noise_offset` give a plain step. Input-perturbation noise is added to
+    what the UNet sees, never to its target.
     `channels_last`: hand the UNet NHWC latents (faster convolutions on CUDA tensor cores;
     the UNet's weights must be channels_last too, see Trainer._speed_up).
     `dtype`: the UNet's weight dtype if the caller knows it. diffusers' `unet.dtype` walks
@@ -100,15 +281,23 @@ def denoising_loss(
     model's step, so it is read at most once per call here.
     """
     import torch
-    import torch.nn.functional as F
 
-    noise = draw_noise(latents, generator, noise_offset)
+    options = options or StepOptions(prediction=prediction, noise_offset=noise_offset)
+    noise = draw_noise(latents, generator, options=options)
     if timesteps is None:
         timesteps = draw_timesteps(
-            latents.shape[0], scheduler.config.num_train_timesteps, generator, latents.device
+            latents.shape[0],
+            scheduler.config.num_train_timesteps,
+            generator,
+            latents.device,
+            options,
         )
+    model_noise = noise
+    if options.ip_noise_gamma:
+        extra = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+        model_noise = noise + options.ip_noise_gamma * to_device(extra, latents.device)
     dtype = unet.dtype if dtype is None else dtype
-    noisy = scheduler.add_noise(latents, noise, timesteps).to(dtype)
+    noisy = scheduler.add_noise(latents, model_noise, timesteps).to(dtype)
     if channels_last:
         noisy = noisy.contiguous(memory_format=torch.channels_last)
     pred = unet(
@@ -121,8 +310,11 @@ def denoising_loss(
         },
         return_dict=False,
     )[0]
-    target = target_for(scheduler, latents, noise, timesteps, prediction)
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    target = target_for(scheduler, latents, noise, timesteps, options.prediction)
+    thresholds = None
+    if options.loss != "l2":
+        thresholds = huber_thresholds(scheduler, timesteps, options.huber_schedule, options.huber_c)
+    per_sample = elementwise_loss(pred, target, options.loss, thresholds).mean(dim=(1, 2, 3))
     return per_sample, timesteps
 
 

@@ -232,6 +232,7 @@ class Trainer:
     def _load_models(self) -> None:
         import torch
 
+        from lorafile.runtime.models.hub import local_model
         from lorafile.runtime.models.sdxl import load_sdxl
 
         fp16 = self.plan["memory"]["mixed_precision"] == "fp16"
@@ -245,11 +246,13 @@ class Trainer:
         self.dtype = dtypes[self.plan["memory"]["base_precision"]]
         """The dtype the UNet computes in (its inputs are cast to it); not `unet.dtype`, which
         reads float8 once the base is stored in fp8 (runtime/train/fp8.py)."""
-        m = load_sdxl(self.r["base"], allow_pickle=self.options.allow_pickle)
+        variant, pickle = self.recipe.base.variant, self.options.allow_pickle
+        where = Path(self.plan.get("base_dir") or ".")
+        base = local_model(self.r["base"], where, variant, announce=not self.options.quiet)
+        m = load_sdxl(base, allow_pickle=pickle, variant=variant)
         if self.r.get("vae"):
-            m.vae = load_sdxl(
-                self.r["vae"], allow_pickle=self.options.allow_pickle, parts=("vae",)
-            ).vae
+            vae = local_model(self.r["vae"], where, variant, announce=not self.options.quiet)
+            m.vae = load_sdxl(vae, allow_pickle=pickle, parts=("vae",), variant=variant).vae
         # The VAE stays fp32 (diffusers' scripts: SDXL's VAE overflows in fp16).
         for module, dtype in (
             (m.vae, torch.float32),
@@ -261,13 +264,16 @@ class Trainer:
                 module.to(dtype)  # on the host first: an fp32 copy never reaches the GPU
             module.to(self.device)
         self.models = m
-        self.noise_scheduler = m.noise_scheduler()
+        from lorafile.runtime.train import diffusion
+
+        base = self.recipe.base
+        self.noise_scheduler = diffusion.training_scheduler(
+            m.scheduler.config, base.prediction, base.zero_terminal_snr
+        )
         if self.r["sample"]:  # fail now, not at the first sample after an hour of training
             from lorafile.runtime.train.sampling import make_scheduler
 
             make_scheduler(self.r["sample"]["sampler"], m.scheduler.config)
-        if self.recipe.base.prediction == "v":
-            self.noise_scheduler.register_to_config(prediction_type="v_prediction")
 
     def _load_data(self) -> None:
         bag = DiagnosticBag()
@@ -549,18 +555,18 @@ class Trainer:
                 latents,
                 cond,
                 generator,
-                prediction=self.recipe.base.prediction,
-                noise_offset=self.recipe.train.noise_offset,
                 channels_last=getattr(self, "channels_last", False),
                 dtype=getattr(self, "dtype", None),  # known: diffusers' unet.dtype is slow
+                options=diffusion.StepOptions.from_recipe(self.recipe),
             )
-        if self.recipe.train.min_snr_gamma is not None:
+        train, prediction = self.recipe.train, self.recipe.base.prediction
+        if train.min_snr_gamma is not None:
             per_sample = per_sample * diffusion.min_snr_weights(
-                self.noise_scheduler,
-                timesteps,
-                self.recipe.train.min_snr_gamma,
-                self.recipe.base.prediction,
+                self.noise_scheduler, timesteps, train.min_snr_gamma, prediction
             )
+        if train.debiased_estimation:  # after min-SNR, as kohya applies both
+            weights = diffusion.debiased_weights(self.noise_scheduler, timesteps, prediction)
+            per_sample = per_sample * weights
         # Prior preservation: a regularization image's loss counts its folder's `weight` times.
         items = [self.items[s.index] for s in batch]
         if any(it.is_reg for it in items):

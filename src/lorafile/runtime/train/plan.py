@@ -13,8 +13,10 @@ import math
 from pathlib import Path
 
 from lorafile.compiler import dataset_count
+from lorafile.compiler import hub as hub_refs
 from lorafile.compiler.diagnostics import DiagnosticBag
 from lorafile.runtime.train import data
+from lorafile.runtime.train.diffusion import schedule_overrides  # no torch at import
 from lorafile.spec import Recipe
 
 PLAN_VERSION = 1
@@ -203,6 +205,19 @@ def vram_estimate(recipe: Recipe) -> int | None:
         return None
 
 
+def model_location(text: str | None, base_dir: Path | None) -> str | None:
+    """What the trainer loads: a hub reference as written (resolved when training starts, so a
+    plan moves between machines), a path made absolute."""
+    if text is None:
+        return None
+    return text if hub_refs.is_hub_ref(text, base_dir) else str(resolve_path(text, base_dir))
+
+
+def where_model_is(text: str | None, base_dir: Path | None) -> str | None:
+    """For people: where a model resolves to now (compiler/hub.py describe_location)."""
+    return None if text is None else hub_refs.describe_location(text, base_dir)
+
+
 def _files(items: list[data.ImageItem], scans: list[data.ScanResult]) -> list[dict]:
     files = [
         {
@@ -236,7 +251,14 @@ def _sample(recipe: Recipe, per_epoch: int) -> dict | None:
         "size": [s.size.width, s.size.height],
         "negative": s.negative,
         "prompts": list(s.prompts),
+        # Samples use the schedule the model was trained for.
+        "schedule": schedule_overrides(recipe.base.prediction, recipe.base.zero_terminal_snr),
+        "guidance_rescale": ZERO_SNR_GUIDANCE_RESCALE if recipe.base.zero_terminal_snr else 0.0,
     }
+
+
+ZERO_SNR_GUIDANCE_RESCALE = 0.7
+"""CFG rescale for zero-terminal-SNR models: Lin et al. 2024 (section 3.4) use phi = 0.7."""
 
 
 def build_plan(recipe: Recipe, bag: DiagnosticBag, base_dir: Path | None = None) -> dict:
@@ -278,8 +300,12 @@ def build_plan(recipe: Recipe, bag: DiagnosticBag, base_dir: Path | None = None)
                 resolve_path(recipe.log.path, base_dir) if recipe.log.path else out / "logs"
             ),
         },
-        "base": str(resolve_path(recipe.base.path, base_dir)),
-        "vae": str(resolve_path(recipe.base.vae, base_dir)) if recipe.base.vae else None,
+        "base": model_location(recipe.base.path, base_dir),
+        "vae": model_location(recipe.base.vae, base_dir),
+        "models": {
+            "base": where_model_is(recipe.base.path, base_dir),
+            "vae": where_model_is(recipe.base.vae, base_dir),
+        },
     }
     return {
         "lorafile_plan": PLAN_VERSION,
@@ -320,6 +346,8 @@ def describe_plan(plan: dict) -> str:
         f"  batch            {plan['recipe']['train']['batch']} x accumulate {plan['recipe']['train']['accumulate']} = effective {r['effective_batch']}",
         f"  learning rate    unet {r['unet_lr']:g}, text encoders {r['text_encoder_lr']:g}, warmup {r['warmup_steps']} steps",
         f"  seed             {r['seed'] if r['seed'] is not None else 'random (recorded at start)'}",
+        f"  base model       {r.get('models', {}).get('base') or r['base']}",
+        *([f"  vae              {r['models']['vae']}"] if r.get("models", {}).get("vae") else []),
         f"  adapter          {a['algo']} rank {a['rank']} alpha {a['alpha']:g} on {', '.join(a['targets'])}"
         + (" + text encoders" if a["text_encoder"] else ""),
         "",

@@ -31,8 +31,9 @@ NEEDS = {"lms": "scipy"}
 """Samplers whose diffusers scheduler imports an optional package when it steps."""
 
 
-def make_scheduler(name: str, base_config):
-    """The diffusers scheduler for a recipe sampler name; a missing package is T575."""
+def make_scheduler(name: str, base_config, **overrides):
+    """The diffusers scheduler for a recipe sampler name; a missing package is T575.
+    `overrides`: config changes (diffusion.schedule_overrides: v-prediction, zero-terminal-SNR)."""
     import importlib.util
 
     import diffusers
@@ -49,7 +50,7 @@ def make_scheduler(name: str, base_config):
         )
         bag.raise_if_errors()
     cls_name, options = SAMPLERS[name]
-    return getattr(diffusers, cls_name).from_config(base_config, **options)
+    return getattr(diffusers, cls_name).from_config(base_config, **options, **overrides)
 
 
 def sample_images(components, sample: dict, folder: Path, device, autocast=None) -> list[Path]:
@@ -64,7 +65,9 @@ def sample_images(components, sample: dict, folder: Path, device, autocast=None)
     import torch
     from diffusers import StableDiffusionXLPipeline
 
-    scheduler = make_scheduler(sample["sampler"], components.scheduler.config)
+    scheduler = make_scheduler(
+        sample["sampler"], components.scheduler.config, **sample.get("schedule", {})
+    )
     pipe = StableDiffusionXLPipeline(
         vae=components.vae,
         text_encoder=components.text_encoder,
@@ -87,6 +90,8 @@ def sample_images(components, sample: dict, folder: Path, device, autocast=None)
                 negative_prompt=sample["negative"] or None,
                 num_inference_steps=sample["steps"],
                 guidance_scale=sample["cfg"],
+                # Zero-terminal-SNR models over-expose with plain CFG (Lin et al. 2024, 3.4).
+                guidance_rescale=sample.get("guidance_rescale", 0.0),
                 width=width,
                 height=height,
                 generator=generator,
