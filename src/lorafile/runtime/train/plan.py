@@ -256,7 +256,10 @@ def build_plan(recipe: Recipe, bag: DiagnosticBag, base_dir: Path | None = None)
             "targets": list(adapter.targets),
             "dropout": adapter.dropout,
             "text_encoder": adapter.text_encoder,
+            "factor": adapter.factor,
+            "dora": adapter.dora,
         },
+        "ema": None if recipe.ema is None else {"decay": recipe.ema.decay},
         "save": {
             "every_steps": _every_steps(recipe.save.every, counts["steps_per_epoch"]),
             "keep": recipe.save.keep,
@@ -295,6 +298,10 @@ def recipe_of(plan: dict) -> Recipe:
     return Recipe.model_validate(plan["recipe"])
 
 
+def _ema_words(ema: dict | None) -> str:
+    return f"decay {ema['decay']:g}, written as a second file" if ema else "none"
+
+
 def describe_plan(plan: dict) -> str:
     """The plan for people: one section per concern, aligned key/value lines."""
     r, m = plan["resolved"], plan["memory"]
@@ -314,7 +321,9 @@ def describe_plan(plan: dict) -> str:
         f"  learning rate    unet {r['unet_lr']:g}, text encoders {r['text_encoder_lr']:g}, warmup {r['warmup_steps']} steps",
         f"  seed             {r['seed'] if r['seed'] is not None else 'random (recorded at start)'}",
         f"  adapter          {a['algo']} rank {a['rank']} alpha {a['alpha']:g} on {', '.join(a['targets'])}"
-        + (" + text encoders" if a["text_encoder"] else ""),
+        + (" + text encoders" if a["text_encoder"] else "")
+        + (" (DoRA)" if a.get("dora") else ""),
+        f"  ema              {_ema_words(r.get('ema'))}",
         "",
         "memory",
     ]
