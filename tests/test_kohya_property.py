@@ -31,6 +31,7 @@ REFERENCE = json.loads(
 OPTION_TYPES = {o["dest"]: o for o in REFERENCE}
 FIELD_CODES = {
     "adapter": {"T507", "T510"},
+    "ema": {"T518"},
     "train": {"T504", "T505", "T506", "T515"},
     "datasets": {"T509", "T511", "T512"},
     "regularization": {"T502", "T503"},

@@ -131,20 +131,31 @@ def adapter(ctx: Context) -> Adapter:
         "conv_alpha": _float(conv_alpha) if has_conv else None,
         "dropout": float(args.get("network_dropout") or 0.0),
         "text_encoder": not args.get("network_train_unet_only"),
+        **(_lycoris_extras(kwargs, algo) if module == "lycoris.kohya" else {}),
     }
     return build(ctx, lambda: Adapter(**fields), lambda: Adapter(algo=algo), "network")
 
 
+def _lycoris_extras(kwargs: dict, algo: str) -> dict:
+    """LoKr's `factor` (-1: automatic) and DoRA's `dora_wd` (LyCORIS kohya.py kwargs)."""
+    factor = _int(kwargs.get("factor"))
+    dora = str(kwargs.get("dora_wd", "False")).strip().lower() in ("true", "1", "yes")
+    return {
+        "factor": factor if algo == "lokr" and factor is not None and factor > 0 else None,
+        "dora": dora,
+    }
+
+
 def _lycoris(ctx: Context, kwargs: dict) -> tuple[str, tuple]:
     algo = kwargs.get("algo", "lora")
-    mapped = {"lora": "locon", "locon": "locon", "loha": "loha"}.get(algo)
+    mapped = {"lora": "locon", "locon": "locon", "loha": "loha", "lokr": "lokr"}.get(algo)
     if mapped is None:
         ctx.warning(
             "I615",
             "network_args",
             f"LyCORIS `algo={algo}` has no recipe equivalent; the recipe calls it locon "
             "and keeps network_args as a pass-through setting.",
-            "use algo=locon or algo=loha for a portable recipe",
+            "use algo=locon, loha or lokr for a portable recipe",
         )
         mapped = "locon"
     preset = kwargs.get("preset", "full")
