@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 
 from lorafile.runtime.lorafiles import convert, export
 from lorafile.runtime.lorafiles.inspect import inspect_file
-from lorafile.runtime.lorafiles.keys import KeyMap, model_path
 from lorafile.runtime.models.tiny import build_tiny_sdxl
 from lorafile.runtime.train.adapters import attach
-from test_convert import TOL, _diffusers_outputs, _max_diff, _models, _outputs
+from lycoris_apply import lycoris_outputs
+from test_convert import TOL, _diffusers_outputs, _max_diff, _outputs
 
 
 @pytest.fixture(scope="module")
@@ -53,25 +53,6 @@ def _adapted(base, settings: dict, text: bool = False):
     return comp
 
 
-def _lycoris_outputs(base, tensors: dict):
-    """Outputs of a fresh model with the kohya-named file applied by lycoris-lora itself."""
-    from lycoris import create_lycoris_from_weights
-
-    keymap, fresh = KeyMap.from_models(_models(base)), copy.deepcopy(base)
-    for component in ("unet", "text_encoder"):
-        model, renamed = getattr(fresh, component), {}
-        for key, value in tensors.items():
-            name, suffix = key.split(".", 1)
-            owner, mpath = keymap.resolve(name)
-            if owner == component:
-                renamed[f"lycoris_{model_path(model, mpath).replace('.', '_')}.{suffix}"] = value
-        if renamed:
-            network, _ = create_lycoris_from_weights(1.0, None, model, weights_sd=renamed)
-            assert len(network.loras) == len({k.split(".")[0] for k in renamed})
-            network.apply_to()
-    return _outputs(fresh)
-
-
 def test_lokr_file_reproduces_with_lycoris(base, tmp_path):
     """Decomposed and full-matrix LoKr layers (rank 8, factor 4 on the tiny widths), 3x3 convs
     at their own rank, alpha != rank: LyCORIS applies exactly the delta peft trained."""
@@ -83,7 +64,7 @@ def test_lokr_file_reproduces_with_lycoris(base, tmp_path):
     suffixes = {k.split(".", 1)[1] for k in tensors}
     assert {"lokr_w1", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "alpha"} <= suffixes
     assert any(k.startswith("lora_te1_") for k in tensors)
-    assert _max_diff(expected, _lycoris_outputs(base, tensors)) < TOL
+    assert _max_diff(expected, lycoris_outputs(base, tensors)) < TOL
 
 
 def test_lokr_full_matrix_layers_have_scale_one(base):
@@ -141,7 +122,7 @@ def test_dora_file_reproduces_in_lycoris_lorafile_and_diffusers(base, dora, tmp_
     (diffusers 0.42's SDXL loader drops `dora_scale` keys of kohya files with a warning)."""
     _, expected, path = dora
     assert _max_diff(expected, _outputs(base)) > 1e-2
-    assert _max_diff(expected, _lycoris_outputs(base, load_file(str(path)))) < TOL
+    assert _max_diff(expected, lycoris_outputs(base, load_file(str(path)))) < TOL
     back = copy.deepcopy(base)
     export.load_adapter(path, back)
     assert _max_diff(expected, _outputs(back)) < TOL
