@@ -70,8 +70,15 @@ class TestKohya(BackendCase):
         assert flat["network_module"] == "lycoris.kohya"
         assert flat["network_args"] == ["algo=lokr", "preset=attn-mlp", "factor=4"]
         kwargs = dict(arg.split("=", 1) for arg in flat["network_args"])
-        net = create_network(1.0, flat["network_dim"], flat["network_alpha"], tiny.vae,
-                             [tiny.text_encoder, tiny.text_encoder_2], tiny.unet, **kwargs)  # fmt: skip
+        net = create_network(
+            1.0,
+            flat["network_dim"],
+            flat["network_alpha"],
+            tiny.vae,
+            [tiny.text_encoder, tiny.text_encoder_2],
+            tiny.unet,
+            **kwargs,
+        )
         assert {type(m) for m in net.unet_loras} == {LokrModule}
         assert {m.lokr_w1.shape[0] for m in net.unet_loras} <= {1, 2, 4}  # factor 4 bounds w1
         _assert_covers_native(net, tiny, ("attention", "ff"))
@@ -87,8 +94,15 @@ class TestKohya(BackendCase):
         assert flat["network_module"] == "lycoris.kohya"
         assert flat["network_args"] == ["algo=locon", "preset=attn-mlp", "dora_wd=True"]
         kwargs = dict(arg.split("=", 1) for arg in flat["network_args"])
-        net = create_network(1.0, flat["network_dim"], flat["network_alpha"], tiny.vae,
-                             [tiny.text_encoder, tiny.text_encoder_2], tiny.unet, **kwargs)  # fmt: skip
+        net = create_network(
+            1.0,
+            flat["network_dim"],
+            flat["network_alpha"],
+            tiny.vae,
+            [tiny.text_encoder, tiny.text_encoder_2],
+            tiny.unet,
+            **kwargs,
+        )
         assert all(m.wd and m.wd_on_out for m in net.unet_loras)  # a magnitude per output row
         _assert_covers_native(net, tiny, ("attention", "ff"))
         back, _ = self.read_files(files)

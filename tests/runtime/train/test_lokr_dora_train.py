@@ -46,7 +46,7 @@ def _train(tiny_sdxl_dir, tmp_path, adapter: Adapter):
             checkpointing=False,
             seed=2,
             cache=Cache(latents=True, text=True),
-        ),  # fmt: skip
+        ),
         save=Save(precision="fp32"),
         sample=None,
         log=Log(),
