@@ -232,9 +232,20 @@ def _sample(recipe: Recipe, per_epoch: int) -> dict | None:
     }
 
 
+def check_layout(algo: str, layout: str, bag: DiagnosticBag) -> None:
+    """Refuse before training what the export would refuse after it (F711)."""
+    if algo == "lokr" and layout == "diffusers":
+        bag.error(
+            "F711",
+            "LoKr adapters have no diffusers layout for SDXL (diffusers cannot load them).",
+            "use `save { layout kohya }` (ComfyUI, A1111 and LyCORIS load it)",
+        )
+
+
 def build_plan(recipe: Recipe, bag: DiagnosticBag, base_dir: Path | None = None) -> dict:
     """Resolve every setting of `recipe` into the plan dict (see the module docstring)."""
     recipe, auto_changes = fit_memory(recipe, bag)
+    check_layout(recipe.adapter.algo, recipe.save.layout, bag)
     items, summaries, scans = scan_recipe(recipe, base_dir, bag)
     counts = _steps(recipe, items, bag)
     train, adapter = recipe.train, recipe.adapter
