@@ -131,15 +131,29 @@ def adapter(ctx: Context) -> Adapter:
         "conv_alpha": _float(conv_alpha) if has_conv else None,
         "dropout": float(args.get("network_dropout") or 0.0),
         "text_encoder": not args.get("network_train_unet_only"),
-        **(_lycoris_extras(kwargs, algo) if module == "lycoris.kohya" else {}),
+        **(_lycoris_extras(ctx, kwargs, algo) if module == "lycoris.kohya" else {}),
     }
     return build(ctx, lambda: Adapter(**fields), lambda: Adapter(algo=algo), "network")
 
 
-def _lycoris_extras(kwargs: dict, algo: str) -> dict:
+def lycoris_bool(value: object) -> bool:
+    """LyCORIS' `str_bool` reading of a network_args value."""
+    return str(value).strip().lower() in ("true", "1", "yes", "y", "on")
+
+
+def _lycoris_extras(ctx: Context, kwargs: dict, algo: str) -> dict:
     """LoKr's `factor` (-1: automatic) and DoRA's `dora_wd` (LyCORIS kohya.py kwargs)."""
     factor = _int(kwargs.get("factor"))
-    dora = str(kwargs.get("dora_wd", "False")).strip().lower() in ("true", "1", "yes")
+    dora = lycoris_bool(kwargs.get("dora_wd", False))
+    if dora and algo != "locon":
+        ctx.warning(
+            "I615",
+            "network_args",
+            f"LyCORIS DoRA (`dora_wd`) on {algo} has no recipe equivalent; the recipe "
+            "describes it without DoRA and keeps network_args as a pass-through setting.",
+            "use DoRA with algo=locon for a portable recipe",
+        )
+        dora = False
     return {
         "factor": factor if algo == "lokr" and factor is not None and factor > 0 else None,
         "dora": dora,
