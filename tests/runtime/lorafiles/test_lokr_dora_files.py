@@ -5,6 +5,7 @@ back through `inspect` and `convert` (issue 18)."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -115,6 +116,9 @@ def test_dora_file_layout_and_inspect(dora):
     assert conv.dim() == 4 and conv.shape[1:] == (1, 1, 1)  # LyCORIS wd_on_output layout
     assert any(k.startswith("lora_te1_") and k.endswith(".dora_scale") for k in tensors)
     assert set(inspect_file(path)["algorithms"]) == {"LoRA", "LoCon"}
+    meta = convert.read_safetensors(path)[1]
+    assert meta["ss_network_module"] == "lycoris.kohya"
+    assert json.loads(meta["ss_network_args"]) == {"algo": "locon", "dora_wd": "True"}
 
 
 def test_dora_file_reproduces_in_lycoris_lorafile_and_diffusers(base, dora, tmp_path):

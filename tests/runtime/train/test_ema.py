@@ -80,6 +80,10 @@ def test_stopped_and_resumed_run_has_the_same_average(tiny_sdxl_dir, tmp_path, m
     whole = train(plan, TrainOptions(out=tmp_path / "whole", quiet=True))
     trained, average = load_file(str(whole.adapter)), load_file(str(ema_path(whole.adapter)))
     assert trained.keys() == average.keys()
+    from lorafile.runtime.lorafiles.convert import read_safetensors
+
+    meta = read_safetensors(ema_path(whole.adapter))[1]
+    assert (meta["lorafile.ema_decay"], meta["lorafile.ema_updates"]) == ("0.9", "7")
     assert any(not torch.equal(trained[k], average[k]) for k in trained if "alpha" not in k)
     assert (
         tmp_path / "whole" / "checkpoints" / "step-000006" / "tiny-step000006-ema.safetensors"

@@ -119,10 +119,11 @@ def training_metadata(facts: Mapping[str, Any] | None = None, modules=(), title:
     ranks = Counter(m.rank for m in modules)
     alphas = Counter(m.alpha for m in modules)
     algos = {m.algo for m in modules}
+    dora = any("dora_scale" in m.tensors for m in modules)
     out: dict[str, str] = {
         "ss_base_model_version": "sdxl_base_v1-0",
         "ss_v2": "False",
-        "ss_network_module": "networks.lora" if algos <= {"lora"} else "lycoris.kohya",
+        "ss_network_module": "networks.lora" if algos <= {"lora"} and not dora else "lycoris.kohya",
         "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": MODELSPEC_ARCHITECTURE,
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
@@ -133,8 +134,9 @@ def training_metadata(facts: Mapping[str, Any] | None = None, modules=(), title:
     if ranks:
         out["ss_network_dim"] = str(ranks.most_common(1)[0][0])
         out["ss_network_alpha"] = f"{alphas.most_common(1)[0][0]:g}"
-    if algos - {"lora"}:
-        out["ss_network_args"] = _text({"algo": sorted(algos - {"lora"})[0]})
+    if algos - {"lora"} or dora:
+        args = {"algo": sorted(algos - {"lora"})[0] if algos - {"lora"} else "locon"}
+        out["ss_network_args"] = _text(args | ({"dora_wd": "True"} if dora else {}))
     out.update({k: v if isinstance(v, str) else _text(v) for k, v in facts.items()})
     return out
 

@@ -126,7 +126,12 @@ def export_adapter(path: Path, models, fmt: str, precision: str, facts: dict, em
     path.parent.mkdir(parents=True, exist_ok=True)
     if ema is not None:
         with ema.applied():
-            export_adapter(ema_path(path), models, fmt, precision, facts)
+            ema_facts = {
+                **facts,
+                "lorafile.ema_decay": ema.decay,
+                "lorafile.ema_updates": ema.updates,
+            }
+            export_adapter(ema_path(path), models, fmt, precision, ema_facts)
     return export.save_adapter(
         models,
         path,
