@@ -74,3 +74,13 @@ def test_dora_activations_and_ema_copy():
     est = vram.estimate(with_ema)
     assert component(est, "EMA of the adapter") == vram.adapter_params(with_ema) * 4
     assert component(vram.estimate(with_ema, "simpletuner"), "EMA of the adapter") == 0
+
+
+@pytest.mark.parametrize("factor", [8, 12, 16, 64])
+def test_rank_1024_is_full_matrix_on_every_sdxl_layer(factor):
+    """Why SimpleTuner's LoKr example (linear_dim 10000, factor 12) reads as rank 1024: from
+    factor 8 up, w2 is a full matrix on every SDXL layer, as with any larger dim."""
+    for _, fan_in, fan_out, kernel, _ in vram.UNET_MODULES + vram.TEXT_ENCODER_MODULES:
+        shapes = vram.lokr_tensors(fan_in, fan_out, kernel, 1024, factor)
+        assert shapes == vram.lokr_tensors(fan_in, fan_out, kernel, 10000, factor)
+        assert len(shapes) == 2
