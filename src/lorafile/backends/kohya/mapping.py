@@ -121,6 +121,15 @@ def adapter(ctx: Context) -> Adapter:
         if "conv_dim" in kwargs:
             targets = ("attention", "ff", "conv")
         conv_rank, conv_alpha = kwargs.get("conv_dim"), kwargs.get("conv_alpha", 1.0)
+    if algo == "lokr" and int(rank) > 1024:
+        ctx.warning(
+            "I615",
+            "network_dim",
+            f'LoKr `network_dim = {rank}` (LyCORIS\' "full matrix") is read as rank 1024, '
+            "which is full-matrix on every SDXL layer at factor 8 or more.",
+            "set factor=8 or more in network_args, or a rank up to 1024",
+        )
+        rank = 1024
     has_conv = "conv" in targets
     fields = {
         "algo": algo,
