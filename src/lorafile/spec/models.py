@@ -227,7 +227,7 @@ class Ema(Spec):
 
     decay: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.995
     """The most the average keeps of itself per optimizer step (SimpleTuner's `ema_decay`);
-    early steps use less, (1 + k) / (10 + k) at the k-th update after the first."""
+    early steps keep less: (1 + j) / (10 + j) at the j-th update after the first."""
 
 
 class Warmup(Spec):

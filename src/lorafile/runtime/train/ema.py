@@ -9,8 +9,10 @@ update (k = 1, 2, ...)
     d_k = min(D, (1 + j) / (10 + j)),  j = k - 1   otherwise
     shadow = d_k * shadow + (1 - d_k) * weight
 
-so early updates follow the weights closely and the decay rises towards D (0.9 after 80
-updates, 0.99 after 890). The shadow and its update count are saved in every checkpoint, so a
+so early updates follow the weights closely and the decay rises towards D (0.9 after about
+80 updates, 0.99 after about 890). SimpleTuner passes its global step as the update count;
+which of its steps counts as the first was not checked against a run, so its ramp may sit one
+update earlier or later (the plateau at D is the same). The shadow and its update count are saved in every checkpoint, so a
 resumed run continues the same average bit for bit. `applied()` swaps the shadow into the
 live adapter for exporting the `NAME-ema.safetensors` file, then puts the trained weights back.
 """
