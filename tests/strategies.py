@@ -118,9 +118,16 @@ _ALPHAS = optional(floats(0.0, 4096.0, exclude_min=True))
 
 
 def adapters() -> st.SearchStrategy[m.Adapter]:
+    return st.sampled_from(m.ADAPTER_ALGOS).flatmap(_adapters)
+
+
+def _adapters(algo: str) -> st.SearchStrategy[m.Adapter]:
+    """Adapters of one algo: `factor` only for lokr, `dora` only for lora/locon."""
     return st.builds(
         m.Adapter,
-        algo=st.sampled_from(m.ADAPTER_ALGOS),
+        algo=st.just(algo),
+        factor=optional(st.integers(1, 64)) if algo == "lokr" else st.none(),
+        dora=st.booleans() if algo in ("lora", "locon") else st.just(False),
         rank=st.integers(1, 1024),
         alpha=_ALPHAS,
         targets=_TARGET_LISTS,
@@ -329,6 +336,7 @@ def recipes() -> st.SearchStrategy[m.Recipe]:
         regularization=st.lists(regularizations(), max_size=2).map(tuple),
         adapter=adapters(),
         train=trains(),
+        ema=optional(st.builds(m.Ema, decay=floats(0.0, 0.9999, exclude_min=True))),
         save=saves(),
         sample=optional(samples()),
         hardware=hardwares(),

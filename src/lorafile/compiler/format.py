@@ -44,6 +44,7 @@ def format_recipe(recipe: m.Recipe) -> str:
         *(_regularization(r) for r in recipe.regularization),
         _adapter(recipe.adapter),
         _train(recipe.train),
+        _ema(recipe.ema),
         _save(recipe.save),
         _sample(recipe.sample) if recipe.sample else [],
         _hardware(recipe.hardware),
@@ -181,7 +182,9 @@ def _adapter(adapter: m.Adapter) -> list[str]:
     lines += _fields(adapter, [("conv_rank", "conv_rank"), ("conv_alpha", "conv_alpha")])
     if adapter.dropout:
         lines.append(f"dropout {units.format_fraction_percent(adapter.dropout)}")
-    lines += _fields(adapter, [("text_encoder", "text_encoder")])
+    lines += _fields(
+        adapter, [("text_encoder", "text_encoder"), ("factor", "factor"), ("dora", "dora")]
+    )
     if not lines and adapter.algo == "lora":
         return []
     return block(f"adapter {adapter.algo}", lines)
@@ -254,6 +257,14 @@ def _timestep_bias(bias: m.TimestepBias) -> str:
     if bias.portion != m.TimestepBias.model_fields["portion"].default:
         words += ["portion", units.format_fraction_percent(bias.portion)]
     return " ".join(words)
+
+
+def _ema(ema: m.Ema | None) -> list[str]:
+    if ema is None:
+        return []
+    if ema == m.Ema():
+        return ["ema"]
+    return [f"ema decay {number(ema.decay)}"]
 
 
 def _lr(train: m.Train) -> str:

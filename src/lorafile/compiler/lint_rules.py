@@ -261,7 +261,9 @@ def steps_heuristic(ctx: LintContext) -> None:
 def rank_alpha(ctx: LintContext) -> None:
     adapter = ctx.recipe.adapter
     scale = adapter.effective_alpha / adapter.rank
-    if 1 / 16 <= scale <= 2:
+    # LoKr layers whose factors are both full ignore alpha (scale 1), and LyCORIS' own LoKr
+    # settings (a huge dim with alpha 1) are the usual ones: the ratio says little there.
+    if 1 / 16 <= scale <= 2 or adapter.algo == "lokr":
         return
     effect = "multiplies every update" if scale > 2 else "shrinks every update"
     ctx.bag.warning(

@@ -130,6 +130,19 @@ def _adapter(ctx: Ctx, stmt: Stmt, out: dict, path: Path) -> None:
     nested(ctx, stmt, "adapter", adapter, ("adapter",))
 
 
+def _ema(ctx: Ctx, stmt: Stmt, out: dict, path: Path) -> None:
+    """`ema` or `ema decay 0.999`: an average of the adapter weights, saved beside it."""
+    example = "ema decay 0.999"
+    ema: dict = {}
+    set_field(ctx, out, path, "ema", ema, stmt)
+    if not stmt.args:
+        return
+    expect_args(stmt, 2, 2, example)
+    read_choice(stmt.args[0], ("decay",), "ema option")
+    ema["decay"] = read_float(stmt.args[1])
+    ctx.smap[("ema", "decay")] = stmt.args[1].span
+
+
 def _block_only(key: str, example: str):
     """`train { ... }`, `hardware { ... }`: a block with no values on its line."""
 
@@ -521,6 +534,7 @@ st.TABLES.update(
             "train": _def(
                 _block_only("train", "train { steps 3000 }"), "train { steps 3000 }", "train", True
             ),
+            "ema": _def(_ema, "ema decay 0.999"),
             "save": _def(_save, "save every 500 steps keep 6", "save"),
             "sample": _def(_sample, 'sample every 500 steps { prompt "..." }', "sample", True),
             "hardware": _def(
@@ -567,6 +581,8 @@ st.TABLES.update(
             "conv_alpha": scalar("conv_alpha", read_float, "conv_alpha 4"),
             "dropout": scalar("dropout", read_fraction, "dropout 10%"),
             "text_encoder": switch("text_encoder", "text_encoder on"),
+            "factor": scalar("factor", read_int, "factor 8"),
+            "dora": switch("dora", "dora on"),
         },
         "train": {
             "steps": scalar("steps", read_int, "steps 3000"),

@@ -93,18 +93,53 @@ TEXT_ENCODER_MODULES: tuple[tuple[str, int, int, int, int], ...] = (
 Shape = tuple[int, ...]
 
 
-def module_tensors(algo: str, fan_in: int, fan_out: int, kernel: int, rank: int) -> list[Shape]:
+def lokr_split(dim: int, factor: int | None) -> tuple[int, int]:
+    """LyCORIS' Kronecker split of `dim` into (m, n), m * n = dim (`factorization` in
+    lycoris/functional, the same in peft's LoKr): a factor that divides dim gives
+    (factor, dim / factor) as it is; otherwise m climbs through the divisors of dim while it
+    stays below n and at most the factor (no factor: up to the square root), and the smaller
+    side comes first."""
+    if factor is not None and factor > 0 and dim % factor == 0:
+        return factor, dim // factor
+    limit = factor if factor is not None and factor > 0 else dim
+    m, n = 1, dim
+    while m < n:
+        bigger = next(d for d in range(m + 1, dim + 1) if dim % d == 0)
+        if bigger > limit:
+            break
+        m, n = bigger, dim // bigger
+    return (m, n) if m <= n else (n, m)
+
+
+def lokr_tensors(fan_in: int, fan_out: int, kernel: int, rank: int, factor) -> list[Shape]:
+    """LoKr's factors: w1 (out_l, in_m) always full (no `decompose_both`); w2 (out_k, in_n[, k,
+    k]) full when rank >= half its larger side, else w2_a (out_k, r) @ w2_b (r, in_n*k*k)."""
+    out_l, out_k = lokr_split(fan_out, factor)
+    in_m, in_n = lokr_split(fan_in, factor)
+    spatial = (kernel, kernel) if kernel > 1 else ()
+    if rank >= max(out_k, in_n) / 2:
+        return [(out_l, in_m), (out_k, in_n, *spatial)]
+    return [(out_l, in_m), (out_k, rank), (rank, in_n * kernel * kernel)]
+
+
+def module_tensors(
+    algo: str, fan_in: int, fan_out: int, kernel: int, rank: int, factor=None, dora=False
+) -> list[Shape]:
     """The trainable tensors one adapted module adds (alpha is a buffer, not counted).
 
     LoRA/LoCon: down (r, in[, k, k]) and up (out, r[, 1, 1]) - kohya `networks/lora.py` and
     LyCORIS `locon.py` use the same shapes. LoHa: two Hadamard factor pairs
-    (out, r) x (r, in*k*k) (LyCORIS `loha.py`, without Tucker decomposition).
+    (out, r) x (r, in*k*k) (LyCORIS `loha.py`, without Tucker decomposition). LoKr: see
+    `lokr_tensors`. DoRA adds a magnitude per output channel (peft `lora_magnitude_vector`).
     """
     if algo == "loha":
         return [(fan_out, rank), (rank, fan_in * kernel * kernel)] * 2
+    if algo == "lokr":
+        return lokr_tensors(fan_in, fan_out, kernel, rank, factor)
+    magnitude: list[Shape] = [(fan_out,)] if dora else []
     if kernel == 1:
-        return [(rank, fan_in), (fan_out, rank)]
-    return [(rank, fan_in, kernel, kernel), (fan_out, rank, 1, 1)]
+        return [(rank, fan_in), (fan_out, rank), *magnitude]
+    return [(rank, fan_in, kernel, kernel), (fan_out, rank, 1, 1), *magnitude]
 
 
 def adapter_tensors(recipe: Recipe) -> list[tuple[Shape, int]]:
@@ -115,10 +150,15 @@ def adapter_tensors(recipe: Recipe) -> list[tuple[Shape, int]]:
         if group not in adapter.targets:
             continue
         rank = adapter.effective_conv_rank if kernel == 3 else adapter.rank
-        out += [(s, count) for s in module_tensors(adapter.algo, fan_in, fan_out, kernel, rank)]
+        shapes = module_tensors(
+            adapter.algo, fan_in, fan_out, kernel, rank, adapter.factor, adapter.dora
+        )
+        out += [(s, count) for s in shapes]
     if adapter.text_encoder:
         for _, fan_in, fan_out, kernel, count in TEXT_ENCODER_MODULES:
-            tensors = module_tensors(adapter.algo, fan_in, fan_out, kernel, adapter.rank)
+            tensors = module_tensors(
+                adapter.algo, fan_in, fan_out, kernel, adapter.rank, adapter.factor, adapter.dora
+            )
             out += [(s, count) for s in tensors]
     return out
 
@@ -222,6 +262,26 @@ def unet_saved_elements(width: int, height: int, checkpointing: bool, ff_lora: b
     if not checkpointing:
         return fixed + sum(full for _, full, _ in blocks)
     return fixed + sum(inp for _, _, inp in blocks) + max(full for _, full, _ in blocks)
+
+
+# DoRA (peft `use_dora`) keeps each adapted layer's base output for the magnitude's gradient:
+# per transformer block, attn1 q/k/v/out and attn2 q/out (6C) plus the GEGLU ff outputs (8C + C).
+DORA_ATTENTION_OUTPUTS, DORA_FF_OUTPUTS = 6, 9
+
+
+def dora_saved_elements(width: int, height: int, checkpointing: bool, targets) -> int:
+    """Extra elements DoRA keeps per image: the adapted layers' outputs. With checkpointing
+    only the block being recomputed holds them."""
+    t = level_tokens(width, height)
+    per_c = (DORA_ATTENTION_OUTPUTS if "attention" in targets else 0) + (
+        DORA_FF_OUTPUTS if "ff" in targets else 0
+    )
+    blocks = [per_c * CHANNELS[lv] * t[lv] for lv in BLOCKS for _ in range(BLOCKS[lv])]
+    if "conv" in targets:  # conv1/conv2 outputs of each ResnetBlock2D
+        blocks += [2 * co * t[lv] for lv, _, co in RESNETS]
+    if not blocks:
+        return 0
+    return max(blocks) if checkpointing else sum(blocks)
 
 
 def naive_attention_elements(width: int, height: int, checkpointing: bool) -> int:
@@ -458,7 +518,15 @@ class _Model:
                       "latents cached, moved off the GPU" if self.cache_latents else "encodes every step"),
             Component("adapter weights", int(params * self.adapter_bytes), f"{params:,} parameters"),
             Component("optimizer state", int(optimizer), self.r.train.optimizer),
+            *self._ema(params),
         ]  # fmt: skip
+
+    def _ema(self, params: int) -> list[Component]:
+        """The native trainer keeps the `ema` average as an fp32 copy beside the adapter;
+        SimpleTuner keeps its copy on the CPU (`ema_device` cpu, its default), kohya has none."""
+        if self.r.ema is None or self.s.trainer != "native":
+            return []
+        return [Component("EMA of the adapter", int(params * 4.0), "fp32 shadow")]
 
     def _gradients(self, params: int) -> float:
         grads = params * self.adapter_bytes
@@ -473,6 +541,8 @@ class _Model:
             elements += naive_attention_elements(self.width, self.height, gc)
         if self.base_dtype == "fp8":
             elements *= self.p.fp8_activation_factor
+        if self.r.adapter.dora:
+            elements += dora_saved_elements(self.width, self.height, gc, self.r.adapter.targets)
         if self.r.adapter.text_encoder:
             elements += text_encoder_saved_elements(gc)
         return elements * self.batch * self.compute

@@ -46,7 +46,7 @@ Sampler = Literal[
     "dpmpp_sde",
     "unipc",
 ]
-AdapterAlgo = Literal["lora", "locon", "loha"]
+AdapterAlgo = Literal["lora", "locon", "loha", "lokr"]
 Target = Literal["attention", "ff", "conv"]
 DatasetKind = Literal["style", "character", "concept"]
 Precision = Literal["no", "fp16", "bf16"]
@@ -176,14 +176,14 @@ class Regularization(Spec):
 
 
 class Adapter(Spec):
-    """The trained network: LoRA, or the LyCORIS variants LoCon and LoHa."""
+    """The trained network: LoRA, or the LyCORIS variants LoCon, LoHa and LoKr."""
 
     algo: AdapterAlgo = "lora"
     rank: Annotated[int, Field(ge=1, le=1024)] = 16
     alpha: Annotated[float, Field(gt=0.0, le=4096.0)] | None = None
     """Scale is alpha/rank. Default: equal to rank (scale 1)."""
     targets: tuple[Target, ...] = ("attention", "ff")
-    """Which UNet layers get adapters. Default: attention and ff, plus conv for locon/loha
+    """Which UNet layers get adapters. Default: attention and ff, plus conv for locon/loha/lokr
     (LyCORIS trains the 3x3 convolutions by default)."""
     conv_rank: Annotated[int, Field(ge=1, le=1024)] | None = None
     """Rank of the 3x3-conv adapters (default: rank)."""
@@ -192,6 +192,12 @@ class Adapter(Spec):
     dropout: Fraction = 0.0
     text_encoder: bool = False
     """Also train LoRA on both text encoders."""
+    factor: Annotated[int, Field(ge=1, le=8192)] | None = None
+    """LoKr only: the size bound of the Kronecker factor (LyCORIS `factor`). Default: automatic
+    (LyCORIS -1, the split nearest the square root of each dimension)."""
+    dora: bool = False
+    """DoRA (weight-decomposed LoRA): a trained magnitude per output channel on top of the LoRA
+    or LoCon direction (peft `use_dora`, LyCORIS `dora_wd`)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -206,6 +212,10 @@ class Adapter(Spec):
             raise ValueError("a target is listed twice")
         if not self.targets:
             raise ValueError("an adapter needs at least one target")
+        if self.factor is not None and self.algo != "lokr":
+            raise ValueError("factor only applies to lokr adapters")
+        if self.dora and self.algo not in ("lora", "locon"):
+            raise ValueError("dora applies to lora and locon adapters")
         return self
 
     @property
@@ -225,7 +235,15 @@ class Adapter(Spec):
 
 def default_targets(algo: str) -> tuple[str, ...]:
     """The targets an adapter gets when the recipe names none."""
-    return ("attention", "ff", "conv") if algo in ("locon", "loha") else ("attention", "ff")
+    return ("attention", "ff", "conv") if algo in ("locon", "loha", "lokr") else ("attention", "ff")
+
+
+class Ema(Spec):
+    """An exponential moving average of the adapter weights, saved as a second file."""
+
+    decay: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.995
+    """The most the average keeps of itself per optimizer step (SimpleTuner's `ema_decay`);
+    early steps keep less: (1 + j) / (10 + j) at the j-th update after the first."""
 
 
 class Warmup(Spec):
@@ -434,6 +452,7 @@ class Recipe(Spec):
     regularization: tuple[Regularization, ...] = ()
     adapter: Adapter = Adapter()
     train: Train
+    ema: Ema | None = None
     save: Save = Save()
     sample: Sample | None = None
     hardware: Hardware = Hardware()

@@ -20,17 +20,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend_case import BackendCase
+from kohya_args import OPTION_TYPES, REFERENCE, check_argparse_types
 from lorafile.backends.kohya.project import project
 from lorafile.compiler.diagnostics import DiagnosticError
 from lorafile.spec.models import Recipe
-from repo_paths import ROOT, TESTS
+from repo_paths import ROOT
 from strategies import recipes
 
-REFERENCE = json.loads((TESTS / "fixtures" / "kohya" / "reference_options.json").read_text())
-OPTION_TYPES = {o["dest"]: o for o in REFERENCE}
 FIELD_CODES = {
     "base": {"T517", "T518"},
     "adapter": {"T507", "T510"},
+    "ema": {"T582"},
     "train": {"T504", "T505", "T506", "T515", "T580"},
     "datasets": {"T509", "T511", "T512"},
     "regularization": {"T502", "T503"},
@@ -122,35 +122,6 @@ def _check_level(table: dict, level: str) -> None:
         )
         if key == "resolution" and isinstance(value, list):
             assert len(value) == 2 and all(type(v) is int for v in value)
-
-
-def check_argparse_types(config: dict) -> None:
-    for section, table in config.items():
-        assert isinstance(table, dict), f"top-level key {section}: keep keys in sections"
-        for key, value in table.items():
-            assert key in OPTION_TYPES, f"{key} is not an sd-scripts argument"
-            option = OPTION_TYPES[key]
-            if option["nargs"] == "*":
-                assert isinstance(value, list), f"{key} must be an array"
-                for item in value:
-                    _check_scalar(key, item, option["type"])
-            elif option["kind"] == "_StoreTrueAction":
-                assert type(value) is bool, f"{key} = {value!r} must be a boolean"
-            else:
-                _check_scalar(key, value, option["type"])
-
-
-def _check_scalar(key: str, value: object, kind: str) -> None:
-    expected = {
-        "str": (str,),
-        "Path": (str,),
-        "int": (int,),
-        "float": (float,),
-        "int_or_float": (int, float),
-    }[kind]
-    assert isinstance(value, expected) and not isinstance(value, bool), (
-        f"{key} = {value!r} is not {kind}"
-    )
 
 
 class TestKohyaProperties(BackendCase):

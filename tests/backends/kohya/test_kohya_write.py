@@ -151,8 +151,10 @@ def test_every_kohya_code_is_documented():
     assert codes, "no codes found"
     documented = set(re.findall(r"^### ([TI]\d{3})", DOCS.read_text(), re.M))
     assert codes <= documented, sorted(codes - documented)
-    # T580: training options a trainer lacks (shared family, T581 is SimpleTuner's).
-    assert all(501 <= int(c[1:]) <= 519 or c == "T580" or 600 <= int(c[1:]) <= 629 for c in codes)
+    # T580, T582: training options kohya lacks (shared family; T581 is SimpleTuner's).
+    assert all(
+        501 <= int(c[1:]) <= 519 or c in ("T580", "T582") or 600 <= int(c[1:]) <= 629 for c in codes
+    )
 
 
 RECIPES = sorted((TESTS / "fixtures" / "recipes").glob("*.recipe"))

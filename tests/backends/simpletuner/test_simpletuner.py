@@ -17,6 +17,7 @@ from lorafile.spec.models import (
     Base,
     Buckets,
     Dataset,
+    Ema,
     Interval,
     Output,
     Recipe,
@@ -471,7 +472,8 @@ class TestSimpleTuner(BackendCase):
                 "aspect_limits",
                 lambda r: (r.datasets[0].buckets.min, r.datasets[0].buckets.max) == (724, 1448),
             ),
-            ("passthrough_extras", lambda r: r.passthrough["simpletuner"]["ema_decay"] == 0.999),
+            ("passthrough_extras", lambda r: r.ema == Ema(decay=0.999)),
+            ("passthrough_extras", lambda r: "use_ema" not in r.passthrough["simpletuner"]),
             (
                 "json_plain_keys",
                 lambda r: (r.adapter.targets, r.adapter.dropout) == (("attention",), 0.1),
@@ -521,13 +523,12 @@ class TestSimpleTuner(BackendCase):
     def test_lokr_keeps_its_settings_for_simpletuner(self):
         got, _ = self.read(FIXTURES / "lycoris_lokr_example")
         kept = got.passthrough["simpletuner"]
-        assert (kept["lycoris.algo"], kept["lycoris.factor"], kept["lycoris.bypass_mode"]) == (
-            "lokr",
-            12,
-            True,
-        )
+        # linear_dim 10000 is "full matrices"; rank 1024 is full on every SDXL layer at factor 12.
+        assert (got.adapter.algo, got.adapter.factor, got.adapter.rank) == ("lokr", 12, 1024)
+        assert kept["lycoris.bypass_mode"] is True and "lycoris.algo" not in kept
         files, _ = self.write(got)
-        assert json.loads(files["lycoris_config.json"])["algo"] == "lokr"
+        written = json.loads(files["lycoris_config.json"])
+        assert (written["algo"], written["factor"], written["bypass_mode"]) == ("lokr", 12, True)
 
     def test_model_family_must_be_sdxl(self, tmp_path):
         (tmp_path / "config.json").write_text(json.dumps({"model_family": "flux"}))

@@ -11,36 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from interop import TOL, _diffusers_outputs, _max_diff, _models, _outputs
 from lorafile.compiler.diagnostics import DiagnosticError
 from lorafile.runtime.lorafiles import convert, export
-from lorafile.runtime.lorafiles.keys import COMPONENTS, peft_target_modules
+from lorafile.runtime.lorafiles.keys import peft_target_modules
 from lorafile.runtime.models.tiny import build_tiny_sdxl
-
-TOL = 1e-4
-
-
-def _outputs(comp):
-    """UNet prediction and both text encoders' outputs on fixed inputs."""
-    g = torch.Generator().manual_seed(1)
-    latents, emb = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 77, 96, generator=g)
-    cond = {
-        "text_embeds": torch.randn(1, 64, generator=g),
-        "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]]),
-    }
-    tokens = torch.randint(0, 512, (1, 77), generator=g)
-    with torch.no_grad():
-        unet = comp.unet(latents, torch.tensor([10]), emb, added_cond_kwargs=cond).sample
-        te1 = comp.text_encoder(tokens, output_hidden_states=True).hidden_states[-2]
-        te2 = comp.text_encoder_2(tokens, output_hidden_states=True)
-    return [unet, te1, te2.hidden_states[-2], te2.text_embeds]
-
-
-def _max_diff(a, b):
-    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
-
-
-def _models(comp):
-    return {c: getattr(comp, c) for c in COMPONENTS}
 
 
 @pytest.fixture(scope="module")
@@ -91,12 +66,6 @@ def trained(base, tmp_path_factory):
     path = tmp_path_factory.mktemp("lora") / "kohya.safetensors"
     export.save_adapter(comp, path, metadata={"ss_steps": 10, "ss_output_name": "tiny"})
     return comp, _outputs(comp), path
-
-
-def _diffusers_outputs(base, path):
-    pipe = copy.deepcopy(base).pipeline()
-    pipe.load_lora_weights(str(path))
-    return _outputs(pipe)
 
 
 def test_kohya_file_layout(trained):

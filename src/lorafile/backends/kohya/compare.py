@@ -68,6 +68,10 @@ def _network(args: dict) -> dict:
         kwargs.setdefault("preset", "full")
         kwargs.setdefault("conv_dim", str(dim))
         kwargs.setdefault("conv_alpha", str(alpha))
+        if km._int(kwargs.get("factor")) == -1:
+            del kwargs["factor"]  # LyCORIS' default: automatic split
+        if "dora_wd" in kwargs:
+            kwargs["dora_wd"] = km.lycoris_bool(kwargs["dora_wd"])
     elif "conv_dim" in kwargs:
         kwargs.setdefault("conv_alpha", "1")
     for key in ("conv_dim", "conv_alpha"):

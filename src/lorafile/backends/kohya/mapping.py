@@ -132,6 +132,15 @@ def adapter(ctx: Context) -> Adapter:
         if "conv_dim" in kwargs:
             targets = ("attention", "ff", "conv")
         conv_rank, conv_alpha = kwargs.get("conv_dim"), kwargs.get("conv_alpha", 1.0)
+    if algo == "lokr" and int(rank) > 1024:
+        ctx.warning(
+            "I615",
+            "network_dim",
+            f'LoKr `network_dim = {rank}` (LyCORIS\' "full matrix") is read as rank 1024, '
+            "which is full-matrix on every SDXL layer at factor 8 or more.",
+            "set factor=8 or more in network_args, or a rank up to 1024",
+        )
+        rank = 1024
     has_conv = "conv" in targets
     fields = {
         "algo": algo,
@@ -142,20 +151,45 @@ def adapter(ctx: Context) -> Adapter:
         "conv_alpha": _float(conv_alpha) if has_conv else None,
         "dropout": float(args.get("network_dropout") or 0.0),
         "text_encoder": not args.get("network_train_unet_only"),
+        **(_lycoris_extras(ctx, kwargs, algo) if module == "lycoris.kohya" else {}),
     }
     return build(ctx, lambda: Adapter(**fields), lambda: Adapter(algo=algo), "network")
 
 
+def lycoris_bool(value: object) -> bool:
+    """LyCORIS' `str_bool` reading of a network_args value."""
+    return str(value).strip().lower() in ("true", "1", "yes", "y", "on")
+
+
+def _lycoris_extras(ctx: Context, kwargs: dict, algo: str) -> dict:
+    """LoKr's `factor` (-1: automatic) and DoRA's `dora_wd` (LyCORIS kohya.py kwargs)."""
+    factor = _int(kwargs.get("factor"))
+    dora = lycoris_bool(kwargs.get("dora_wd", False))
+    if dora and algo != "locon":
+        ctx.warning(
+            "I615",
+            "network_args",
+            f"LyCORIS DoRA (`dora_wd`) on {algo} has no recipe equivalent; the recipe "
+            "describes it without DoRA and keeps network_args as a pass-through setting.",
+            "use DoRA with algo=locon for a portable recipe",
+        )
+        dora = False
+    return {
+        "factor": factor if algo == "lokr" and factor is not None and factor > 0 else None,
+        "dora": dora,
+    }
+
+
 def _lycoris(ctx: Context, kwargs: dict) -> tuple[str, tuple]:
     algo = kwargs.get("algo", "lora")
-    mapped = {"lora": "locon", "locon": "locon", "loha": "loha"}.get(algo)
+    mapped = {"lora": "locon", "locon": "locon", "loha": "loha", "lokr": "lokr"}.get(algo)
     if mapped is None:
         ctx.warning(
             "I615",
             "network_args",
             f"LyCORIS `algo={algo}` has no recipe equivalent; the recipe calls it locon "
             "and keeps network_args as a pass-through setting.",
-            "use algo=locon or algo=loha for a portable recipe",
+            "use algo=locon, loha or lokr for a portable recipe",
         )
         mapped = "locon"
     preset = kwargs.get("preset", "full")

@@ -115,6 +115,7 @@ def project(recipe: Recipe, lossy: bool = True) -> tuple[Recipe, list[Reason]]:
         _base,
         _options,
         _adapter,
+        _ema,
         _train,
         _datasets,
         _regularization,
@@ -163,6 +164,8 @@ def _settle(recipe: Recipe) -> Recipe:
 
 def _adapter(data: dict, reasons: Reasons) -> None:
     a = data["adapter"]
+    if a["dora"] and a["algo"] == "lora":
+        a["algo"] = "locon"  # DoRA needs LyCORIS, whose LoCon on these targets is a LoRA
     targets = tuple(t for t in TARGETS if t in a["targets"])
     allowed = (
         kw.LYCORIS_PRESETS
@@ -190,18 +193,30 @@ def _adapter(data: dict, reasons: Reasons) -> None:
     else:
         a["conv_rank"] = a["conv_alpha"] = None
     if (
-        a["algo"] == "loha"
+        a["algo"] in ("loha", "lokr")
         and a["dropout"]
         and reasons.add(
             Reason(
                 "T510",
-                "LyCORIS LoHa has no dropout (\"LoHa/LoKr haven't "
-                'implemented normal dropout yet"); dropout is not applied.',
+                f"LyCORIS {'LoHa' if a['algo'] == 'loha' else 'LoKr'} has no dropout "
+                '("LoHa/LoKr haven\'t implemented normal dropout yet"); dropout is not applied.',
                 "remove dropout from the adapter, or use locon",
             )
         )
     ):
         a["dropout"] = 0.0
+
+
+def _ema(data: dict, reasons: Reasons) -> None:
+    if data["ema"] is not None and reasons.add(
+        Reason(
+            "T582",
+            "sd-scripts' sdxl_train_network.py keeps no moving average of the network weights "
+            "(EMA exists only in other trainers); no EMA file is written.",
+            "remove the `ema` statement, or train with the native trainer or SimpleTuner",
+        )
+    ):
+        data["ema"] = None
 
 
 def _module(algo: str) -> str:

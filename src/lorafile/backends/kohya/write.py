@@ -164,7 +164,7 @@ def model_args(recipe: Recipe) -> dict:
 
 def network_args(recipe: Recipe) -> dict:
     adapter, train = recipe.adapter, recipe.train
-    lycoris = adapter.algo in ("locon", "loha")
+    lycoris = adapter.algo in ("locon", "loha", "lokr")
     return {
         # networks.lora falls back to dim 4 and alpha 1 when these are missing.
         "network_module": "lycoris.kohya" if lycoris else "networks.lora",
@@ -182,8 +182,12 @@ def network_args(recipe: Recipe) -> dict:
 def adapter_args(recipe: Recipe) -> list[str]:
     adapter = recipe.adapter
     args: list[str] = []
-    if adapter.algo in ("locon", "loha"):
+    if adapter.algo in ("locon", "loha", "lokr"):
         args += [f"algo={adapter.algo}", f"preset={LYCORIS_PRESETS[tuple(adapter.targets)]}"]
+    if adapter.factor is not None:
+        args.append(f"factor={adapter.factor}")  # LyCORIS LoKr; -1 (automatic) when absent
+    if adapter.dora:
+        args.append("dora_wd=True")  # LyCORIS DoRA; wd_on_output=True is its default
     if "conv" in adapter.targets:
         # LyCORIS' conv_alpha defaults to network_alpha and lora.py's to 1: always explicit.
         args += [

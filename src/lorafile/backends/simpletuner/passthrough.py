@@ -49,6 +49,9 @@ CONSUMED = frozenset(
         "text_encoder_lr",
         "lycoris_config",
         "lora_format",
+        "use_dora",
+        "use_ema",
+        "ema_decay",
         "max_train_steps",
         "num_train_epochs",
         "train_batch_size",
@@ -111,7 +114,16 @@ CONSUMED_DATASET = frozenset(
     }
 )
 CONSUMED_LYCORIS = frozenset(
-    {"linear_dim", "linear_alpha", "conv_dim", "conv_alpha", "dropout", "apply_preset"}
+    {
+        "linear_dim",
+        "linear_alpha",
+        "conv_dim",
+        "conv_alpha",
+        "dropout",
+        "apply_preset",
+        "factor",
+        "dora_wd",
+    }
 )
 JSON_PREFIX = "json:"
 
@@ -135,8 +147,8 @@ def decode(value: object) -> object:
     return value
 
 
-def _lycoris_algo(algo: object) -> str:
-    return "loha" if algo == "loha" else "locon"
+def lycoris_algo(algo: object) -> str:
+    return algo if algo in ("loha", "lokr") else "locon"
 
 
 def collect(recipe: Recipe, config: dict, entries: list[dict], lycoris: dict | None) -> dict:
@@ -190,7 +202,7 @@ def _diff(prefix: str, source: dict, generated: dict, consumed: frozenset) -> di
 def _collect_lycoris(recipe: Recipe, lycoris: dict, generated: dict) -> dict:
     out = _diff("lycoris.", lycoris, generated, CONSUMED_LYCORIS | {"algo"})
     if lycoris.get("algo") != generated.get("algo") and (
-        _lycoris_algo(lycoris.get("algo")) == recipe.adapter.algo
+        lycoris_algo(lycoris.get("algo")) == recipe.adapter.algo
     ):
         out["lycoris.algo"] = encode(lycoris.get("algo"))
     preset = lycoris.get("apply_preset")
@@ -290,7 +302,7 @@ def _config_problem(recipe: Recipe, name: str, value: object) -> str | None:
 
 def _lycoris_problem(recipe: Recipe, name: str, value: object) -> str | None:
     if name == "algo":
-        return None if _lycoris_algo(value) == recipe.adapter.algo else "the algo is the adapter's"
+        return None if lycoris_algo(value) == recipe.adapter.algo else "the algo is the adapter's"
     return f"`{name}` is set from the recipe" if name in CONSUMED_LYCORIS else None
 
 

@@ -62,6 +62,7 @@ def _interpret(loaded: Loaded, bag: DiagnosticBag) -> Recipe:
         **_datasets(entries, config, bag),
         "adapter": _adapter(config, lycoris, bag),
         "train": (train := _train(config, bag)),
+        "ema": {"decay": float(config.get("ema_decay", 0.995))} if config.get("use_ema") else None,
         "save": _save(config, train),
         "sample": _sample(config, prompts),
         "hardware": {"gpus": max(1, loaded.processes or int(config.get("num_processes", 1)))},
@@ -349,6 +350,7 @@ def _adapter(config: dict, lycoris: dict | None, bag: DiagnosticBag) -> dict:
             "dropout": float(config.get("lora_dropout", 0.1)),  # SimpleTuner default 0.1
             "targets": pt.peft_targets(config.get("peft_lora_target_modules"), bag),
             "text_encoder": bool(config.get("train_text_encoder", False)),
+            "dora": bool(config.get("use_dora", False)),
         }
         return adapter
     return _lycoris_adapter(lycoris, bag)
@@ -356,11 +358,11 @@ def _adapter(config: dict, lycoris: dict | None, bag: DiagnosticBag) -> dict:
 
 def _lycoris_adapter(lycoris: dict, bag: DiagnosticBag) -> dict:
     algo = str(lycoris.get("algo", "locon"))
-    if algo not in ("locon", "loha", "lora"):
+    if algo not in ("locon", "loha", "lora", "lokr"):
         bag.warning(
             "I643",
             f"LyCORIS algo `{algo}` has no recipe equivalent; it is read as LoCon.",
-            "use locon or loha",
+            "use locon, loha or lokr",
         )
     rank = int(lycoris.get("linear_dim", 16))
     if not 1 <= rank <= 1024:
@@ -373,12 +375,23 @@ def _lycoris_adapter(lycoris: dict, bag: DiagnosticBag) -> dict:
         rank = min(max(rank, 1), 1024)
     targets = pt.lycoris_targets(lycoris.get("apply_preset"), bag)
     adapter: dict = {
-        "algo": "loha" if algo == "loha" else "locon",
+        "algo": pt.lycoris_algo(algo),
         "rank": rank,
         "alpha": float(lycoris.get("linear_alpha", rank)),
         "dropout": float(lycoris.get("dropout", 0.0)),
         "targets": targets,
     }
+    dora = bool(lycoris.get("dora_wd", lycoris.get("weight_decompose", False)))
+    if dora and adapter["algo"] != "locon":
+        bag.warning(
+            "I643",
+            f"LyCORIS DoRA (`dora_wd`) on {algo} has no recipe equivalent; it is dropped.",
+            "use DoRA with locon (or `use_dora` with a PEFT LoRA)",
+        )
+    adapter["dora"] = dora and adapter["algo"] == "locon"
+    factor = int(lycoris.get("factor", -1))
+    if adapter["algo"] == "lokr" and factor > 0:
+        adapter["factor"] = factor
     if "conv" in targets:
         adapter["conv_rank"] = int(lycoris.get("conv_dim", rank))
         adapter["conv_alpha"] = float(lycoris.get("conv_alpha", adapter["conv_rank"]))

@@ -47,6 +47,7 @@ def generate(recipe: Recipe) -> Generated:
         **_schedule(recipe),
         **_optimizer(recipe),
         **_loss(recipe),
+        **_ema(recipe),
         **_saving(recipe),
         **_validation(recipe, out),
         **_logging(recipe),
@@ -109,6 +110,8 @@ def _adapter(recipe: Recipe, out: Generated) -> dict:
         }
         if adapter.text_encoder:
             config["train_text_encoder"] = True
+        if adapter.dora:
+            config["use_dora"] = True  # PEFT DoRA (documentation/OPTIONS.md `--use_dora`)
     else:
         # SimpleTuner rejects a LyCORIS config outside its config folder (cmd_args.py ~L1130).
         config = {"lora_type": "lycoris", "lycoris_config": LYCORIS_FILE}
@@ -132,6 +135,10 @@ def _lycoris(recipe: Recipe) -> dict:
         config["conv_alpha"] = int(adapter.effective_conv_alpha)
     if adapter.dropout:
         config["dropout"] = adapter.dropout
+    if adapter.factor is not None:
+        config["factor"] = adapter.factor  # LoKr; LyCORIS' default -1 is automatic
+    if adapter.dora:
+        config["dora_wd"] = True  # forwarded to lycoris.create_lycoris (LyCORIS DoRA)
     config["apply_preset"] = {
         "target_module": [cls for t in adapter.targets for cls in m.LYCORIS_TARGETS[t]]
     }
@@ -189,6 +196,14 @@ def _loss(recipe: Recipe) -> dict:
         config["snr_gamma"] = int(train.min_snr_gamma)  # an int argument in SimpleTuner
     config.update(training_options.write_args(recipe))
     return config
+
+
+def _ema(recipe: Recipe) -> dict:
+    """`use_ema` averages the trained (LoRA/LyCORIS) weights after every step
+    (`ema_update_interval` 1, no `ema_warmup_steps`: the recipe's rule)."""
+    if recipe.ema is None:
+        return {}
+    return {"use_ema": True, "ema_decay": recipe.ema.decay}
 
 
 def _saving(recipe: Recipe) -> dict:

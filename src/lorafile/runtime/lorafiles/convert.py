@@ -47,6 +47,7 @@ KOHYA_SUFFIXES = (
 PEFT_TO_KOHYA = {
     "lora_A.weight": "lora_down.weight",
     "lora_B.weight": "lora_up.weight",
+    "lora_magnitude_vector.weight": "dora_scale",
     "lora_magnitude_vector": "dora_scale",
     "lora.down.weight": "lora_down.weight",
     "lora.up.weight": "lora_up.weight",
@@ -56,11 +57,14 @@ PEFT_TO_KOHYA = {
 KOHYA_TO_PEFT = {
     "lora_down.weight": "lora_A.weight",
     "lora_up.weight": "lora_B.weight",
-    "dora_scale": "lora_magnitude_vector",
+    "dora_scale": "lora_magnitude_vector.weight",
 }
 # diffusers' attention-processor format (2023): `attn1.processor.to_q_lora.down.weight`.
 _PROCESSOR = re.compile(r"(.*)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
 LOHA_KEYS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+# LyCORIS/peft LoKr: each factor full (`lokr_w1`) or a product (`lokr_w1_a @ lokr_w1_b`);
+# `lokr_t2` is the Tucker core of an "effective conv" w2 (ComfyUI `weight_adapter/lokr.py`).
+LOKR_KEYS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"  # diffusers loaders/lora_base.py
 LAYOUTS = {
     "kohya": "kohya, original SDXL block names (sd-scripts, ComfyUI, A1111)",
@@ -81,6 +85,8 @@ class AdapterModule:
     tensors: dict[str, Any] = field(default_factory=dict)
     alpha: float | None = None
     alpha_source: str = "none"
+    kind: str | None = None
+    """The layer's kind in the key map (linear, conv1x1, conv3x3) when the file was read."""
 
     @property
     def algo(self) -> str:
@@ -99,6 +105,8 @@ class AdapterModule:
 
     @property
     def is_conv(self) -> bool:
+        if self.kind is not None:  # a LoKr factor's shape does not say it
+            return self.kind == "conv3x3"
         first = self.tensors.get("lora_down.weight", self.tensors.get("hada_w1_b"))
         return first is not None and first.dim() == 4 and tuple(first.shape[-2:]) != (1, 1)
 
@@ -117,15 +125,17 @@ class AdapterModule:
             return int(t["lora_down.weight"].shape[0])
         if "hada_w1_b" in t:
             return int(t["hada_w1_b"].shape[0])
-        if "lokr_w2_b" in t:
-            return int(t["lokr_w2_b"].shape[0])
+        for key in ("lokr_w2_b", "lokr_w1_b"):  # the rank loaders divide alpha by
+            if key in t:
+                return int(t[key].shape[0])
         return None
 
     @property
     def scale(self) -> float | None:
-        """alpha / rank: the multiplier on up @ down (1.0 where alpha is unknown, as loaders do)."""
+        """alpha / rank: the multiplier on up @ down (1.0 where alpha is unknown, as loaders do).
+        A LoKr with both factors full has scale 1 (LyCORIS and ComfyUI ignore its alpha)."""
         if self.rank is None:
-            return None
+            return 1.0 if self.algo == "lokr" else None
         return (self.alpha if self.alpha is not None else self.rank) / self.rank
 
 
@@ -233,7 +243,12 @@ def parse_lora(tensors: dict, metadata: dict, keymap: KeyMap | None = None, path
         # A bare peft UNet file (`base_model.model.` stripped) names modules without `unet.`.
         found = keymap.resolve(name) or keymap.resolve(f"unet.{name}")
         component, mpath = found if found else (None, name)
+        down = params.get("lora_down.weight")
+        if "dora_scale" in params and down is not None:  # peft's magnitude shapes differ
+            params["dora_scale"] = params["dora_scale"].reshape(-1, *[1] * (down.dim() - 1))
         module = AdapterModule(component, mpath, name, params)
+        if found:
+            module.kind = keymap.modules[found].kind
         alpha = params.pop("alpha", None)
         if alpha is not None:
             module.alpha, module.alpha_source = float(alpha), "tensor"
@@ -347,14 +362,23 @@ def check_writable(modules: list[AdapterModule], to: str, allow_lossy: bool, bag
     return [m for m, _ in keep]
 
 
+WRITABLE = {
+    "lora": {"lora_down.weight", "lora_up.weight", "dora_scale"},
+    "loha": set(LOHA_KEYS),
+    "lokr": set(LOKR_KEYS) - {"lokr_t2"},
+}
+
+
 def _cannot_write(m: AdapterModule, to: str) -> str:
     if m.component is None:
         return "matches no SDXL module"
-    if m.algo not in ("lora", "loha"):
+    if m.algo not in WRITABLE:
         return f"{m.display_algo} is not supported by the converter"
-    if "dora_scale" in m.tensors or "lora_mid.weight" in m.tensors or "hada_t1" in m.tensors:
-        return "DoRA/Tucker factors have no equivalent in the target"
-    allowed = {"lora_down.weight", "lora_up.weight"} if m.algo == "lora" else set(LOHA_KEYS)
+    if m.algo == "lokr" and to == "diffusers":
+        return "LoKr has no diffusers layout for SDXL (diffusers cannot load it); keep kohya"
+    if "lora_mid.weight" in m.tensors or "hada_t1" in m.tensors or "lokr_t2" in m.tensors:
+        return "Tucker factors have no equivalent in the target"
+    allowed = WRITABLE[m.algo]
     extra = sorted(set(m.tensors) - allowed)
     if extra:
         return f"extra tensors {', '.join(extra)} next to the {m.display_algo} weights"
@@ -363,7 +387,7 @@ def _cannot_write(m: AdapterModule, to: str) -> str:
 
 def fill_alphas(modules, alpha: float | None, bag: DiagnosticBag) -> None:
     """Give every module an explicit alpha (an explicit --alpha, else rank: what loaders assume)."""
-    missing = [m for m in modules if m.alpha is None]
+    missing = [m for m in modules if m.alpha is None and m.rank is not None]
     if not missing:
         return
     for m in missing:
@@ -390,11 +414,20 @@ def to_state_dict(modules: list[AdapterModule], to: str, keymap: KeyMap, dtype=N
         else:
             prefix = keymap.kohya(m.component, m.path, sgm=(to == "kohya"))
             names = {k: k for k in m.tensors}
-            out[f"{prefix}.alpha"] = torch.tensor(float(m.alpha), dtype=torch.float32)
+            if m.alpha is not None:
+                out[f"{prefix}.alpha"] = torch.tensor(float(m.alpha), dtype=torch.float32)
         for key, value in m.tensors.items():
+            if to == "diffusers" and key == "dora_scale":
+                value = dora_scale_peft(value, m.tensors["lora_down.weight"].dim())
             value = value.to(dtype) if dtype is not None and value.is_floating_point() else value
             out[f"{prefix}.{names[key]}"] = value.contiguous()
     return out
+
+
+def dora_scale_peft(scale, weight_dim: int):
+    """A kohya/LyCORIS `dora_scale` ((out, 1) or (out, 1, 1, 1)) as peft's magnitude vector
+    ((out,) for a Linear, (1, out, 1, 1) for a Conv2d)."""
+    return scale.reshape(-1) if weight_dim == 2 else scale.reshape(1, -1, 1, 1)
 
 
 def diffusers_adapter_metadata(modules: list[AdapterModule]) -> dict[str, Any]:
@@ -417,7 +450,8 @@ def diffusers_adapter_metadata(modules: list[AdapterModule]) -> dict[str, Any]:
             "alpha_pattern": {name(m.path): m.alpha for m in mods if m.alpha != alpha},
         }
         if algo == "lora":
-            config.update(use_rslora=False, use_dora=False, lora_dropout=0.0, bias="none")
+            dora = any("dora_scale" in m.tensors for m in mods)
+            config.update(use_rslora=False, use_dora=dora, lora_dropout=0.0, bias="none")
         else:
             config["peft_type"] = "LOHA"
         out.update({f"{component}.{k}": v for k, v in config.items()})

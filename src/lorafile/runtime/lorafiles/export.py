@@ -24,6 +24,7 @@ from typing import Any
 from lorafile.compiler.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError
 from lorafile.runtime.lorafiles.convert import (
     LOHA_KEYS,
+    LOKR_KEYS,
     AdapterModule,
     LoraFile,
     adapter_config_beside,
@@ -63,10 +64,11 @@ def adapter_modules(models, adapter_name: str = "default") -> list[AdapterModule
 def _module_from_layer(layer, adapter: str) -> AdapterModule:
     tensors: dict[str, Any] = {}
     if hasattr(layer, "lora_A") and adapter in layer.lora_A:
+        down = layer.lora_A[adapter].weight.detach().clone()
         if layer.use_dora.get(adapter):
-            mag = layer.lora_magnitude_vector[adapter].weight
-            tensors["dora_scale"] = mag.detach().clone()
-        tensors["lora_down.weight"] = layer.lora_A[adapter].weight.detach().clone()
+            mag = layer.lora_magnitude_vector[adapter].weight.detach()
+            tensors["dora_scale"] = dora_scale_kohya(mag, down.dim())
+        tensors["lora_down.weight"] = down
         tensors["lora_up.weight"] = layer.lora_B[adapter].weight.detach().clone()
         rank = layer.r[adapter]
     elif hasattr(layer, "hada_w1_a") and adapter in layer.hada_w1_a:
@@ -75,14 +77,39 @@ def _module_from_layer(layer, adapter: str) -> AdapterModule:
             if adapter in params:
                 tensors[key] = params[adapter].detach().clone()
         rank = layer.r[adapter]
+    elif hasattr(layer, "lokr_w1") and adapter in layer.r:
+        return _lokr_module(layer, adapter)
     else:
         raise DiagnosticError([Diagnostic(
             code="F711",
             message=f"The peft layer {type(layer).__name__} cannot be exported to a LoRA file.",
-            help="lorafile exports LoRA, LoCon and LoHa adapters.",
+            help="lorafile exports LoRA, LoCon, LoHa and LoKr adapters (DoRA included).",
         )])  # fmt: skip
     alpha = float(layer.scaling[adapter]) * rank  # kohya: scale = alpha / rank
     return AdapterModule(None, "", "", tensors, alpha, "trained")
+
+
+def dora_scale_kohya(magnitude, weight_dim: int):
+    """peft's DoRA magnitude ((out,) for a Linear, (1, out, 1, 1) for a Conv2d) in the LyCORIS
+    / kohya layout `(out, 1)` / `(out, 1, 1, 1)`: a norm per output channel (`wd_on_output`)."""
+    out = magnitude.numel()
+    return magnitude.reshape(out, *[1] * (weight_dim - 1)).clone()
+
+
+def _lokr_module(layer, adapter: str) -> AdapterModule:
+    """A peft LoKr layer in LyCORIS' spelling. Loaders apply alpha/rank only where a factor is
+    a product (`_a @ _b`), else scale 1 (LyCORIS, ComfyUI `weight_adapter/lokr.py`): with both
+    factors full, peft's scale is folded into `lokr_w1` so every loader applies the same delta."""
+    tensors = {
+        key: getattr(layer, key)[adapter].detach().clone()
+        for key in LOKR_KEYS
+        if adapter in getattr(layer, key)
+    }
+    rank, scale = layer.r[adapter], float(layer.scaling[adapter])
+    if "lokr_w1" in tensors and "lokr_w2" in tensors:
+        tensors["lokr_w1"] = tensors["lokr_w1"] * scale
+        return AdapterModule(None, "", "", tensors, float(rank), "trained")
+    return AdapterModule(None, "", "", tensors, scale * rank, "trained")
 
 
 def training_metadata(facts: Mapping[str, Any] | None = None, modules=(), title: str = "") -> dict:
@@ -92,10 +119,11 @@ def training_metadata(facts: Mapping[str, Any] | None = None, modules=(), title:
     ranks = Counter(m.rank for m in modules)
     alphas = Counter(m.alpha for m in modules)
     algos = {m.algo for m in modules}
+    dora = any("dora_scale" in m.tensors for m in modules)
     out: dict[str, str] = {
         "ss_base_model_version": "sdxl_base_v1-0",
         "ss_v2": "False",
-        "ss_network_module": "networks.lora" if algos <= {"lora"} else "lycoris.kohya",
+        "ss_network_module": "networks.lora" if algos <= {"lora"} and not dora else "lycoris.kohya",
         "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": MODELSPEC_ARCHITECTURE,
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
@@ -106,8 +134,9 @@ def training_metadata(facts: Mapping[str, Any] | None = None, modules=(), title:
     if ranks:
         out["ss_network_dim"] = str(ranks.most_common(1)[0][0])
         out["ss_network_alpha"] = f"{alphas.most_common(1)[0][0]:g}"
-    if algos - {"lora"}:
-        out["ss_network_args"] = _text({"algo": sorted(algos - {"lora"})[0]})
+    if algos - {"lora"} or dora:
+        args = {"algo": sorted(algos - {"lora"})[0] if algos - {"lora"} else "locon"}
+        out["ss_network_args"] = _text(args | ({"dora_wd": "True"} if dora else {}))
     out.update({k: v if isinstance(v, str) else _text(v) for k, v in facts.items()})
     return out
 
@@ -179,8 +208,9 @@ def _peft_config(mods: list[AdapterModule], model):
     if len(algos) != 1 or not algos <= {"lora", "loha"}:
         raise DiagnosticError([Diagnostic(
             code="F711",
-            message=f"Cannot attach adapters of kind {sorted(algos)} together.",
-            help="lorafile attaches LoRA/LoCon or LoHa files.",
+            message=f"Cannot attach adapters of kind {sorted(algos)} to the model.",
+            help="lorafile attaches LoRA/LoCon (DoRA included) or LoHa files; "
+            "apply LoKr files with LyCORIS (`lycoris.create_lycoris_from_weights`).",
         )])  # fmt: skip
     names = {model_path(model, m.path): m for m in mods}
     rank = Counter(m.rank for m in mods).most_common(1)[0][0]
@@ -193,7 +223,8 @@ def _peft_config(mods: list[AdapterModule], model):
     alphas = {n: (m.alpha if m.alpha is not None else m.rank) for n, m in names.items()}
     pattern = {n: a for n, a in alphas.items() if a != alpha}
     if algos == {"lora"}:
-        return LoraConfig(lora_alpha=alpha, alpha_pattern=pattern, **common)
+        dora = any("dora_scale" in m.tensors for m in mods)
+        return LoraConfig(lora_alpha=alpha, alpha_pattern=pattern, use_dora=dora, **common)
     return LoHaConfig(alpha=alpha, alpha_pattern=pattern, **common)
 
 
@@ -211,7 +242,8 @@ def _attach(model, mods: list[AdapterModule], adapter_name: str) -> None:
         for m in mods:
             layer = model.get_submodule(model_path(model, m.path))
             for key, value in m.tensors.items():
-                _param(layer, key, adapter_name).copy_(value)
+                param = _param(layer, key, adapter_name)
+                param.copy_(value.reshape(param.shape))  # dora_scale: kohya vs peft shape
 
 
 def _is_diffusers(model) -> bool:
@@ -223,4 +255,6 @@ def _param(layer, key: str, adapter: str):
         return layer.lora_A[adapter].weight
     if key == "lora_up.weight":
         return layer.lora_B[adapter].weight
+    if key == "dora_scale":
+        return layer.lora_magnitude_vector[adapter].weight
     return getattr(layer, key)[adapter]

@@ -66,6 +66,8 @@ METADATA_WORDS = {
     "ss_datasets": "datasets",
     "lorafile.writer": "written by",
     "lorafile.layout": "layout written",
+    "lorafile.ema_decay": "EMA decay (this file is the moving average of the weights)",
+    "lorafile.ema_updates": "EMA updates averaged",
     "format": "tensor framework",
     "modelspec.sai_model_spec": "ModelSpec version",
     "modelspec.implementation": "implementation",

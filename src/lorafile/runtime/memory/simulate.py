@@ -57,6 +57,8 @@ class SimSettings:
     targets: tuple[str, ...] = ("attention", "ff")
     dropout: float = 0.0
     text_encoder: bool = False
+    factor: int | None = None
+    dora: bool = False
     optimizer: str = "adamw8bit"
     cache_latents: bool = True
     cache_text: bool = True
@@ -79,6 +81,8 @@ class SimSettings:
             targets=tuple(a.targets),
             dropout=a.dropout,
             text_encoder=a.text_encoder,
+            factor=a.factor,
+            dora=a.dora,
             optimizer=t.optimizer,
             cache_latents=t.cache.latents,
             cache_text=t.cache.text and not a.text_encoder,
@@ -169,6 +173,8 @@ def adapter_dict(s: SimSettings) -> dict[str, Any]:
         "targets": list(s.targets),
         "dropout": s.dropout,
         "text_encoder": s.text_encoder,
+        "factor": s.factor,
+        "dora": s.dora,
     }
 
 

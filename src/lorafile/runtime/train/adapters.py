@@ -1,4 +1,5 @@
-"""Attach the recipe's adapter (LoRA, LoCon, LoHa) to the UNet and text encoders with peft.
+"""Attach the recipe's adapter (LoRA, LoCon, LoHa, LoKr; DoRA) to the UNet and text encoders
+with peft.
 
 Targets follow kohya sd-scripts' SDXL LoRA (networks/lora.py, reference/kohya.md §5), written
 as diffusers module names: `attention` is every Linear of a Transformer2DModel's attention
@@ -6,6 +7,12 @@ as diffusers module names: `attention` is every Linear of a Transformer2DModel's
 (ff.net.0.proj, ff.net.2), `conv` the ResNet blocks (3x3 conv1/conv2 and down/upsampler convs
 at conv rank, 1x1 conv_shortcut and the time_emb_proj Linear at the linear rank, as kohya's
 conv_dim does). Text encoders: self-attention q/k/v/out_proj, plus mlp fc1/fc2 with `ff`.
+
+LoKr follows LyCORIS (`lycoris/modules/lokr.py`), which kohya and SimpleTuner train: LyCORIS'
+initialisation (peft `init_weights="lycoris"`: w2 starts at zero), the same factorisation
+(`factor`, -1 = automatic), and scale 1 where both Kronecker factors are full matrices (LyCORIS
+ignores alpha there; peft would use alpha/r). DoRA is peft's `use_dora`: the magnitude per
+output channel, as LyCORIS' `dora_wd` with `wd_on_output` (its default).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ def target_regex(patterns: dict[str, str], targets) -> str | None:
 
 def peft_config(adapter: dict, unet: bool = True):
     """The peft config for the resolved adapter settings (plan['resolved']['adapter'])."""
-    from peft import LoHaConfig, LoraConfig
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
 
     patterns = UNET_PATTERNS if unet else TEXT_PATTERNS
     targets = target_regex(patterns, adapter["targets"] if unet else ("attention", "ff"))
@@ -47,6 +54,17 @@ def peft_config(adapter: dict, unet: bool = True):
             module_dropout=adapter["dropout"],
             init_weights=True,  # w2_a starts at zero: the untrained adapter changes nothing
         )
+    if adapter["algo"] == "lokr":
+        return LoKrConfig(
+            r=adapter["rank"],
+            alpha=adapter["alpha"],
+            target_modules=targets,
+            rank_pattern=rank_pattern,
+            alpha_pattern=alpha_pattern,
+            module_dropout=adapter["dropout"],
+            decompose_factor=adapter.get("factor") or -1,
+            init_weights="lycoris",  # LyCORIS' init: w2 (or w2_b) zero, w1 kaiming
+        )
     return LoraConfig(
         r=adapter["rank"],
         lora_alpha=adapter["alpha"],
@@ -55,6 +73,7 @@ def peft_config(adapter: dict, unet: bool = True):
         alpha_pattern=alpha_pattern,
         lora_dropout=adapter["dropout"],
         init_lora_weights=True,  # kaiming-uniform down, zero up, like kohya
+        use_dora=bool(adapter.get("dora")),
     )
 
 
@@ -65,6 +84,8 @@ def attach(model, adapter: dict, unet: bool = True) -> list:
 
     model.requires_grad_(False)
     inject_adapter_in_model(peft_config(adapter, unet), model, adapter_name="default")
+    if adapter["algo"] == "lokr":
+        lycoris_full_matrix_scale(model)
     params = [p for n, p in model.named_parameters() if _is_adapter_param(n)]
     for p in params:
         # Trainable weights stay fp32 under bf16/fp16 mixed precision (diffusers'
@@ -74,8 +95,22 @@ def attach(model, adapter: dict, unet: bool = True) -> list:
     return params
 
 
+def lycoris_full_matrix_scale(model, adapter_name: str = "default") -> None:
+    """LyCORIS' LoKr rule: a layer whose two Kronecker factors are both full matrices has scale
+    1 whatever alpha is (`lokr.py`: `if use_w1 and use_w2: alpha = lora_dim`); peft keeps
+    alpha/r, so such layers get scale 1 here. Exported files then carry the same meaning in
+    LyCORIS, kohya, ComfyUI and A1111, which apply alpha only to a decomposed factor."""
+    for module in model.modules():
+        w1, w2 = getattr(module, "lokr_w1", {}), getattr(module, "lokr_w2", {})
+        if adapter_name in w1 and adapter_name in w2:
+            module.scaling[adapter_name] = 1.0
+
+
+ADAPTER_TAGS = (".lora_A.", ".lora_B.", ".hada_w", ".lokr_", ".lora_magnitude_vector.")
+
+
 def _is_adapter_param(name: str) -> bool:
-    return any(tag in name for tag in (".lora_A.", ".lora_B.", ".hada_w"))
+    return any(tag in name for tag in ADAPTER_TAGS)
 
 
 def adapter_state(model) -> dict:

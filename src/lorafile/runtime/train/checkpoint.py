@@ -4,8 +4,10 @@ A checkpoint is a folder `checkpoints/step-NNNNNN/` holding
   adapter.safetensors  the adapter in fp32 with peft names (prefix unet./text_encoder./
                        text_encoder_2.): what a resume loads, bit for bit
   state.pt             optimizer, lr scheduler, grad scaler, step, position in the data order,
-                       RNG states, seed (tensors and plain values only: loaded weights_only)
+                       RNG states, seed, the EMA shadow and its update count (tensors and
+                       plain values only: loaded weights_only)
   <name>-stepNNNNNN.safetensors   the same adapter in the user's format and precision
+  <name>-stepNNNNNN-ema.safetensors   its moving average, with `ema` in the recipe
 It is written into a hidden temp folder (a unique name per save) that is renamed into place as
 the last step, so an interrupted save never leaves a folder that looks complete.
 """
@@ -129,14 +131,24 @@ def _as_tuple(value):
 # The adapter file
 
 
-def export_adapter(path: Path, models, fmt: str, precision: str, facts: dict) -> Path:
+def export_adapter(path: Path, models, fmt: str, precision: str, facts: dict, ema=None) -> Path:
     """Write the models' live adapter to `path` in `fmt` (kohya: original SDXL block names with
     alpha tensors, ss_* and modelspec metadata; diffusers: the peft layout, alpha in the
-    metadata) through the one converter in runtime/lorafiles/export.py, atomically."""
+    metadata) through the one converter in runtime/lorafiles/export.py, atomically. With an
+    `ema` (runtime/train/ema.py), its average is written first as `NAME-ema.safetensors`."""
     from lorafile.runtime.lorafiles import export
+    from lorafile.runtime.train.ema import ema_path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if ema is not None:
+        with ema.applied():
+            ema_facts = {
+                **facts,
+                "lorafile.ema_decay": ema.decay,
+                "lorafile.ema_updates": ema.updates,
+            }
+            export_adapter(ema_path(path), models, fmt, precision, ema_facts)
     return export.save_adapter(
         models,
         path,

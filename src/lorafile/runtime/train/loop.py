@@ -40,6 +40,7 @@ from lorafile.runtime.lorafiles.metadata import kohya_metadata
 from lorafile.runtime.train import checkpoint as ckpt
 from lorafile.runtime.train import data, interrupt, run_state
 from lorafile.runtime.train.defaults import DEFAULT_LOG_EVERY
+from lorafile.runtime.train.ema import make_ema
 from lorafile.runtime.train.interrupt import KILL_AT_STEP_ENV as KILL_AT_STEP_ENV  # re-exported
 from lorafile.runtime.train.interrupt import SIGNAL_AT_STEP_ENV as SIGNAL_AT_STEP_ENV
 from lorafile.runtime.train.interrupt import TrainingInterrupted
@@ -168,6 +169,7 @@ class Trainer:
         self._attach_adapters()
         self._speed_up()
         self._build_optimizer()
+        self.ema = make_ema(self.r.get("ema"), self.unet_params + self.te_params)
         if state:
             self._restore(*state)
         if self.writes:
@@ -431,6 +433,8 @@ class Trainer:
                 load_adapter_state(module, part)
         self.optimizer.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         if state.get("scaler") is not None and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         self.step, self.position = state["step"], tuple(state["position"])
@@ -680,6 +684,8 @@ class Trainer:
             params, max_norm if max_norm > 0 else float("inf")
         )  # a device tensor; fp16 only: the loss scaler's step reads found_inf (a sync)
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()  # fp32 lerp on the device: no sync
         self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)  # frees the gradient memory right away
         self.step += 1
@@ -764,10 +770,11 @@ class Trainer:
         return out
 
     def export(self, path: Path) -> Path:
-        """Write the adapter in the user's format (kohya by default) and save precision."""
+        """Write the adapter in the user's format (kohya by default) and save precision (and
+        its moving average as `NAME-ema.safetensors` when the recipe keeps one)."""
         fmt = self.options.format or self.r["save"]["layout"]
         return ckpt.export_adapter(
-            path, self.models, fmt, self.r["save"]["precision"], kohya_metadata(self)
+            path, self.models, fmt, self.r["save"]["precision"], kohya_metadata(self), self.ema
         )
 
     def save_checkpoint(self, keep: int | bool | None = True) -> Path:
@@ -780,6 +787,7 @@ class Trainer:
             "optimizer": self.optimizer.optimizer.state_dict(),
             "scheduler": self.lr_scheduler.state_dict(),
             "scaler": self.accelerator.scaler.state_dict() if self.accelerator.scaler else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": ckpt.rng_state(),
         }
         name = f"{self.r['output']['name']}-step{self.step:06d}.safetensors"

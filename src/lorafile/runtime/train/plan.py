@@ -261,9 +261,20 @@ ZERO_SNR_GUIDANCE_RESCALE = 0.7
 """CFG rescale for zero-terminal-SNR models: Lin et al. 2024 (section 3.4) use phi = 0.7."""
 
 
+def check_layout(algo: str, layout: str, bag: DiagnosticBag) -> None:
+    """Refuse before training what the export would refuse after it (F711)."""
+    if algo == "lokr" and layout == "diffusers":
+        bag.error(
+            "F711",
+            "LoKr adapters have no diffusers layout for SDXL (diffusers cannot load them).",
+            "use `save { layout kohya }` (ComfyUI, A1111 and LyCORIS load it)",
+        )
+
+
 def build_plan(recipe: Recipe, bag: DiagnosticBag, base_dir: Path | None = None) -> dict:
     """Resolve every setting of `recipe` into the plan dict (see the module docstring)."""
     recipe, auto_changes = fit_memory(recipe, bag)
+    check_layout(recipe.adapter.algo, recipe.save.layout, bag)
     items, summaries, scans = scan_recipe(recipe, base_dir, bag)
     counts = _steps(recipe, items, bag)
     train, adapter = recipe.train, recipe.adapter
@@ -285,7 +296,10 @@ def build_plan(recipe: Recipe, bag: DiagnosticBag, base_dir: Path | None = None)
             "targets": list(adapter.targets),
             "dropout": adapter.dropout,
             "text_encoder": adapter.text_encoder,
+            "factor": adapter.factor,
+            "dora": adapter.dora,
         },
+        "ema": None if recipe.ema is None else {"decay": recipe.ema.decay},
         "save": {
             "every_steps": _every_steps(recipe.save.every, counts["steps_per_epoch"]),
             "keep": recipe.save.keep,
@@ -328,6 +342,10 @@ def recipe_of(plan: dict) -> Recipe:
     return Recipe.model_validate(plan["recipe"])
 
 
+def _ema_words(ema: dict | None) -> str:
+    return f"decay {ema['decay']:g}, written as a second file" if ema else "none"
+
+
 def describe_plan(plan: dict) -> str:
     """The plan for people: one section per concern, aligned key/value lines."""
     r, m = plan["resolved"], plan["memory"]
@@ -349,7 +367,9 @@ def describe_plan(plan: dict) -> str:
         f"  base model       {r.get('models', {}).get('base') or r['base']}",
         *([f"  vae              {r['models']['vae']}"] if r.get("models", {}).get("vae") else []),
         f"  adapter          {a['algo']} rank {a['rank']} alpha {a['alpha']:g} on {', '.join(a['targets'])}"
-        + (" + text encoders" if a["text_encoder"] else ""),
+        + (" + text encoders" if a["text_encoder"] else "")
+        + (" (DoRA)" if a.get("dora") else ""),
+        f"  ema              {_ema_words(r.get('ema'))}",
         "",
         "memory",
     ]
