@@ -21,7 +21,7 @@ from lorafile.backends.base import Backend, Compiled, register
 from lorafile.backends.kohya_compare import same, same_dataset_value
 from lorafile.backends.kohya_options import OPTIONS
 from lorafile.backends.kohya_project import project as project_recipe
-from lorafile.compiler.diagnostics import DiagnosticBag, Span
+from lorafile.compiler.diagnostics import DiagnosticBag, Span, Suggester
 from lorafile.spec.models import Recipe
 
 
@@ -195,6 +195,7 @@ def _from_dataset_config(ctx: kr.Context, path: Path, bag: DiagnosticBag) -> lis
 
 def check_dataset_schema(doc: dict, source: kr.Source, bag: DiagnosticBag) -> None:
     """config_util's voluptuous schema: unknown keys and wrong types are errors (I609)."""
+    suggest = Suggester()  # one budget of "did you mean" lookups for the whole file
     for key in doc:
         if key not in ("general", "datasets"):
             _schema_error(
@@ -203,16 +204,16 @@ def check_dataset_schema(doc: dict, source: kr.Source, bag: DiagnosticBag) -> No
                 (key,),
                 f"`{key}` is not allowed at the top of a dataset "
                 "config (only [general] and [[datasets]]).",
-                "general",
+                suggest(key, ("general", "datasets")),
             )
-    _check_level(doc.get("general") or {}, "g", ("general",), source, bag)
+    _check_level(doc.get("general") or {}, "g", ("general",), source, bag, suggest)
     for i, dataset in enumerate(doc.get("datasets") or []):
-        _check_level(dataset, "d", ("datasets", i), source, bag)
+        _check_level(dataset, "d", ("datasets", i), source, bag, suggest)
         for j, subset in enumerate(dataset.get("subsets") or []):
-            _check_level(subset, "s", ("datasets", i, "subsets", j), source, bag)
+            _check_level(subset, "s", ("datasets", i, "subsets", j), source, bag, suggest)
 
 
-def _check_level(table: dict, level: str, path: tuple, source: kr.Source, bag) -> None:
+def _check_level(table: dict, level: str, path: tuple, source: kr.Source, bag, suggest) -> None:
     for key, value in table.items():
         if key == "subsets" and level == "d":
             continue
@@ -224,7 +225,7 @@ def _check_level(table: dict, level: str, path: tuple, source: kr.Source, bag) -
             )
             if key == "prior_loss_weight":
                 message += " prior_loss_weight belongs in the training config."
-            _schema_error(bag, source, (*path, key), message, key, allowed)
+            _schema_error(bag, source, (*path, key), message, suggest(key, allowed))
             continue
         types = spec[0]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
@@ -234,13 +235,11 @@ def _check_level(table: dict, level: str, path: tuple, source: kr.Source, bag) -
                 source,
                 (*path, key),
                 f"`{key} = {kr._toml(value)}` must be {names}; sd-scripts rejects it.",
-                key,
             )
 
 
-def _schema_error(bag, source, path, message, key, choices=()) -> None:
+def _schema_error(bag, source, path, message, guess: str | None = None) -> None:
     line = source.lines.get(path)
-    guess = kr.closest(key, choices) if choices else None
     help = (
         f"did you mean `{guess}`?"
         if guess

@@ -24,7 +24,7 @@ from lorafile.backends import kohya_schema as schema
 from lorafile.backends import kohya_write as kw
 from lorafile.backends.kohya_options import OPTIONS
 from lorafile.backends.tomlio import key_lines
-from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, Span, closest
+from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, Span, Suggester, closest
 
 # Keys people write that sd-scripts does not have (kohya.md §10), with what to write instead.
 TRAPS = {
@@ -130,6 +130,8 @@ class Context:
     meta: dict
     corrected: set = field(default_factory=set)
     consumed: set = field(default_factory=set)
+    suggest: Suggester = field(default_factory=lambda: Suggester(OPTIONS))
+    """"Did you mean" for unknown keys, capped: a config may hold thousands of them."""
 
     def span(self, key: str) -> Span | None:
         for section in self.section_of.get(key, [""])[::-1]:
@@ -226,7 +228,7 @@ def _unknown_key(ctx: Context, key: str) -> None:
         )
         ctx.warning("I601", key, message, "move it into the dataset config")
         return
-    guess = closest(key, OPTIONS)
+    guess = ctx.suggest(key)
     hint = f" Did you mean `{guess}`?" if guess else ""
     ctx.warning(
         "I601",

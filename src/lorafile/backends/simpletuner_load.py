@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lorafile.backends import simpletuner_map as m
 from lorafile.backends import simpletuner_options as opts
-from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, did_you_mean
+from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, Suggester
 
 CONFIG_NAMES = ("config.json", "config.toml", "config.env")
 
@@ -185,6 +185,7 @@ def _train_sh_processes(folder: Path) -> int | None:
 def normalise_keys(raw: dict, bag: DiagnosticBag) -> dict:
     """Strip dashes, translate legacy names, drop what SimpleTuner would ignore or reject."""
     config: dict = {}
+    suggest = Suggester(opts.table())  # capped: a config may hold thousands of unknown keys
     for key, value in raw.items():
         name = str(key).strip().lstrip("-")
         value = _typed(name, value, bag)
@@ -212,7 +213,7 @@ def normalise_keys(raw: dict, bag: DiagnosticBag) -> dict:
             bag.warning(
                 "I636",
                 f"`{name}` is not a SimpleTuner argument; SimpleTuner's "
-                f"argument parser would reject it.{did_you_mean(name, opts.table())}",
+                f"argument parser would reject it.{suggest.hint(name)}",
                 "remove it or correct its name",
             )
             continue

@@ -49,7 +49,7 @@ def run(args) -> int:
     try:
         recipe = base.get(args.trainer).read(args.path, bag, **options)
     except DiagnosticError as err:
-        bag.extend(d for d in err.diagnostics if d not in bag.items)
+        bag.merge(err.diagnostics)
         _report(bag)
         return 1
     text = format_recipe(recipe)

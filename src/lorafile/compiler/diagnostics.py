@@ -124,6 +124,7 @@ class DiagnosticBag:
     file: str | None = None
     source: str | None = None
     items: list[Diagnostic] = field(default_factory=list)
+    _split: tuple[str, list[str]] | None = field(default=None, init=False, repr=False, compare=False)
 
     def add(
         self,
@@ -162,6 +163,18 @@ class DiagnosticBag:
     def extend(self, diags: Iterable[Diagnostic]) -> None:
         self.items.extend(diags)
 
+    def merge(self, diags: Iterable[Diagnostic]) -> None:
+        """Add the diagnostics not already here (a reader's error carries the bag's own items).
+
+        A set lookup, not `d not in self.items`: that made an import that failed with many
+        warnings quadratic (issue 12: 20k unknown keys and one error took 40 s).
+        """
+        present = set(self.items)
+        for diag in diags:
+            if diag not in present:
+                present.add(diag)
+                self.items.append(diag)
+
     @property
     def has_errors(self) -> bool:
         return any(d.is_error for d in self.items)
@@ -179,11 +192,20 @@ class DiagnosticBag:
     def _source_line(self, span: Span | None) -> str | None:
         if span is None or self.source is None:
             return None
-        # Parsers count lines by "\n" only; splitlines() also splits at \f, \x1c, \u2028 ...
-        lines = self.source.split("\n")
+        lines = self._lines()
         if 1 <= span.line <= len(lines):
             return lines[span.line - 1]
         return None
+
+    def _lines(self) -> list[str]:
+        # Split once per source text: splitting on every diagnostic made a config with many
+        # reported keys quadratic (issue 12: 8k unknown kohya keys took seconds).
+        cached = self._split
+        if cached is None or cached[0] is not self.source:
+            # Parsers count lines by "\n" only; splitlines() also splits at \f, \x1c, \u2028 ...
+            cached = (self.source, self.source.split("\n"))
+            self._split = cached
+        return cached[1]
 
 
 class DiagnosticError(Exception):
@@ -206,3 +228,30 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 def closest(word: str, choices: Iterable[str]) -> str | None:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return close[0] if close else None
+
+
+class Suggester:
+    """"Did you mean" for an input that may hold thousands of unknown names.
+
+    The known names are listed once; the first `limit` lookups get a suggestion (the ones a
+    person reads: `render_all` shows MAX_REPORTED diagnostics) and later ones get None, so a
+    config with 100,000 unknown keys costs `limit` lookups, not 100,000 (issue 12: a kohya
+    config with 110k unknown keys never finished).
+    """
+
+    def __init__(self, choices: Iterable[str] = (), limit: int = MAX_REPORTED):
+        self.choices = list(dict.fromkeys(choices))
+        self.limit = limit
+        self.lookups = 0
+
+    def __call__(self, word: str, choices: Iterable[str] | None = None) -> str | None:
+        """The known name closest to `word` (among `choices` when given), or None."""
+        if self.lookups >= self.limit:
+            return None
+        self.lookups += 1
+        return closest(word, self.choices if choices is None else choices)
+
+    def hint(self, word: str) -> str:
+        """' Did you mean `x`?', or '' when nothing is close or the cap is reached."""
+        guess = self(word)
+        return f" Did you mean `{guess}`?" if guess else ""

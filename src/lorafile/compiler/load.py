@@ -146,7 +146,7 @@ def _load_config(path: Path, kind: str, bag: DiagnosticBag, options: dict) -> Lo
     try:
         recipe = base.get(kind).read(path, bag, **options)
     except DiagnosticError as err:
-        bag.extend(d for d in err.diagnostics if d not in bag.items)
+        bag.merge(err.diagnostics)
         raise DiagnosticError(bag.items) from None
     if recipe is None or bag.has_errors:
         raise DiagnosticError(bag.items)
