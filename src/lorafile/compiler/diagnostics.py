@@ -75,22 +75,38 @@ class Diagnostic:
         return render(self)
 
 
+def printable(text: str) -> str:
+    """`text` safe to print to a terminal: each control or format character (ESC sequences,
+    carriage returns, line breaks, bidi overrides, NUL) is shown as its escape, so a recipe's
+    or config's strings quoted in a message cannot move the cursor or recolour the screen."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == "\t" else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def render(diag: Diagnostic) -> str:
-    """Render like ruff/rustc: header, location, source line with a caret, help."""
-    lines = [f"{diag.severity}[{diag.code}]: {diag.message}"]
-    where = diag.file or "<input>"
+    """Render like ruff/rustc: header, location, source line with a caret, help.
+
+    Every part that can quote user text goes through `printable`."""
+    lines = [f"{diag.severity}[{diag.code}]: {printable(diag.message)}"]
+    where = printable(diag.file or "<input>")
     if diag.span:
         lines.append(f"  --> {where}:{diag.span.line}:{diag.span.column}")
         if diag.source_line is not None:
             gutter = str(diag.span.line)
             pad = " " * len(gutter)
             lines.append(f" {pad} |")
-            lines.append(f" {gutter} | {diag.source_line.rstrip()}")
+            lines.append(f" {gutter} | {printable(diag.source_line.rstrip())}")
             lines.append(f" {pad} | {' ' * (diag.span.column - 1)}{_underline(diag)}")
     elif diag.file:
         lines.append(f"  --> {where}")
     if diag.help:
-        lines.append(f"  = help: {diag.help}")
+        lines.append(f"  = help: {printable(diag.help)}")
     return "\n".join(lines)
 
 
