@@ -22,6 +22,7 @@ from lorafile.backends.kohya_compare import same, same_dataset_value
 from lorafile.backends.kohya_options import OPTIONS
 from lorafile.backends.kohya_project import project as project_recipe
 from lorafile.compiler.diagnostics import DiagnosticBag, Span, Suggester
+from lorafile.files import exists, is_dir, is_file
 from lorafile.spec.models import Recipe
 
 
@@ -64,7 +65,7 @@ def read_config(
     accelerate_config: str | Path | None = None,
 ) -> Recipe:
     """The recipe a kohya config means, with every problem reported into `bag`."""
-    if path.is_dir():
+    if is_dir(path):
         path = path / "config.toml"
     source, doc = kr.load_source(path, bag)
     sub = source.bag()
@@ -126,7 +127,7 @@ def dataset_subsets(ctx: kr.Context, folder: Path, option, bag: DiagnosticBag) -
     """The subsets sd-scripts would train on, from a dataset config or the folder convention."""
     args = ctx.args
     chosen = option or args.get("dataset_config")
-    if not chosen and not args.get("train_data_dir") and (folder / "dataset.toml").is_file():
+    if not chosen and not args.get("train_data_dir") and is_file(folder / "dataset.toml"):
         chosen = folder / "dataset.toml"
         ctx.info(
             "I625",
@@ -151,7 +152,7 @@ def dataset_subsets(ctx: kr.Context, folder: Path, option, bag: DiagnosticBag) -
 
 def _resolve(name, folder: Path) -> Path:
     path = Path(name)
-    if not path.is_absolute() and not path.exists() and (folder / path).exists():
+    if not path.is_absolute() and not exists(path) and exists(folder / path):
         return folder / path
     return path
 
@@ -335,14 +336,14 @@ def _prompts(ctx: kr.Context, folder: Path, option, bag: DiagnosticBag):
     if not name:
         return None
     path = _resolve(name, folder)
-    if not path.is_file():
+    if not is_file(path):
         return None
     return kr.load_prompts(path, bag)
 
 
 def _accelerate(folder: Path, option) -> dict:
     path = Path(option) if option else folder / "accelerate.yaml"
-    return kr.read_accelerate(path) if path.is_file() else {}
+    return kr.read_accelerate(path) if is_file(path) else {}
 
 
 # --- pass-through: what the recipe does not say -------------------------------------------------

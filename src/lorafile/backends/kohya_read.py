@@ -151,15 +151,19 @@ class Context:
 
 
 def load_source(path: Path, bag: DiagnosticBag) -> tuple[Source, dict]:
-    """Read and parse one TOML file; a syntax error stops the import (I600)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        bag.error("I600", f"Cannot read `{path}`: {err.strerror}.", "check the path and try again")
-        raise DiagnosticError(bag.items) from err
+    """Read and parse one TOML file; a file that cannot be read or parsed stops the import."""
+    text = _read_text(path, bag)
     source = Source(path=path, text=text, lines=key_lines(text))
     try:
         return source, tomllib.loads(text)
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively (issue 12).
+        bag.error(
+            "I600",
+            f"`{path.name}` nests arrays or tables too deeply to read.",
+            "no sd-scripts setting nests more than two levels: flatten the value",
+        )
+        raise DiagnosticError(bag.items) from None
     except tomllib.TOMLDecodeError as err:
         sub = source.bag()
         found = re.search(r"line (\d+), column (\d+)", str(err))
@@ -167,6 +171,25 @@ def load_source(path: Path, bag: DiagnosticBag) -> tuple[Source, dict]:
         sub.error("I600", f"`{path.name}` is not valid TOML: {err}.", "fix the syntax", span=span)
         bag.extend(sub.items)
         raise DiagnosticError(bag.items) from err
+
+
+def _read_text(path: Path, bag: DiagnosticBag) -> str:
+    """The file's text; R110 when it is not UTF-8 (as for `migrate`), I600 when unreadable."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        bag.error("I600", f"Cannot read `{path}`: {reason}.", "check the path and try again")
+        raise DiagnosticError(bag.items) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        bag.error(
+            "R110",
+            f"`{path}` is not UTF-8 text (byte {err.start} is invalid).",
+            "save the config as UTF-8 (sd-scripts reads it as UTF-8 too)",
+        )
+        raise DiagnosticError(bag.items) from None
 
 
 def read_meta(text: str) -> dict:

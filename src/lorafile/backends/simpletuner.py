@@ -24,6 +24,7 @@ from lorafile.backends import simpletuner_write as w
 from lorafile.backends.base import Backend, Compiled, register
 from lorafile.backends.simpletuner_read import read_recipe
 from lorafile.compiler.diagnostics import DiagnosticBag, Severity
+from lorafile.files import is_file
 from lorafile.spec import Recipe
 
 FORMATS = ("json", "toml")
@@ -103,7 +104,7 @@ class SimpleTuner(Backend):
         # Where the dataset folders are counted (a warmup % of an epoch-counted run, T550).
         if self.options.get("base_dir") is not None:
             return Path(self.options["base_dir"])
-        if bag is not None and bag.file and Path(bag.file).is_file():
+        if bag is not None and bag.file and is_file(bag.file):
             return Path(bag.file).resolve().parent  # relative paths mean "next to the recipe"
         return None
 

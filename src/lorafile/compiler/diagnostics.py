@@ -86,7 +86,13 @@ def printable(text: str) -> str:
 
 def _escape(ch: str) -> str:
     code = ord(ch)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+    return (
+        f"\\x{code:02x}"
+        if code < 0x100
+        else f"\\u{code:04x}"
+        if code < 0x10000
+        else f"\\U{code:08x}"
+    )
 
 
 def render(diag: Diagnostic) -> str:
@@ -140,7 +146,9 @@ class DiagnosticBag:
     file: str | None = None
     source: str | None = None
     items: list[Diagnostic] = field(default_factory=list)
-    _split: tuple[str, list[str]] | None = field(default=None, init=False, repr=False, compare=False)
+    _split: tuple[str, list[str]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def add(
         self,
@@ -247,7 +255,7 @@ def closest(word: str, choices: Iterable[str]) -> str | None:
 
 
 class Suggester:
-    """"Did you mean" for an input that may hold thousands of unknown names.
+    """ "Did you mean" for an input that may hold thousands of unknown names.
 
     The known names are listed once; the first `limit` lookups get a suggestion (the ones a
     person reads: `render_all` shows MAX_REPORTED diagnostics) and later ones get None, so a

@@ -16,6 +16,7 @@ from pathlib import Path
 from lorafile.backends import base
 from lorafile.compiler.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError
 from lorafile.compiler.load import load_input
+from lorafile.files import is_dir
 from lorafile.spec.models import Recipe
 
 TRAINERS = {"kohya": "kohya sd-scripts", "simpletuner": "SimpleTuner"}
@@ -196,7 +197,7 @@ def _check_direction(kind: str, to: str, source: Path) -> None:
 def _target_options(options: dict | None, source: Path) -> dict:
     # Relative dataset paths are counted next to the source config, as `compile` counts them
     # next to its input: an epoch-counted warmup % becomes steps for SimpleTuner (T550).
-    folder = source if source.is_dir() else source.parent
+    folder = source if is_dir(source) else source.parent
     return {"base_dir": folder.resolve(), **(options or {})}
 
 
