@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
+from pydantic import ValidationError
+
 from lorafile.backends import kohya_map as km
 from lorafile.backends import kohya_read as kr
 from lorafile.backends import kohya_schema as schema
@@ -21,7 +23,8 @@ from lorafile.backends.base import Backend, Compiled, register
 from lorafile.backends.kohya_compare import same, same_dataset_value
 from lorafile.backends.kohya_options import OPTIONS
 from lorafile.backends.kohya_project import project as project_recipe
-from lorafile.compiler.diagnostics import DiagnosticBag, Span, Suggester
+from lorafile.backends.tomlio import IntOutOfRange
+from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, Span, Suggester
 from lorafile.files import exists, is_dir, is_file
 from lorafile.spec.models import Recipe
 
@@ -42,7 +45,16 @@ class Kohya(Backend):
                 self.unsupported(bag, reason.code, reason.message, reason.help)
             else:
                 bag.info(reason.code, reason.message, reason.help)
-        files, executable = kw.write_files(projected)
+        try:
+            files, executable = kw.write_files(projected)
+        except IntOutOfRange as err:
+            bag.error(
+                "T517",
+                f"`{err.key}` would be {err.value}, beyond the 64-bit integers TOML can hold; "
+                "sd-scripts could not read config.toml.",
+                "use a smaller number",
+            )
+            raise DiagnosticError(bag.items) from None
         return Compiled(files=files, executable=executable)
 
     def project(self, recipe: Recipe) -> Recipe:
@@ -85,12 +97,19 @@ def read_config(
     check_constraints(ctx, subsets)
     prompts = _prompts(ctx, path.parent, sample_prompts, extra)
     accelerate = _accelerate(path.parent, accelerate_config)
-    recipe = assemble(ctx, subsets, prompts, accelerate, path)
-    kohya = passthrough(ctx, recipe, subsets)
-    if kohya:
-        recipe = Recipe.model_validate({**recipe.model_dump(), "passthrough": {"kohya": kohya}})
+    try:
+        recipe = assemble(ctx, subsets, prompts, accelerate, path)
+        kohya = passthrough(ctx, recipe, subsets)
+        if kohya:
+            recipe = Recipe.model_validate({**recipe.model_dump(), "passthrough": {"kohya": kohya}})
+    except ValidationError as err:
+        # A value no recipe can hold (a NUL, an output_name with `/`): report, do not crash.
+        km.unrepresentable(ctx, err)
+        recipe = None
     bag.extend(sub.items)
     bag.extend(extra.items)
+    if recipe is None:
+        raise DiagnosticError(bag.items)
     return recipe
 
 

@@ -329,6 +329,9 @@ def _coerce(kind: str, value: object) -> tuple[object, str]:
         )
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None, "must be a number"
+    if isinstance(value, float) and not math.isfinite(value):
+        # TOML spells them `nan` and `inf`; no sd-scripts setting means anything with them.
+        return None, "is not a finite number"
     if kind == "int" and isinstance(value, float):
         if value.is_integer():
             return int(value), "must be an integer, not a float"

@@ -23,7 +23,8 @@ from lorafile.backends import simpletuner_passthrough as pt
 from lorafile.backends import simpletuner_write as w
 from lorafile.backends.base import Backend, Compiled, register
 from lorafile.backends.simpletuner_read import read_recipe
-from lorafile.compiler.diagnostics import DiagnosticBag, Severity
+from lorafile.backends.tomlio import IntOutOfRange
+from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, Severity
 from lorafile.files import is_file
 from lorafile.spec import Recipe
 
@@ -60,7 +61,15 @@ class SimpleTuner(Backend):
         normal = m.normalize(recipe, report, self._base_dir(bag))
         gen = w.generate(normal)
         pt.apply(gen, normal, report)
-        config_name, config_text = w.render_config(_without_none(gen.config), fmt)
+        try:
+            config_name, config_text = w.render_config(_without_none(gen.config), fmt)
+        except IntOutOfRange as err:
+            bag.error(
+                "T552",
+                f"`{err.key}` would be {err.value}, beyond the 64-bit integers TOML can hold.",
+                "use a smaller number, or write config.json (--format json)",
+            )
+            raise DiagnosticError(bag.items) from None
         files = {
             config_name: config_text,
             w.DATA_BACKEND_FILE: json.dumps(gen.datasets, indent=2) + "\n",

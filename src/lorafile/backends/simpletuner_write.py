@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import tomli_w
 
-from lorafile.backends import shell
+from lorafile.backends import shell, tomlio
 from lorafile.backends import simpletuner_map as m
 from lorafile.backends import simpletuner_options as opts
 from lorafile.spec import Recipe
@@ -307,7 +307,9 @@ def _reg_entry(recipe: Recipe, reg, ident: str) -> dict:
 def render_config(config: dict, fmt: str) -> tuple[str, str]:
     """(file name, text) of the main config in `json` or `toml`."""
     if fmt == "toml":
-        return "config.toml", tomli_w.dumps(_toml_safe(config))
+        safe = _toml_safe(config)
+        tomlio.check_ints(safe)  # IntOutOfRange: the caller reports it
+        return "config.toml", tomli_w.dumps(safe)
     return "config.json", json.dumps(config, indent=2) + "\n"
 
 
