@@ -6,6 +6,7 @@ import difflib
 import sys
 from pathlib import Path
 
+from lorafile.commands._output import reporting_write_errors
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, render_all
 from lorafile.compiler.format import format_source
 from lorafile.compiler.load import detect_kind, read_text
@@ -82,7 +83,8 @@ def _one(path: Path, args) -> int:
         return 1
     if args.write:
         if formatted != text:
-            write_text_atomic(path, formatted)
+            with reporting_write_errors(path):
+                write_text_atomic(path, formatted)
             print(f"reformatted {path}", file=sys.stderr)
         return 0
     sys.stdout.write(formatted)
