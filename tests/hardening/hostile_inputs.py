@@ -58,9 +58,15 @@ def recipe_string(text: str) -> str:
 
 def names_a_file(name: str) -> bool:
     """Whether `name` may be a recipe or output name (R208/R209 reject the others)."""
-    return "\x00" not in name and "/" not in name and "\\" not in name and name.strip() not in (
-        ".",
-        "..",
+    return (
+        "\x00" not in name
+        and "/" not in name
+        and "\\" not in name
+        and name.strip()
+        not in (
+            ".",
+            "..",
+        )
     )
 
 
@@ -82,7 +88,7 @@ class StubShell:
             stub = self.bin / name
             stub.write_text(
                 '#!/bin/bash\nf=$(mktemp "$STUB_LOG/call.XXXXXX")\n'
-                "printf '%s\\0' \"$(basename \"$0\")\" \"$@\" > \"$f\"\n",
+                'printf \'%s\\0\' "$(basename "$0")" "$@" > "$f"\n',
                 encoding="utf-8",
             )
             stub.chmod(0o755)
