@@ -15,8 +15,8 @@ Hypothesis, derandomized and bounded (black's fuzz test style), so CI sees the s
 from __future__ import annotations
 
 import json
-import signal
 import shutil
+import signal
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -199,7 +199,7 @@ def test_fuzz_lora_files(tmp_path_factory, capsys, data):
 
 
 @pytest.mark.parametrize(
-    "text", [b"", b"\x00" * 64, b"\xff\xfe", 'recipe "x"\n'.encode() * 3, b"[" * 100_000]
+    "text", [b"", b"\x00" * 64, b"\xff\xfe", b'recipe "x"\n' * 3, b"[" * 100_000]
 )
 def test_fixed_hostile_files(tmp_path, capsys, text):
     _drive(tmp_path / "fixed", "input.recipe", text, capsys)
