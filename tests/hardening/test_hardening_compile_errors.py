@@ -278,11 +278,17 @@ def test_integers_beyond_toml_64_bits(tmp_path, capsys):
 
 
 def test_paths_too_long_to_look_up(tmp_path, capsys):
-    recipe = _recipe(tmp_path, RECIPE.replace("/data/x", "/data/" + "x" * 5000))
-    for argv in (["lint", recipe], ["check", recipe], ["compile", recipe, "-t", "kohya", "-o",
-                                                        tmp_path / "o"]):  # fmt: skip
-        status, _ = _run(capsys, *argv)
-        assert status in (0, 1)
+    """ENAMETOOLONG from pathlib's is_dir/is_file (lint's image scan, the native plan)."""
+    long = "x" * 5000
+    text = RECIPE.replace("/data/x", f"/data/{long}").replace("/out", f"/out/{long}")
+    recipe = _recipe(tmp_path, text)
+    for argv in (
+        ["lint", recipe],
+        ["check", recipe],
+        *(["compile", recipe, "-t", t, "-o", tmp_path / t] for t in ("kohya", "native")),
+    ):
+        status, out = _run(capsys, *argv)
+        assert status in (0, 1), out
 
 
 # ---- located and printable diagnostics ---------------------------------------------------------

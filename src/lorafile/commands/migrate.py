@@ -18,7 +18,7 @@ from lorafile.commands._output import (
     reporting_write_errors,
 )
 from lorafile.compiler import migrate as mg
-from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
+from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, printable
 from lorafile.files import write_files, write_text_atomic
 
 
@@ -81,7 +81,8 @@ def run(args) -> int:
         with reporting_write_errors(args.output):
             write_files(args.output, files, executable)
         report.out_dir = str(args.output)
-    print(mg.render(report))
+    # The report quotes values from a foreign config: no control character reaches the terminal.
+    print("\n".join(printable(line) for line in mg.render(report).split("\n")))
     if args.report:
         with reporting_write_errors(args.report):
             write_text_atomic(args.report, mg.render(report, markdown=True))
