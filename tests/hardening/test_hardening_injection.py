@@ -245,3 +245,14 @@ def test_quoted_words_are_single_shell_words():
     assert shell.command(["a b", "$(x)", "`y`", shell.Expansion('"$HOME"')]) == (
         "'a b' '$(x)' '`y`' \"$HOME\""
     )
+
+
+def test_suggested_commands_quote_the_path(tmp_path, capsys):
+    """A command lorafile suggests is one a user pastes into a shell: the path is quoted."""
+    folder = tmp_path / f"$(touch {CANARY})"
+    folder.mkdir()
+    config = folder / "config.toml"
+    fixture = Path(__file__).parent.parent / "fixtures" / "kohya" / "01_seed_style_lora.toml"
+    config.write_text(fixture.read_text(encoding="utf-8"), encoding="utf-8")
+    assert main(["fmt", str(config)]) == 0
+    assert f"lorafile import kohya '{config}' -o NAME.recipe" in capsys.readouterr().err

@@ -9,6 +9,7 @@ reads), and the fields that read back differently from the migrated files.
 
 from __future__ import annotations
 
+import shlex
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,7 +188,7 @@ def _check_direction(kind: str, to: str, source: Path) -> None:
         bag.error(
             "I655",
             f"`{source}` is {what}; migrate converts between trainers.",
-            f"use `lorafile compile {source} --target {to}`"
+            f"use `lorafile compile {shlex.quote(str(source))} --target {to}`"
             if kind == "recipe"
             else "choose the other trainer with --to",
         )
