@@ -112,3 +112,27 @@ def test_failed_simpletuner_import_with_many_keys_finishes(tmp_path):
     done = _import_in_subprocess("simpletuner", str(folder))
     assert done.returncode == 1
     assert "1 error, 40000 warnings" in done.stderr  # the I652, after 40k I636 warnings
+
+
+def _alias_bomb(key: str, levels: int = 9) -> str:
+    """A few hundred bytes of YAML whose value expands to 9**levels strings when walked."""
+    lines = ['l0: &l0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, levels):
+        lines.append(f"l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 9) + "]")
+    lines.append(f"{key}: [" + ",".join([f"*l{levels - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_alias_bomb_in_a_legacy_simpletuner_yaml(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("model_family: sdxl\n" + _alias_bomb("validation_prompt"), "utf-8")
+    done = _import_in_subprocess("simpletuner", str(config))
+    assert done.returncode == 1 and "error[I651]" in done.stderr and "aliases" in done.stderr
+
+
+def test_yaml_alias_bomb_in_an_accelerate_config(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(KOHYA_CONFIG.read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "accelerate.yaml").write_text(_alias_bomb("main_process_ip"), "utf-8")
+    done = _import_in_subprocess("kohya", str(config))
+    assert done.returncode == 0, done.stderr[-2000:]  # the accelerate config is only a hint

@@ -22,6 +22,7 @@ import yaml
 
 from lorafile.backends import kohya_schema as schema
 from lorafile.backends import kohya_write as kw
+from lorafile.backends import yamlio
 from lorafile.backends.kohya_options import OPTIONS
 from lorafile.backends.tomlio import key_lines
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, Span, Suggester, closest
@@ -440,12 +441,12 @@ def _prompt_value(name: str, value: str) -> object:
 def read_accelerate(path: Path) -> dict:
     """Hardware from an accelerate config beside config.toml (written for several GPUs)."""
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        config = yamlio.load(path.read_text(encoding="utf-8")) or {}
         machines = int(config.get("num_machines", 1) or 1)
         processes = int(config.get("num_processes", 1) or 1)
         port = int(config["main_process_port"]) if config.get("main_process_port") else None
-    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
-        return {}
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError, RecursionError):
+        return {}  # only a hint for the GPU count and the main machine
     hardware = {"gpus": max(1, processes // max(machines, 1)), "machines": machines}
     if config.get("main_process_ip") is not None:
         hardware["main_address"] = str(config["main_process_ip"])

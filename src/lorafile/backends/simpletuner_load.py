@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lorafile.backends import simpletuner_map as m
 from lorafile.backends import simpletuner_options as opts
+from lorafile.backends import yamlio
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, Suggester
 from lorafile.files import exists, is_dir, is_file
 
@@ -134,9 +135,9 @@ def _yaml(file: Path, bag: DiagnosticBag) -> dict:
 
     def parse(text: str) -> object:
         try:
-            return yaml.safe_load(text)
+            return yamlio.load(text)
         except yaml.YAMLError as err:
-            raise _YamlError(str(err)) from err
+            raise _YamlError(" ".join(str(err).split())) from err  # one line: a message
 
     return _parsed(file, bag, parse)
 
