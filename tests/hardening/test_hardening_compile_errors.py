@@ -333,3 +333,15 @@ def test_inspect_says_what_the_path_is(tmp_path, capsys, target, message):
     path = tmp_path if target == "FOLDER" else (tmp_path / target if "/" not in target else target)
     status, text = _run(capsys, "inspect", path)
     assert status == 1 and "error[F710]" in text and message in text
+
+
+def test_numbers_past_pythons_digit_limit(tmp_path, capsys):
+    """int() refuses more than 4300 digits with a ValueError that escaped as a traceback."""
+    digits = "9" * 5000
+    config = tmp_path / "config.toml"
+    config.write_text(f"a = {digits}\n" + KOHYA_CONFIG.read_text(), encoding="utf-8")
+    status, text = _run(capsys, "import", "kohya", config)
+    assert status == 1 and "error[I600]" in text
+    for old, new in (("steps 100", f"steps {digits}"), ("kind style", f"resolution {digits}")):
+        status, text = _run(capsys, "check", _recipe(tmp_path, RECIPE.replace(old, new)))
+        assert status == 1 and "error[R108]" in text and "5000 digits" in text

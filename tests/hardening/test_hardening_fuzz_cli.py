@@ -40,7 +40,7 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 FRAGMENTS = ["{", "}", "[", "]", '"', "\\", "#", "\n", "..", "1e999", "-1", "nan", "inf",
-             "99999999999999999999", "\\u0000", "\\u001b", '"\\n$(touch CANARY)"',
+             "99999999999999999999", "9" * 5000, "\\u0000", "\\u001b", '"\\n$(touch CANARY)"',
              "[" * 3000, "recipe", "dataset", "output", "train", "trigger \"   \""]  # fmt: skip
 
 

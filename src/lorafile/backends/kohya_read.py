@@ -165,7 +165,7 @@ def load_source(path: Path, bag: DiagnosticBag) -> tuple[Source, dict]:
             "no sd-scripts setting nests more than two levels: flatten the value",
         )
         raise DiagnosticError(bag.items) from None
-    except tomllib.TOMLDecodeError as err:
+    except (tomllib.TOMLDecodeError, ValueError) as err:  # ValueError: an int of 4300+ digits
         sub = source.bag()
         found = re.search(r"line (\d+), column (\d+)", str(err))
         span = Span(int(found.group(1)), int(found.group(2))) if found else None
