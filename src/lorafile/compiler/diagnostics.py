@@ -86,13 +86,9 @@ def printable(text: str) -> str:
 
 def _escape(ch: str) -> str:
     code = ord(ch)
-    return (
-        f"\\x{code:02x}"
-        if code < 0x100
-        else f"\\u{code:04x}"
-        if code < 0x10000
-        else f"\\U{code:08x}"
-    )
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def render(diag: Diagnostic) -> str:
@@ -255,7 +251,7 @@ def closest(word: str, choices: Iterable[str]) -> str | None:
 
 
 class Suggester:
-    """ "Did you mean" for an input that may hold thousands of unknown names.
+    """Capped "did you mean" lookups, for an input that may hold thousands of unknown names.
 
     The known names are listed once; the first `limit` lookups get a suggestion (the ones a
     person reads: `render_all` shows MAX_REPORTED diagnostics) and later ones get None, so a
