@@ -66,7 +66,7 @@ def _simpletuner(tmp_path: Path) -> Path:
 # ---- output the file system refuses (F720, F721) ------------------------------------------------
 
 
-def _tiny_lora(path: Path) -> Path:
+def _tiny_lora(path: Path, metadata: dict[str, str] | None = None) -> Path:
     import torch
     from safetensors.torch import save_file
 
@@ -77,7 +77,7 @@ def _tiny_lora(path: Path) -> Path:
         f"{name}.lora_up.weight": torch.randn(64, 4, generator=g),
         f"{name}.alpha": torch.tensor(2.0),
     }
-    save_file(tensors, str(path))
+    save_file(tensors, str(path), metadata=metadata)
     return path
 
 
@@ -345,3 +345,13 @@ def test_numbers_past_pythons_digit_limit(tmp_path, capsys):
     for old, new in (("steps 100", f"steps {digits}"), ("kind style", f"resolution {digits}")):
         status, text = _run(capsys, "check", _recipe(tmp_path, RECIPE.replace(old, new)))
         assert status == 1 and "error[R108]" in text and "5000 digits" in text
+
+
+def test_inspect_escapes_metadata_from_the_file(tmp_path, capsys):
+    """A downloaded LoRA's metadata is someone else's text: no ESC sequence is printed raw."""
+    meta = {"ss_output_name": "x\x1b]0;pwned\x07\x1b[2J", "modelspec.title": "t\u202eevil"}
+    lora = _tiny_lora(tmp_path / "in.safetensors", meta)
+    status, text = _run(capsys, "inspect", lora)
+    assert status == 0
+    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+    assert "\\x1b[2J" in text
