@@ -15,6 +15,7 @@ Hypothesis, derandomized and bounded (black's fuzz test style), so CI sees the s
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ KOHYA = [FIXTURES / "kohya" / n for n in ("01_seed_style_lora.toml", "07_regular
 SIMPLETUNER = FIXTURES / "simpletuner" / "json_plain_keys"
 CALL_LIMIT_S = 60  # per command: a hang guard, far above what any call needs
 SETTINGS = settings(
-    max_examples=12,
+    max_examples=30,
     derandomize=True,
     deadline=None,
     database=None,
@@ -108,11 +109,13 @@ def _drive(root: Path, name: str, data: bytes, capsys) -> None:
     source = inputs / name
     source.write_bytes(data)
     before = _snapshot(root, out)
+    beside = sorted(p.name for p in root.parent.iterdir())  # the folders next to this test's
     for argv in _commands(source, out):
         _call(argv)
         captured = capsys.readouterr()
         assert "Traceback" not in captured.err, (argv, captured.err[-3000:])
     assert _snapshot(root, out) == before
+    assert sorted(p.name for p in root.parent.iterdir()) == beside
     shutil.rmtree(root)
 
 
@@ -129,19 +132,36 @@ def mutated(draw, seeds: list[str]) -> str:
     return text
 
 
+STRING_LITERAL = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+
+
+@st.composite
+def substituted(draw, seeds: list[str]) -> str:
+    """A seed file, still valid, with hostile text in place of some of its quoted strings."""
+    text = draw(st.sampled_from(seeds))
+    spans = [m.span() for m in STRING_LITERAL.finditer(text)]
+    chosen = draw(st.lists(st.sampled_from(spans), min_size=1, max_size=3, unique=True))
+    for start, end in sorted(chosen, reverse=True):
+        text = text[:start] + json.dumps(draw(hostile_text())) + text[end:]
+    return text
+
+
 RECIPE_TEXTS = [p.read_text(encoding="utf-8") for p in RECIPES]
 KOHYA_TEXTS = [p.read_text(encoding="utf-8") for p in KOHYA]
 
 
 @SETTINGS
-@given(text=mutated(RECIPE_TEXTS), suffix=st.sampled_from([".recipe", ".txt"]))
+@given(
+    text=st.one_of(mutated(RECIPE_TEXTS), substituted(RECIPE_TEXTS)),
+    suffix=st.sampled_from([".recipe", ".txt"]),
+)
 def test_fuzz_recipes(tmp_path_factory, capsys, text, suffix):
     root = tmp_path_factory.mktemp("fuzz-recipe")
     _drive(root, "in" + suffix, text.encode("utf-8", "surrogatepass"), capsys)
 
 
 @SETTINGS
-@given(text=mutated(KOHYA_TEXTS))
+@given(text=st.one_of(mutated(KOHYA_TEXTS), substituted(KOHYA_TEXTS)))
 def test_fuzz_kohya_configs(tmp_path_factory, capsys, text):
     root = tmp_path_factory.mktemp("fuzz-kohya")
     _drive(root, "config.toml", text.encode("utf-8", "surrogatepass"), capsys)

@@ -30,7 +30,7 @@ from lorafile.backends import shell
 from lorafile.cli import main
 
 SETTINGS = settings(
-    max_examples=25,
+    max_examples=60,
     derandomize=True,
     deadline=None,
     database=None,
