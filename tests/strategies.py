@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from lorafile.spec import models as m
 
-# Text without lone surrogates (they cannot be encoded, so no file can hold them).
-TEXT_CHARS = st.characters(blacklist_categories=("Cs",))
+# Text without lone surrogates (they cannot be encoded, so no file can hold them) and without
+# NUL (no path, name or command line can carry one: R208).
+TEXT_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
 IDENT = st.from_regex(r"[a-z_][a-z0-9_]{0,11}", fullmatch=True)
 
 
@@ -23,6 +24,16 @@ def text(min_size: int = 1, max_size: int = 24) -> st.SearchStrategy[str]:
     plain = st.text(st.sampled_from("abcxyz _-/.0123"), min_size=min_size, max_size=max_size)
     wild = st.text(TEXT_CHARS, min_size=min_size, max_size=max_size)
     return st.one_of(plain, wild)
+
+
+def file_names(min_size: int = 1) -> st.SearchStrategy[str]:
+    """Names that may be a file name in the output folder (R209: no / or \\, not . or ..)."""
+    return text(min_size).map(_file_name)
+
+
+def _file_name(s: str) -> str:
+    s = s.replace("/", "_").replace("\\", "_")
+    return s + "_" if s.strip() in (".", "..") else s
 
 
 def paths() -> st.SearchStrategy[str]:
@@ -329,10 +340,10 @@ def recipes() -> st.SearchStrategy[m.Recipe]:
     """Valid recipes covering every field of the spec."""
     return st.builds(
         m.Recipe,
-        name=text(),
+        name=file_names(),
         base=bases(),
         datasets=st.lists(datasets(), min_size=1, max_size=2).map(tuple),
-        trigger=optional(text()),
+        trigger=optional(text().filter(str.strip)),  # R206: not only white space
         regularization=st.lists(regularizations(), max_size=2).map(tuple),
         adapter=adapters(),
         train=trains(),
@@ -340,7 +351,7 @@ def recipes() -> st.SearchStrategy[m.Recipe]:
         save=saves(),
         sample=optional(samples()),
         hardware=hardwares(),
-        output=st.builds(m.Output, path=paths(), name=optional(text(0))),
+        output=st.builds(m.Output, path=paths(), name=optional(file_names(0))),
         log=st.builds(m.Log, to=st.sampled_from(m.LOGGERS), path=optional(paths())),
         passthrough=passthroughs(),
     )

@@ -12,6 +12,7 @@ Torch-free: the compile path imports this module.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -76,3 +77,33 @@ def write_files(
         write_text_atomic(folder / name, text, 0o755 if name in executable else 0o644)
         for name, text in files.items()
     ]
+
+
+# ---- Looking at paths a user or a config named ------------------------------------------------
+# pathlib's is_dir/is_file/exists raise for a name the OS refuses to look up (longer than
+# NAME_MAX or PATH_MAX, a folder without search permission); a path from a recipe or a foreign
+# config is user text, so the compile path asks these, which answer False instead (issue 12).
+
+
+def _mode(path: str | os.PathLike) -> int | None:
+    try:
+        return os.stat(path).st_mode
+    except (OSError, ValueError):  # ValueError: an embedded NUL
+        return None
+
+
+def is_dir(path: str | os.PathLike) -> bool:
+    """True when `path` is a folder (or a link to one); False when it cannot be looked up."""
+    mode = _mode(path)
+    return mode is not None and stat.S_ISDIR(mode)
+
+
+def is_file(path: str | os.PathLike) -> bool:
+    """True when `path` is a regular file (or a link to one); False when it cannot be looked up."""
+    mode = _mode(path)
+    return mode is not None and stat.S_ISREG(mode)
+
+
+def exists(path: str | os.PathLike) -> bool:
+    """True when `path` names something; False when it cannot be looked up."""
+    return _mode(path) is not None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lorafile.compiler.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError
 from lorafile.compiler.parse import SourceMap, parse_into
+from lorafile.files import is_dir
 from lorafile.spec.models import Recipe
 
 KINDS = ("recipe", "kohya", "simpletuner")
@@ -89,7 +90,7 @@ def _fail(bag: DiagnosticBag, message: str, help: str) -> None:
 
 def detect_kind(path: Path, bag: DiagnosticBag) -> str:
     """`recipe`, `kohya` or `simpletuner`, from the content first and the name second."""
-    if path.is_dir():
+    if is_dir(path):
         return _detect_folder(path, bag)
     suffix = path.suffix.lower()
     if suffix == ".recipe":
@@ -146,7 +147,7 @@ def _load_config(path: Path, kind: str, bag: DiagnosticBag, options: dict) -> Lo
     try:
         recipe = base.get(kind).read(path, bag, **options)
     except DiagnosticError as err:
-        bag.extend(d for d in err.diagnostics if d not in bag.items)
+        bag.merge(err.diagnostics)
         raise DiagnosticError(bag.items) from None
     if recipe is None or bag.has_errors:
         raise DiagnosticError(bag.items)

@@ -9,6 +9,7 @@ reads), and the fields that read back differently from the migrated files.
 
 from __future__ import annotations
 
+import shlex
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 from lorafile.backends import base
 from lorafile.backends.load import load_input
 from lorafile.compiler.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError
+from lorafile.files import is_dir
 from lorafile.spec.models import Recipe
 
 TRAINERS = {"kohya": "kohya sd-scripts", "simpletuner": "SimpleTuner"}
@@ -189,7 +191,7 @@ def _check_direction(kind: str, to: str, source: Path) -> None:
         bag.error(
             "I655",
             f"`{source}` is {what}; migrate converts between trainers.",
-            f"use `lorafile compile {source} --target {to}`"
+            f"use `lorafile compile {shlex.quote(str(source))} --target {to}`"
             if kind == "recipe"
             else "choose the other trainer with --to",
         )
@@ -199,7 +201,7 @@ def _check_direction(kind: str, to: str, source: Path) -> None:
 def _target_options(options: dict | None, source: Path) -> dict:
     # Relative dataset paths are counted next to the source config, as `compile` counts them
     # next to its input: an epoch-counted warmup % becomes steps for SimpleTuner (T550).
-    folder = source if source.is_dir() else source.parent
+    folder = source if is_dir(source) else source.parent
     return {"base_dir": folder.resolve(), **(options or {})}
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lorafile.backends.base import Backend, Compiled, register
 from lorafile.compiler.diagnostics import DiagnosticBag
+from lorafile.files import is_dir, is_file
 from lorafile.spec import Recipe
 
 PLAN_FILE = "plan.json"
@@ -35,7 +36,7 @@ class Native(Backend):
         from lorafile.runtime.train.plan import build_plan
 
         base_dir = self.base_dir
-        if base_dir is None and bag.file and Path(bag.file).is_file():
+        if base_dir is None and bag.file and is_file(bag.file):
             # Relative recipe paths mean "next to the recipe", as for `lorafile train R.recipe`.
             base_dir = Path(bag.file).resolve().parent
         plan = build_plan(recipe, bag, base_dir)
@@ -45,7 +46,7 @@ class Native(Backend):
         from lorafile.runtime.train.plan import recipe_of
 
         path = Path(path)
-        if path.is_dir():
+        if is_dir(path):
             path = path / PLAN_FILE
         try:
             plan = json.loads(path.read_text(encoding="utf-8"))

@@ -20,13 +20,41 @@ _KEY = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_\-]+)\s*=""")
 KeyPath = tuple[str | int, ...]
 
 
+INT64 = range(-(2**63), 2**63)
+"""TOML integers are 64-bit signed (toml.io: "Arbitrary 64-bit signed integers")."""
+
+
+class IntOutOfRange(ValueError):
+    """An integer TOML cannot hold; `key` is its dotted path in the document."""
+
+    def __init__(self, key: str, value: int):
+        super().__init__(f"{key} = {value} is outside TOML's 64-bit integer range")
+        self.key, self.value = key, value
+
+
+def check_ints(value: object, key: str = "") -> None:
+    """Raise IntOutOfRange for the first integer in `value` that TOML cannot hold: tomli-w
+    would write it, and sd-scripts' toml parser (and any TOML 1.0 reader) refuses the file."""
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            check_ints(item, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            check_ints(item, f"{key}[{i}]")
+    elif isinstance(value, int) and not isinstance(value, bool) and value not in INT64:
+        raise IntOutOfRange(key, value)
+
+
 def dumps(doc: Mapping[str, object], header: Iterable[str] = ()) -> str:
     """Serialise `doc` as TOML with `header` lines as leading `#` comments.
+
+    Raises IntOutOfRange for an integer TOML cannot hold.
 
     Layout is ours (tables as `[name]`, arrays of tables as `[[name]]` and `[[name.child]]`,
     flat arrays inline), value spelling is tomli-w's. tomli-w alone would write nested arrays
     of tables as inline tables, which people do not write and older parsers handle badly.
     """
+    check_ints(doc)
     lines = [f"# {line}".rstrip() for line in header]
     if lines:
         lines.append("")

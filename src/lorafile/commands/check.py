@@ -6,7 +6,13 @@ import json
 from pathlib import Path
 
 from lorafile.backends.load import KINDS, load_input
-from lorafile.compiler.diagnostics import Diagnostic, DiagnosticError, render_all, summary_line
+from lorafile.compiler.diagnostics import (
+    Diagnostic,
+    DiagnosticError,
+    printable,
+    render_all,
+    summary_line,
+)
 
 
 def register(subparsers) -> None:
@@ -58,6 +64,6 @@ def _print_text(path: Path, diagnostics: list[Diagnostic], name: str | None) -> 
         print(render_all(diagnostics))
         print()
     if name is not None and not diagnostics:
-        print(f'{path}: ok (recipe "{name}")')
+        print(f'{printable(str(path))}: ok (recipe "{printable(name)}")')
     else:
-        print(f"{path}: {summary_line(diagnostics)}")
+        print(f"{printable(str(path))}: {summary_line(diagnostics)}")

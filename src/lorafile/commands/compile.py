@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from lorafile.commands._output import refuse_file_as_folder, reporting_write_errors
 from lorafile.compiler.diagnostics import DiagnosticBag, render_all, summary_line
 from lorafile.files import write_files
 
@@ -69,6 +70,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from lorafile.backends import base
 
+    refuse_file_as_folder(args.output)
     recipe, loaded_diagnostics = _load(args.file, args.from_)
     backend = base.get(args.target, allow_lossy=args.allow_lossy)
     bag = DiagnosticBag(file=str(args.file))
@@ -80,7 +82,8 @@ def run(args) -> int:
     if compiled is None or bag.has_errors:
         print("error: nothing was written.", file=sys.stderr)
         return 1
-    written = write_files(args.output, compiled.files, compiled.executable)
+    with reporting_write_errors(args.output):
+        written = write_files(args.output, compiled.files, compiled.executable)
     for path in written:
         print(path)
     return 0

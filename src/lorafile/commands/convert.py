@@ -43,12 +43,16 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lorafile.commands._output import refuse_folder_as_file, reporting_write_errors
     from lorafile.compiler.diagnostics import render_all
+
+    refuse_folder_as_file(args.output)  # before torch is imported and the input is read
     from lorafile.runtime.lorafiles.convert import convert_file
 
-    lora, bag = convert_file(
-        args.input, args.output, args.to, args.dtype, args.alpha, args.allow_lossy
-    )
+    with reporting_write_errors(args.output):
+        lora, bag = convert_file(
+            args.input, args.output, args.to, args.dtype, args.alpha, args.allow_lossy
+        )
     if len(bag):
         print(render_all(bag), file=sys.stderr)
     dropped = len(lora.modules) - lora.written

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import difflib
+import shlex
 import sys
 from pathlib import Path
 
 from lorafile.backends.load import detect_kind, read_text
-from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, render_all
+from lorafile.commands._output import reporting_write_errors
+from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, printable, render_all
 from lorafile.compiler.format import format_source
 from lorafile.files import write_text_atomic
 
@@ -82,7 +84,8 @@ def _one(path: Path, args) -> int:
         return 1
     if args.write:
         if formatted != text:
-            write_text_atomic(path, formatted)
+            with reporting_write_errors(path):
+                write_text_atomic(path, formatted)
             print(f"reformatted {path}", file=sys.stderr)
         return 0
     sys.stdout.write(formatted)
@@ -96,7 +99,8 @@ def _trainer_config(path: Path, kind: str, args, bag: DiagnosticBag) -> int:
             "R111",
             f"`{path}` is a {kind} config, not a recipe, so it has no canonical recipe text "
             "to check or rewrite in place.",
-            f"save its recipe with `lorafile import {kind} {path} -o NAME.recipe`, "
+            f"save its recipe with `lorafile import {kind} {shlex.quote(str(path))} -o "
+            "NAME.recipe`, "
             "then format that",
         )
         raise DiagnosticError(bag.items)
@@ -108,8 +112,8 @@ def _trainer_config(path: Path, kind: str, args, bag: DiagnosticBag) -> int:
         print(render_all(loaded.diagnostics), file=sys.stderr)
     sys.stdout.write(format_recipe(loaded.recipe))
     print(
-        f"note: printed the recipe that the {kind} config `{path}` means; "
-        f"`lorafile import {kind} {path} -o NAME.recipe` saves it.",
+        f"note: printed the recipe that the {kind} config `{printable(str(path))}` means; "
+        f"`lorafile import {kind} {shlex.quote(str(path))} -o NAME.recipe` saves it.",
         file=sys.stderr,
     )
     return 0

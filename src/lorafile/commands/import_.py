@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from lorafile.commands._kohya_source import add_kohya_source_options, kohya_source_options
+from lorafile.commands._output import refuse_folder_as_file, reporting_write_errors
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, render_all, summary_line
 from lorafile.files import write_text_atomic
 
@@ -45,16 +46,19 @@ def run(args) -> int:
     from lorafile.compiler.format import format_recipe
 
     options = kohya_source_options(args)
+    if args.output:
+        refuse_folder_as_file(args.output)
     bag = DiagnosticBag(file=str(args.path))
     try:
         recipe = base.get(args.trainer).read(args.path, bag, **options)
     except DiagnosticError as err:
-        bag.extend(d for d in err.diagnostics if d not in bag.items)
+        bag.merge(err.diagnostics)
         _report(bag)
         return 1
     text = format_recipe(recipe)
     if args.output:
-        write_text_atomic(args.output, text)
+        with reporting_write_errors(args.output):
+            write_text_atomic(args.output, text)
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -28,11 +28,14 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lorafile.compiler.diagnostics import printable
     from lorafile.runtime.lorafiles.inspect import inspect_file, render_text
 
     report = inspect_file(args.file)
     if args.format == "json":
         print(json.dumps(report, indent=2))
     else:
-        print(render_text(report), end="")
+        # Metadata comes from whoever made the file: no escape sequence reaches the terminal.
+        text = render_text(report)
+        print("\n".join(printable(line) for line in text.split("\n")), end="")
     return 0

@@ -13,8 +13,13 @@ from pathlib import Path
 
 from lorafile.backends import migrate as mg
 from lorafile.commands._kohya_source import add_kohya_source_options, kohya_source_options
-from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
-from lorafile.files import write_files
+from lorafile.commands._output import (
+    refuse_file_as_folder,
+    refuse_folder_as_file,
+    reporting_write_errors,
+)
+from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, printable
+from lorafile.files import write_files, write_text_atomic
 
 
 def register(subparsers) -> None:
@@ -62,6 +67,9 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     options = kohya_source_options(args)
+    refuse_file_as_folder(args.output)
+    if args.report:
+        refuse_folder_as_file(args.report)
     if args.format == "json" and args.to == "kohya":
         bag = DiagnosticBag()
         bag.error("T519", "kohya's --config_file is TOML only.", "drop --format json")
@@ -70,12 +78,14 @@ def run(args) -> int:
     report, _, files, executable = mg.migrate(args.source, args.to, options, target_options)
     blocked = report.lossy and not args.allow_lossy
     if not blocked:
-        write_files(args.output, files, executable)
+        with reporting_write_errors(args.output):
+            write_files(args.output, files, executable)
         report.out_dir = str(args.output)
-    print(mg.render(report))
+    # The report quotes values from a foreign config: no control character reaches the terminal.
+    print("\n".join(printable(line) for line in mg.render(report).split("\n")))
     if args.report:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(mg.render(report, markdown=True), encoding="utf-8")
+        with reporting_write_errors(args.report):
+            write_text_atomic(args.report, mg.render(report, markdown=True))
     if blocked:
         print(
             f"error: {len(report.losses)} setting(s) would be lost; nothing was written. "

@@ -76,22 +76,40 @@ class Diagnostic:
         return render(self)
 
 
+def printable(text: str) -> str:
+    """`text` safe to print to a terminal: each control or format character (ESC sequences,
+    carriage returns, line breaks, bidi overrides, NUL) is shown as its escape, so a recipe's
+    or config's strings quoted in a message cannot move the cursor or recolour the screen."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == "\t" else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
 def render(diag: Diagnostic) -> str:
-    """Render like ruff/rustc: header, location, source line with a caret, help."""
-    lines = [f"{diag.severity}[{diag.code}]: {diag.message}"]
-    where = diag.file or "<input>"
+    """Render like ruff/rustc: header, location, source line with a caret, help.
+
+    Every part that can quote user text goes through `printable`."""
+    lines = [f"{diag.severity}[{diag.code}]: {printable(diag.message)}"]
+    where = printable(diag.file or "<input>")
     if diag.span:
         lines.append(f"  --> {where}:{diag.span.line}:{diag.span.column}")
         if diag.source_line is not None:
             gutter = str(diag.span.line)
             pad = " " * len(gutter)
             lines.append(f" {pad} |")
-            lines.append(f" {gutter} | {diag.source_line.rstrip()}")
+            lines.append(f" {gutter} | {printable(diag.source_line.rstrip())}")
             lines.append(f" {pad} | {' ' * (diag.span.column - 1)}{_underline(diag)}")
     elif diag.file:
         lines.append(f"  --> {where}")
     if diag.help:
-        lines.append(f"  = help: {diag.help}")
+        lines.append(f"  = help: {printable(diag.help)}")
     return "\n".join(lines)
 
 
@@ -125,6 +143,9 @@ class DiagnosticBag:
     file: str | None = None
     source: str | None = None
     items: list[Diagnostic] = field(default_factory=list)
+    _split: tuple[str, list[str]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def add(
         self,
@@ -163,6 +184,18 @@ class DiagnosticBag:
     def extend(self, diags: Iterable[Diagnostic]) -> None:
         self.items.extend(diags)
 
+    def merge(self, diags: Iterable[Diagnostic]) -> None:
+        """Add the diagnostics not already here (a reader's error carries the bag's own items).
+
+        A set lookup, not `d not in self.items`: that made an import that failed with many
+        warnings quadratic (issue 12: 20k unknown keys and one error took 40 s).
+        """
+        present = set(self.items)
+        for diag in diags:
+            if diag not in present:
+                present.add(diag)
+                self.items.append(diag)
+
     @property
     def has_errors(self) -> bool:
         return any(d.is_error for d in self.items)
@@ -180,11 +213,20 @@ class DiagnosticBag:
     def _source_line(self, span: Span | None) -> str | None:
         if span is None or self.source is None:
             return None
-        # Parsers count lines by "\n" only; splitlines() also splits at \f, \x1c, \u2028 ...
-        lines = self.source.split("\n")
+        lines = self._lines()
         if 1 <= span.line <= len(lines):
             return lines[span.line - 1]
         return None
+
+    def _lines(self) -> list[str]:
+        # Split once per source text: splitting on every diagnostic made a config with many
+        # reported keys quadratic (issue 12: 8k unknown kohya keys took seconds).
+        cached = self._split
+        if cached is None or cached[0] is not self.source:
+            # Parsers count lines by "\n" only; splitlines() also splits at \f, \x1c, \u2028 ...
+            cached = (self.source, self.source.split("\n"))
+            self._split = cached
+        return cached[1]
 
 
 class DiagnosticError(Exception):
@@ -207,3 +249,30 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 def closest(word: str, choices: Iterable[str]) -> str | None:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return close[0] if close else None
+
+
+class Suggester:
+    """Capped "did you mean" lookups, for an input that may hold thousands of unknown names.
+
+    The known names are listed once; the first `limit` lookups get a suggestion (the ones a
+    person reads: `render_all` shows MAX_REPORTED diagnostics) and later ones get None, so a
+    config with 100,000 unknown keys costs `limit` lookups, not 100,000 (issue 12: a kohya
+    config with 110k unknown keys never finished).
+    """
+
+    def __init__(self, choices: Iterable[str] = (), limit: int = MAX_REPORTED):
+        self.choices = list(dict.fromkeys(choices))
+        self.limit = limit
+        self.lookups = 0
+
+    def __call__(self, word: str, choices: Iterable[str] | None = None) -> str | None:
+        """The known name closest to `word` (among `choices` when given), or None."""
+        if self.lookups >= self.limit:
+            return None
+        self.lookups += 1
+        return closest(word, self.choices if choices is None else choices)
+
+    def hint(self, word: str) -> str:
+        """' Did you mean `x`?', or '' when nothing is close or the cap is reached."""
+        guess = self(word)
+        return f" Did you mean `{guess}`?" if guess else ""

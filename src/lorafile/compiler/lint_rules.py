@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorafile import files as files_
 from lorafile.compiler import clip_bpe
 from lorafile.compiler.dataset_count import NATIVE, list_images
 from lorafile.compiler.diagnostics import DiagnosticBag, Span
@@ -82,12 +83,15 @@ class LintContext:
 # ==== dataset folders ===========================================================================
 def scan_images(folder: Path) -> list[Image] | None:
     """Images in `folder`, or in its immediate subfolders (kohya's `N_name` layout)."""
-    if not folder.is_dir():
+    if not files_.is_dir(folder):
         return None
-    files = list_images(folder, NATIVE)
-    if not files:
-        subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
-        files = sorted(f for d in subdirs for f in list_images(d, NATIVE))
+    try:
+        files = list_images(folder, NATIVE)
+        if not files:
+            subdirs = sorted(p for p in folder.iterdir() if files_.is_dir(p))
+            files = sorted(f for d in subdirs for f in list_images(d, NATIVE))
+    except OSError:  # unreadable, or gone while listing: the lint has nothing to look at
+        return None
     out = []
     for path in files[:MAX_SCANNED]:
         size = image_size(path)
@@ -396,7 +400,7 @@ def _captions(ctx: LintContext, index: int) -> list[tuple[Path, str]]:
     out = []
     for image in images:
         path = caption_file(image.path, ctx.recipe.datasets[index].captions)
-        if path is not None and path.is_file():
+        if path is not None and files_.is_file(path):
             out.append((path, path.read_text(encoding="utf-8", errors="replace")))
     return out
 

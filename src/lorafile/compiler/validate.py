@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from lorafile.compiler.diagnostics import Span
 from lorafile.compiler.statements import TABLES, Ctx, Path
 from lorafile.spec import units
 
@@ -62,12 +63,13 @@ def check_recipe(ctx: Ctx, data: dict) -> None:
             "The recipe is empty.",
             "start from an example in docs/recipe.md: a recipe needs at least "
             "`recipe`, `base`, `dataset`, `train` and `output`",
+            Span(1, 1),
         )
         ctx.handled.update((key,) for key in REQUIRED)
         return
     for key, (message, help) in REQUIRED.items():
         if key not in data and (key,) not in ctx.bad:
-            ctx.bag.error("R203", message, help)
+            ctx.bag.error("R203", message, help, _header(ctx))
             ctx.handled.add((key,))
     if isinstance(data.get("train"), dict):
         _check_train(ctx, data["train"])
@@ -82,6 +84,15 @@ def check_recipe(ctx: Ctx, data: dict) -> None:
         ctx.handled.add(("sample",))
     for i, dataset in enumerate(data.get("datasets", [])):
         _check_buckets(ctx, dataset.get("buckets"), ("datasets", i, "buckets"))
+
+
+def _header(ctx: Ctx) -> Span:
+    """Where a missing top-level statement is reported, so editors can place it: the `recipe`
+    line, else the first statement, else the start of the file."""
+    found = ctx.smap.get(("name",)) or min(
+        ctx.smap.values(), key=lambda s: (s.line, s.column), default=Span(1, 1)
+    )
+    return Span(found.line, found.column)
 
 
 def _check_train(ctx: Ctx, train: dict) -> None:
@@ -189,6 +200,28 @@ BOUNDS = {
 }
 
 
+# The spec's own error types (spec/models.py, PydanticCustomError): (code, message, help).
+SPEC_ERRORS = {
+    "nul_character": lambda name, value: (
+        "R208",
+        f"`{name}` holds a NUL character (\\u0000), which no path, file name or command "
+        "line can carry.",
+        "remove the \\u0000 escape from the string",
+    ),
+    "not_a_file_name": lambda name, value: (
+        "R209",
+        f"`{name}` {_show(value)} is used as a file name in the output folder, but it "
+        "names a file outside it (a / or \\ in it) or no file (`.` or `..`).",
+        "use a plain name such as `my_lora_v1`; put folders in the `output` path",
+    ),
+    "blank_string": lambda name, value: (
+        "R206",
+        f"`{name}` is only white space.",
+        f"write the {name} word between the quotes, or remove the `{name}` statement",
+    ),
+}
+
+
 def describe(error: dict, loc: Path) -> tuple[str, str, str]:
     """(code, message, help) for one pydantic error."""
     kind, name = error["type"], statement_name(loc)
@@ -202,6 +235,8 @@ def describe(error: dict, loc: Path) -> tuple[str, str, str]:
             f"`{name}` must be {words} {limit}, but it is {shown}.",
             advice.format(limit),
         )
+    if kind in SPEC_ERRORS:
+        return SPEC_ERRORS[kind](name, error.get("input"))
     if kind in ("string_too_short", "too_short"):
         return (
             "R206",

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeFloat = Annotated[float, Field(ge=0.0)]
@@ -85,6 +86,50 @@ class Spec(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False
     )
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: object) -> object:
+        # No file name, path, command-line argument or C string can hold a NUL: a string
+        # with one cannot be written anywhere it would mean the same (issue 12).
+        if _holds_nul(value):
+            raise PydanticCustomError(
+                "nul_character", "a NUL character (\\0) cannot be part of a path, name or prompt"
+            )
+        return value
+
+
+def _holds_nul(value: object) -> bool:
+    # Runs for every field of every model built (a 10 MB config builds 10^6 of them): the
+    # common cases first, without isinstance chains.
+    kind = type(value)
+    if kind is str:
+        return "\0" in value
+    if value is None or kind in _SCALARS or isinstance(value, BaseModel):
+        return False  # a nested model checked its own fields
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, list | tuple):
+        return any(map(_holds_nul, value))
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    return False
+
+
+_SCALARS = frozenset({int, float, bool})
+
+
+def _file_stem(value: str | None) -> str | None:
+    """A name used as a file name in the output folder must stay a plain name in it."""
+    if value is None:
+        return value
+    if "/" in value or "\\" in value or value.strip() in (".", ".."):
+        raise PydanticCustomError(
+            "not_a_file_name",
+            "`{name}` names a file outside the output folder, or no file",
+            {"name": value},
+        )
+    return value
 
 
 class Resolution(Spec):
@@ -432,6 +477,8 @@ class Output(Spec):
     name: str | None = None
     """File name stem of the adapter; default: the recipe name."""
 
+    _stem = field_validator("name")(_file_stem)
+
 
 class Log(Spec):
     """Training metrics: where they are logged."""
@@ -461,6 +508,15 @@ class Recipe(Spec):
     passthrough: dict[str, dict[str, PassValue]] = {}
     """Trainer settings without a recipe equivalent, by trainer (`kohya`, `simpletuner`): kept
     so that importing and re-exporting a config loses nothing."""
+
+    _stem = field_validator("name")(_file_stem)  # the default output name
+
+    @field_validator("trigger")
+    @classmethod
+    def _trigger_has_text(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise PydanticCustomError("blank_string", "the trigger is only white space")
+        return value
 
     @property
     def output_name(self) -> str:

@@ -52,10 +52,21 @@ def is_number(text: str) -> bool:
     return bool(_FLOAT.fullmatch(text))
 
 
+def _whole(text: str) -> int:
+    """int(text), or a UnitError past Python's 4300-digit limit on reading an int (a
+    ValueError that would otherwise escape as a traceback, issue 12)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise UnitError(
+            f"`{text[:16]}...` has {len(text)} digits, far too many.", "write a smaller number"
+        ) from None
+
+
 def parse_int(text: str) -> int:
     """A whole number such as `3000` or `-1`."""
     if _INT.fullmatch(text):
-        return int(text)
+        return _whole(text)
     if _FLOAT.fullmatch(text):
         raise UnitError(f"`{text}` is not a whole number.", "write a whole number such as 100")
     raise UnitError(f"`{text}` is not a number.", "write a whole number such as 100")
@@ -148,13 +159,13 @@ def format_size(nbytes: int) -> str:
 def parse_resolution(text: str) -> tuple[int, int]:
     """`1024` (square) or `1024x768` (width x height) in pixels."""
     if _INT.fullmatch(text) and not text.startswith(("+", "-")):
-        return int(text), int(text)
+        return _whole(text), _whole(text)
     match = _RESOLUTION.fullmatch(text)
     if not match:
         raise UnitError(
             f"`{text}` is not a resolution.", "write the size in pixels: 1024 or 1024x768"
         )
-    return int(match[1]), int(match[2])
+    return _whole(match[1]), _whole(match[2])
 
 
 def format_resolution(width: int, height: int, square_short: bool = True) -> str:
@@ -226,7 +237,7 @@ def parse_range(text: str) -> tuple[int, int]:
     match = _RANGE.fullmatch(text)
     if not match:
         raise UnitError(f"`{text}` is not a range.", "write a range of pixels such as 256..2048")
-    return int(match[1]), int(match[2])
+    return _whole(match[1]), _whole(match[2])
 
 
 INTERVAL_UNITS = {"steps": "steps", "step": "steps", "epochs": "epochs", "epoch": "epochs"}

@@ -17,7 +17,8 @@ from lorafile.backends.base import Backend, Compiled, register
 from lorafile.backends.kohya import write as kw
 from lorafile.backends.kohya.load import read_config
 from lorafile.backends.kohya.project import project as project_recipe
-from lorafile.compiler.diagnostics import DiagnosticBag
+from lorafile.backends.tomlio import IntOutOfRange
+from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
 from lorafile.spec.models import Recipe
 
 
@@ -37,7 +38,16 @@ class Kohya(Backend):
                 self.unsupported(bag, reason.code, reason.message, reason.help)
             else:
                 bag.info(reason.code, reason.message, reason.help)
-        files, executable = kw.write_files(projected)
+        try:
+            files, executable = kw.write_files(projected)
+        except IntOutOfRange as err:
+            bag.error(
+                "T590",
+                f"`{err.key}` would be {err.value}, beyond the 64-bit integers TOML can hold; "
+                "sd-scripts could not read config.toml.",
+                "use a smaller number",
+            )
+            raise DiagnosticError(bag.items) from None
         return Compiled(files=files, executable=executable)
 
     def project(self, recipe: Recipe) -> Recipe:

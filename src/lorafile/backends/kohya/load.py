@@ -6,13 +6,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from lorafile.backends.kohya import mapping as km
 from lorafile.backends.kohya import read as kr
 from lorafile.backends.kohya import schema as schema
 from lorafile.backends.kohya import write as kw
 from lorafile.backends.kohya.compare import same, same_dataset_value
 from lorafile.backends.kohya.options import OPTIONS
-from lorafile.compiler.diagnostics import DiagnosticBag, Span
+from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, Span, Suggester
+from lorafile.files import exists, is_dir, is_file
 from lorafile.spec.models import Recipe
 
 
@@ -24,7 +27,7 @@ def read_config(
     accelerate_config: str | Path | None = None,
 ) -> Recipe:
     """The recipe a kohya config means, with every problem reported into `bag`."""
-    if path.is_dir():
+    if is_dir(path):
         path = path / "config.toml"
     source, doc = kr.load_source(path, bag)
     sub = source.bag()
@@ -44,12 +47,19 @@ def read_config(
     check_constraints(ctx, subsets)
     prompts = _prompts(ctx, path.parent, sample_prompts, extra)
     accelerate = _accelerate(path.parent, accelerate_config)
-    recipe = assemble(ctx, subsets, prompts, accelerate, path)
-    kohya = passthrough(ctx, recipe, subsets)
-    if kohya:
-        recipe = Recipe.model_validate({**recipe.model_dump(), "passthrough": {"kohya": kohya}})
+    try:
+        recipe = assemble(ctx, subsets, prompts, accelerate, path)
+        kohya = passthrough(ctx, recipe, subsets)
+        if kohya:
+            recipe = Recipe.model_validate({**recipe.model_dump(), "passthrough": {"kohya": kohya}})
+    except ValidationError as err:
+        # A value no recipe can hold (a NUL, an output_name with `/`): report, do not crash.
+        km.unrepresentable(ctx, err)
+        recipe = None
     bag.extend(sub.items)
     bag.extend(extra.items)
+    if recipe is None:
+        raise DiagnosticError(bag.items)
     return recipe
 
 
@@ -86,7 +96,7 @@ def dataset_subsets(ctx: kr.Context, folder: Path, option, bag: DiagnosticBag) -
     """The subsets sd-scripts would train on, from a dataset config or the folder convention."""
     args = ctx.args
     chosen = option or args.get("dataset_config")
-    if not chosen and not args.get("train_data_dir") and (folder / "dataset.toml").is_file():
+    if not chosen and not args.get("train_data_dir") and is_file(folder / "dataset.toml"):
         chosen = folder / "dataset.toml"
         ctx.info(
             "I625",
@@ -111,7 +121,7 @@ def dataset_subsets(ctx: kr.Context, folder: Path, option, bag: DiagnosticBag) -
 
 def _resolve(name, folder: Path) -> Path:
     path = Path(name)
-    if not path.is_absolute() and not path.exists() and (folder / path).exists():
+    if not path.is_absolute() and not exists(path) and exists(folder / path):
         return folder / path
     return path
 
@@ -155,6 +165,7 @@ def _from_dataset_config(ctx: kr.Context, path: Path, bag: DiagnosticBag) -> lis
 
 def check_dataset_schema(doc: dict, source: kr.Source, bag: DiagnosticBag) -> None:
     """config_util's voluptuous schema: unknown keys and wrong types are errors (I609)."""
+    suggest = Suggester()  # one budget of "did you mean" lookups for the whole file
     for key in doc:
         if key not in ("general", "datasets"):
             _schema_error(
@@ -163,16 +174,16 @@ def check_dataset_schema(doc: dict, source: kr.Source, bag: DiagnosticBag) -> No
                 (key,),
                 f"`{key}` is not allowed at the top of a dataset "
                 "config (only [general] and [[datasets]]).",
-                "general",
+                suggest(key, ("general", "datasets")),
             )
-    _check_level(doc.get("general") or {}, "g", ("general",), source, bag)
+    _check_level(doc.get("general") or {}, "g", ("general",), source, bag, suggest)
     for i, dataset in enumerate(doc.get("datasets") or []):
-        _check_level(dataset, "d", ("datasets", i), source, bag)
+        _check_level(dataset, "d", ("datasets", i), source, bag, suggest)
         for j, subset in enumerate(dataset.get("subsets") or []):
-            _check_level(subset, "s", ("datasets", i, "subsets", j), source, bag)
+            _check_level(subset, "s", ("datasets", i, "subsets", j), source, bag, suggest)
 
 
-def _check_level(table: dict, level: str, path: tuple, source: kr.Source, bag) -> None:
+def _check_level(table: dict, level: str, path: tuple, source: kr.Source, bag, suggest) -> None:
     for key, value in table.items():
         if key == "subsets" and level == "d":
             continue
@@ -184,7 +195,7 @@ def _check_level(table: dict, level: str, path: tuple, source: kr.Source, bag) -
             )
             if key == "prior_loss_weight":
                 message += " prior_loss_weight belongs in the training config."
-            _schema_error(bag, source, (*path, key), message, key, allowed)
+            _schema_error(bag, source, (*path, key), message, suggest(key, allowed))
             continue
         types = spec[0]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
@@ -194,13 +205,11 @@ def _check_level(table: dict, level: str, path: tuple, source: kr.Source, bag) -
                 source,
                 (*path, key),
                 f"`{key} = {kr._toml(value)}` must be {names}; sd-scripts rejects it.",
-                key,
             )
 
 
-def _schema_error(bag, source, path, message, key, choices=()) -> None:
+def _schema_error(bag, source, path, message, guess: str | None = None) -> None:
     line = source.lines.get(path)
-    guess = kr.closest(key, choices) if choices else None
     help = (
         f"did you mean `{guess}`?"
         if guess
@@ -296,14 +305,14 @@ def _prompts(ctx: kr.Context, folder: Path, option, bag: DiagnosticBag):
     if not name:
         return None
     path = _resolve(name, folder)
-    if not path.is_file():
+    if not is_file(path):
         return None
     return kr.load_prompts(path, bag)
 
 
 def _accelerate(folder: Path, option) -> dict:
     path = Path(option) if option else folder / "accelerate.yaml"
-    return kr.read_accelerate(path) if path.is_file() else {}
+    return kr.read_accelerate(path) if is_file(path) else {}
 
 
 # --- pass-through: what the recipe does not say -------------------------------------------------

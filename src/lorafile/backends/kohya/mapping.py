@@ -66,6 +66,18 @@ def build(ctx: Context, factory, fallback, what: str):
         raise DiagnosticError(ctx.bag.items) from None
 
 
+def unrepresentable(ctx: Context, err: ValidationError) -> None:
+    """I614 for each value the recipe as a whole refused (after the per-block `build`s)."""
+    for problem in err.errors(include_url=False):
+        where = ".".join(str(p) for p in problem["loc"]) or "the config"
+        ctx.error(
+            "I614",
+            None,
+            f"`{where}` cannot be represented in a recipe: {problem['msg']}.",
+            "fix the value in the kohya config",
+        )
+
+
 def base(ctx: Context) -> Base:
     args = ctx.args
     path = args.get("pretrained_model_name_or_path")

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import yaml
 
+from lorafile.backends import yamlio
 from lorafile.backends.kohya import schema as schema
 from lorafile.backends.kohya import write as kw
 from lorafile.backends.kohya.options import OPTIONS
 from lorafile.backends.tomlio import key_lines
-from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, Span, closest
+from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, Span, Suggester, closest
 
 # Keys people write that sd-scripts does not have (kohya.md §10), with what to write instead.
 TRAPS = {
@@ -121,6 +122,8 @@ class Context:
     meta: dict
     corrected: set = field(default_factory=set)
     consumed: set = field(default_factory=set)
+    suggest: Suggester = field(default_factory=lambda: Suggester(OPTIONS))
+    """"Did you mean" for unknown keys, capped: a config may hold thousands of them."""
 
     def span(self, key: str) -> Span | None:
         for section in self.section_of.get(key, [""])[::-1]:
@@ -140,22 +143,45 @@ class Context:
 
 
 def load_source(path: Path, bag: DiagnosticBag) -> tuple[Source, dict]:
-    """Read and parse one TOML file; a syntax error stops the import (I600)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        bag.error("I600", f"Cannot read `{path}`: {err.strerror}.", "check the path and try again")
-        raise DiagnosticError(bag.items) from err
+    """Read and parse one TOML file; a file that cannot be read or parsed stops the import."""
+    text = _read_text(path, bag)
     source = Source(path=path, text=text, lines=key_lines(text))
     try:
         return source, tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively (issue 12).
+        bag.error(
+            "I600",
+            f"`{path.name}` nests arrays or tables too deeply to read.",
+            "no sd-scripts setting nests more than two levels: flatten the value",
+        )
+        raise DiagnosticError(bag.items) from None
+    except (tomllib.TOMLDecodeError, ValueError) as err:  # ValueError: an int of 4300+ digits
         sub = source.bag()
         found = re.search(r"line (\d+), column (\d+)", str(err))
         span = Span(int(found.group(1)), int(found.group(2))) if found else None
         sub.error("I600", f"`{path.name}` is not valid TOML: {err}.", "fix the syntax", span=span)
         bag.extend(sub.items)
         raise DiagnosticError(bag.items) from err
+
+
+def _read_text(path: Path, bag: DiagnosticBag) -> str:
+    """The file's text; R110 when it is not UTF-8 (as for `migrate`), I600 when unreadable."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        bag.error("I600", f"Cannot read `{path}`: {reason}.", "check the path and try again")
+        raise DiagnosticError(bag.items) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        bag.error(
+            "R110",
+            f"`{path}` is not UTF-8 text (byte {err.start} is invalid).",
+            "save the config as UTF-8 (sd-scripts reads it as UTF-8 too)",
+        )
+        raise DiagnosticError(bag.items) from None
 
 
 def read_meta(text: str) -> dict:
@@ -217,7 +243,7 @@ def _unknown_key(ctx: Context, key: str) -> None:
         )
         ctx.warning("I601", key, message, "move it into the dataset config")
         return
-    guess = closest(key, OPTIONS)
+    guess = ctx.suggest(key)
     hint = f" Did you mean `{guess}`?" if guess else ""
     ctx.warning(
         "I601",
@@ -295,7 +321,12 @@ def _coerce(kind: str, value: object) -> tuple[object, str]:
         )
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None, "must be a number"
+    if isinstance(value, float) and not math.isfinite(value):
+        # TOML spells them `nan` and `inf`; no sd-scripts setting means anything with them.
+        return None, "is not a finite number"
     if kind == "int" and isinstance(value, float):
+        if not -(2**63) <= value < 2**63:  # as an integer, no TOML file could hold it again
+            return None, "is beyond the 64-bit integers TOML and sd-scripts can hold"
         if value.is_integer():
             return int(value), "must be an integer, not a float"
         return int(value), "must be an integer"
@@ -403,12 +434,12 @@ def _prompt_value(name: str, value: str) -> object:
 def read_accelerate(path: Path) -> dict:
     """Hardware from an accelerate config beside config.toml (written for several GPUs)."""
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        config = yamlio.load(path.read_text(encoding="utf-8")) or {}
         machines = int(config.get("num_machines", 1) or 1)
         processes = int(config.get("num_processes", 1) or 1)
         port = int(config["main_process_port"]) if config.get("main_process_port") else None
-    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
-        return {}
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError, RecursionError):
+        return {}  # only a hint for the GPU count and the main machine
     hardware = {"gpus": max(1, processes // max(machines, 1)), "machines": machines}
     if config.get("main_process_ip") is not None:
         hardware["main_address"] = str(config["main_process_ip"])

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorafile.backends.kohya.options import OPTIONS
+from lorafile.files import is_dir
 
 # config_util schema (kohya.md §3.2): key -> (accepted python types, levels it may appear at).
 # Levels: g = [general], d = [[datasets]], s = [[datasets.subsets]].
@@ -189,8 +190,11 @@ def _subdirs(root: str, base: Path | None) -> list[str] | None:
     if base is not None and not os.path.isabs(root):
         candidates.insert(0, base / root)
     for candidate in candidates:
-        if candidate.is_dir():
-            return sorted(p.name for p in candidate.iterdir() if p.is_dir())
+        if is_dir(candidate):
+            try:
+                return sorted(p.name for p in candidate.iterdir() if is_dir(p))
+            except OSError:
+                return None
     return None
 
 

@@ -13,7 +13,7 @@ import json
 
 import yaml
 
-from lorafile.backends import tomlio
+from lorafile.backends import shell, tomlio
 from lorafile.backends.kohya import training_options
 from lorafile.backends.kohya.schema import DATASET_LEVEL
 from lorafile.backends.kohya.schema import literal as schema_literal
@@ -448,16 +448,20 @@ def accelerate_yaml(recipe: Recipe) -> str:
 
 
 def train_sh(recipe: Recipe) -> str:
-    """The launch command: accelerate, then sd-scripts with both config files."""
+    """The launch command: accelerate, then sd-scripts with both config files.
+
+    Every word goes through shell.quote; the recipe name is only in a comment, as a JSON string
+    (one line whatever it holds): the name may come from someone else's config (issue 12).
+    """
     hw = recipe.hardware
-    launch = ["accelerate", "launch", "--num_cpu_threads_per_process", "1"]
+    launch: list[object] = ["accelerate", "launch", "--num_cpu_threads_per_process", 1]
     if _distributed(recipe):
-        launch += ["--config_file", "accelerate.yaml", "--machine_rank", '"${MACHINE_RANK:-0}"']
-    launch += ["--num_processes", str(hw.gpus * hw.machines), "--num_machines", str(hw.machines)]
+        rank = shell.Expansion('"${MACHINE_RANK:-0}"')
+        launch += ["--config_file", "accelerate.yaml", "--machine_rank", rank]
+    launch += ["--num_processes", hw.gpus * hw.machines, "--num_machines", hw.machines]
     launch += ["--mixed_precision", recipe.train.precision]
-    script = ['"$SD_SCRIPTS/' + SCRIPT + '"', "--config_file", "config.toml"]
+    script = [shell.Expansion(f'"$SD_SCRIPTS/{SCRIPT}"'), "--config_file", "config.toml"]
     script += ["--dataset_config", "dataset.toml"]
-    command = " \\\n  ".join([" ".join(launch), " ".join(script)])
     return "\n".join(
         [
             "#!/usr/bin/env bash",
@@ -466,7 +470,7 @@ def train_sh(recipe: Recipe) -> str:
             "set -euo pipefail",
             'cd "$(dirname "$0")"',
             'SD_SCRIPTS="${SD_SCRIPTS:-sd-scripts}"',
-            command,
+            shell.command(launch, script),
             "",
         ]
     )

@@ -23,7 +23,9 @@ from lorafile.backends.simpletuner import mapping as m
 from lorafile.backends.simpletuner import passthrough as pt
 from lorafile.backends.simpletuner import write as w
 from lorafile.backends.simpletuner.read import read_recipe
-from lorafile.compiler.diagnostics import DiagnosticBag, Severity
+from lorafile.backends.tomlio import IntOutOfRange
+from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, Severity
+from lorafile.files import is_file
 from lorafile.spec import Recipe
 
 FORMATS = ("json", "toml")
@@ -59,7 +61,15 @@ class SimpleTuner(Backend):
         normal = m.normalize(recipe, report, self._base_dir(bag))
         gen = w.generate(normal)
         pt.apply(gen, normal, report)
-        config_name, config_text = w.render_config(_without_none(gen.config), fmt)
+        try:
+            config_name, config_text = w.render_config(_without_none(gen.config), fmt)
+        except IntOutOfRange as err:
+            bag.error(
+                "T591",
+                f"`{err.key}` would be {err.value}, beyond the 64-bit integers TOML can hold.",
+                "use a smaller number, or write config.json (--format json)",
+            )
+            raise DiagnosticError(bag.items) from None
         files = {
             config_name: config_text,
             w.DATA_BACKEND_FILE: json.dumps(gen.datasets, indent=2) + "\n",
@@ -103,7 +113,7 @@ class SimpleTuner(Backend):
         # Where the dataset folders are counted (a warmup % of an epoch-counted run, T550).
         if self.options.get("base_dir") is not None:
             return Path(self.options["base_dir"])
-        if bag is not None and bag.file and Path(bag.file).is_file():
+        if bag is not None and bag.file and is_file(bag.file):
             return Path(bag.file).resolve().parent  # relative paths mean "next to the recipe"
         return None
 

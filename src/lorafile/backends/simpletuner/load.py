@@ -15,11 +15,14 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorafile.backends import yamlio
 from lorafile.backends.simpletuner import mapping as m
 from lorafile.backends.simpletuner import options as opts
-from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, did_you_mean
+from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, Suggester
+from lorafile.files import exists, is_dir, is_file
 
 CONFIG_NAMES = ("config.json", "config.toml", "config.env")
+TOO_DEEP = "no SimpleTuner setting nests more than a few levels: flatten the value"
 
 
 class _YamlError(Exception):
@@ -43,16 +46,16 @@ class Loaded:
 
 def find_config(path: Path, bag: DiagnosticBag) -> Path:
     """The config file a folder holds (SimpleTuner's order: json, toml, env), or `path`."""
-    if path.is_file():
+    if is_file(path):
         return path
-    if not path.exists() and path.parent.is_dir():
+    if not exists(path) and is_dir(path.parent):
         path = path.parent  # a config file name that is not here: look in its folder
     for folder in (path, path / "config"):
         for name in CONFIG_NAMES:
-            if (folder / name).is_file():
+            if is_file(folder / name):
                 return folder / name
         for name in ("config.yaml", "config.yml"):
-            if (folder / name).is_file():
+            if is_file(folder / name):
                 return folder / name
     bag.error(
         "I651",
@@ -81,9 +84,32 @@ def load_config(path: Path, bag: DiagnosticBag) -> Loaded:
     return loaded
 
 
-def _parsed(file: Path, bag: DiagnosticBag, parse) -> dict:
+def read_text(file: Path, bag: DiagnosticBag) -> str:
+    """A config file's text; R110 when it is not UTF-8, I651 when it cannot be read."""
     try:
-        data = parse(file.read_text(encoding="utf-8-sig"))
+        data = file.read_bytes()
+    except OSError as err:
+        bag.error("I651", f"Cannot read `{file}`: {err.strerror or err}.", "check the path")
+        raise DiagnosticError(bag.items) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        bag.error(
+            "R110",
+            f"`{file}` is not UTF-8 text (byte {err.start} is invalid).",
+            "save the config as UTF-8",
+        )
+        raise DiagnosticError(bag.items) from None
+
+
+def _parsed(file: Path, bag: DiagnosticBag, parse) -> dict:
+    text = read_text(file, bag)
+    try:
+        data = parse(text)
+    except RecursionError:
+        # json, tomllib and yaml parse nesting recursively (issue 12).
+        bag.error("I651", f"`{file}` nests lists or objects too deeply to read.", TOO_DEEP)
+        raise DiagnosticError(bag.items) from None
     except (ValueError, tomllib.TOMLDecodeError, _YamlError) as err:
         bag.error(
             "I651",
@@ -109,9 +135,9 @@ def _yaml(file: Path, bag: DiagnosticBag) -> dict:
 
     def parse(text: str) -> object:
         try:
-            return yaml.safe_load(text)
+            return yamlio.load(text)
         except yaml.YAMLError as err:
-            raise _YamlError(str(err)) from err
+            raise _YamlError(" ".join(str(err).split())) from err  # one line: a message
 
     return _parsed(file, bag, parse)
 
@@ -119,7 +145,7 @@ def _yaml(file: Path, bag: DiagnosticBag) -> dict:
 def _env(file: Path, bag: DiagnosticBag) -> tuple[dict, int | None]:
     """config.env: mapped variables plus TRAINER_EXTRA_ARGS (helpers/configuration/env_file.py)."""
     values: dict[str, str] = {}
-    for line in file.read_text().splitlines():
+    for line in read_text(file, bag).splitlines():
         line = line.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue
@@ -176,15 +202,20 @@ def _extra_args(text: str, bag: DiagnosticBag) -> dict:
 
 def _train_sh_processes(folder: Path) -> int | None:
     script = folder / "train.sh"
-    if not script.is_file():
+    if not is_file(script):
         return None
-    found = re.search(r"TRAINING_NUM_PROCESSES=(\d+)", script.read_text())
+    try:
+        text = script.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None  # only a hint for the GPU count
+    found = re.search(r"TRAINING_NUM_PROCESSES=(\d+)", text)
     return int(found.group(1)) if found else None
 
 
 def normalise_keys(raw: dict, bag: DiagnosticBag) -> dict:
     """Strip dashes, translate legacy names, drop what SimpleTuner would ignore or reject."""
     config: dict = {}
+    suggest = Suggester(opts.table())  # capped: a config may hold thousands of unknown keys
     for key, value in raw.items():
         name = str(key).strip().lstrip("-")
         value = _typed(name, value, bag)
@@ -212,7 +243,7 @@ def normalise_keys(raw: dict, bag: DiagnosticBag) -> dict:
             bag.warning(
                 "I636",
                 f"`{name}` is not a SimpleTuner argument; SimpleTuner's "
-                f"argument parser would reject it.{did_you_mean(name, opts.table())}",
+                f"argument parser would reject it.{suggest.hint(name)}",
                 "remove it or correct its name",
             )
             continue
@@ -302,13 +333,17 @@ def _legacy_values(name: str, value: object, config: dict, bag: DiagnosticBag) -
 
 def load_json_file(path: Path, bag: DiagnosticBag, what: str) -> object | None:
     """A referenced JSON file (multidatabackend.json, lycoris_config.json), or None."""
-    if not path.is_file():
+    if not is_file(path):
         return None
     try:
-        return json.loads(path.read_text())
-    except ValueError as err:
+        return json.loads(path.read_bytes().decode("utf-8-sig"))
+    except OSError as err:
+        bag.error("I634", f"{what} `{path}` cannot be read: {err.strerror or err}.", "")
+    except RecursionError:
+        bag.error("I634", f"{what} `{path}` nests lists or objects too deeply to read.", TOO_DEEP)
+    except ValueError as err:  # UnicodeDecodeError included
         bag.error("I634", f"{what} `{path}` is not valid JSON: {err}.", "fix the syntax error")
-        return None
+    return None
 
 
 def resolve(reference: str, folder: Path) -> Path:
@@ -318,9 +353,9 @@ def resolve(reference: str, folder: Path) -> Path:
     if candidate.is_absolute():
         return candidate
     for path in (folder / candidate, folder.parent / candidate, folder / candidate.name):
-        if path.exists():
+        if exists(path):
             return path
-    return candidate if candidate.exists() else folder / candidate
+    return candidate if exists(candidate) else folder / candidate
 
 
 def image_entries(entries: list[dict], bag: DiagnosticBag | None = None) -> list[dict]:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 from dataclasses import dataclass, field
 
 import tomli_w
 
+from lorafile.backends import shell, tomlio
 from lorafile.backends.simpletuner import mapping as m
 from lorafile.backends.simpletuner import options as opts
 from lorafile.backends.simpletuner import training_options
@@ -345,7 +345,9 @@ def _reg_entry(recipe: Recipe, reg, ident: str) -> dict:
 def render_config(config: dict, fmt: str) -> tuple[str, str]:
     """(file name, text) of the main config in `json` or `toml`."""
     if fmt == "toml":
-        return "config.toml", tomli_w.dumps(_toml_safe(config))
+        safe = _toml_safe(config)
+        tomlio.check_ints(safe)  # IntOutOfRange: the caller reports it
+        return "config.toml", tomli_w.dumps(safe)
     return "config.json", json.dumps(config, indent=2) + "\n"
 
 
@@ -366,15 +368,16 @@ def render_train_sh(recipe: Recipe, config_name: str) -> str:
     processes = recipe.hardware.gpus * recipe.hardware.machines
     lines = [
         "#!/usr/bin/env bash",
-        f"# Train `{recipe.name}` with SimpleTuner (pip install 'simpletuner[cuda]').",
+        # The name is free text from the recipe or a foreign config: one inert comment line.
+        f"# Train `{shell.inline(recipe.name)}` with SimpleTuner (pip install 'simpletuner[cuda]').",
         f"# The config folder is this script's folder: {config_name}, {DATA_BACKEND_FILE}"
         + (f", {LYCORIS_FILE}" if recipe.adapter.algo != "lora" else "")
         + ".",
         "set -euo pipefail",
         'cd "$(dirname "$0")"',
-        f"export TRAINING_NUM_PROCESSES={processes}",
+        f"export TRAINING_NUM_PROCESSES={shell.quote(processes)}",
         "export TRAINING_NUM_MACHINES=1",
-        f"export MIXED_PRECISION={shlex.quote(recipe.train.precision)}",
+        f"export MIXED_PRECISION={shell.quote(recipe.train.precision)}",
         'exec simpletuner train "$@"',
     ]
     return "\n".join(lines) + "\n"

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lorafile.compiler.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError
+from lorafile.files import exists, is_dir, is_file
 from lorafile.runtime.lorafiles.keys import COMPONENTS, KeyMap, peft_name, sdxl_keymap
 
 # Parameter suffixes, longest first so `lokr_w1_a` wins over `lokr_w1`.
@@ -162,8 +163,8 @@ def _fail(code: str, message: str, help: str) -> DiagnosticError:
 def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
     """Tensors and metadata of a LoRA file; refuses pickle files and unreadable ones (F710)."""
     p = Path(path)
-    if not p.is_file():
-        raise _fail("F710", f"The LoRA file `{p}` does not exist.", "Check the path.")
+    if not is_file(p):
+        raise _fail("F710", _not_a_file(p), "Give the path of a LoRA .safetensors file.")
     if p.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
         raise _fail(
             "F710",
@@ -183,6 +184,14 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
             "Check that the download finished; a truncated file cannot be read.",
         ) from err
     return tensors, metadata
+
+
+def _not_a_file(p: Path) -> str:
+    if is_dir(p):
+        return f"`{p}` is a folder, not a LoRA file."
+    if exists(p):  # /dev/zero, a FIFO: reading would never end or never start
+        return f"`{p}` is not a regular file (a device, pipe or socket), so it is not read."
+    return f"The LoRA file `{p}` does not exist."
 
 
 def split_key(key: str) -> tuple[str, str] | None:
@@ -485,7 +494,7 @@ def build_metadata(modules, to: str, metadata: dict) -> dict[str, str]:
 def write_lora(modules, path, to: str = "kohya", metadata: dict | None = None, dtype=None,
                keymap: KeyMap | None = None) -> Path:  # fmt: skip
     """Write modules (all with alpha set) as one safetensors file, atomically (temp + rename)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from lorafile.files import atomic_path
 
@@ -495,8 +504,11 @@ def write_lora(modules, path, to: str = "kohya", metadata: dict | None = None, d
     meta = build_metadata(modules, to, metadata or {})
     if to != "diffusers":
         meta.update(addnet_hashes(tensors, meta))
+    data = save(tensors, metadata=meta)
     with atomic_path(out) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        # Serialised in memory, written by Python: a full disk or a read-only folder is then an
+        # OSError with its errno (safetensors' own writer reports an opaque SafetensorError).
+        tmp.write_bytes(data)
     return out
 
 

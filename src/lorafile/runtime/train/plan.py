@@ -15,6 +15,7 @@ from pathlib import Path
 from lorafile.compiler import dataset_count
 from lorafile.compiler import hub as hub_refs
 from lorafile.compiler.diagnostics import DiagnosticBag
+from lorafile.files import is_dir
 from lorafile.runtime.train import data
 from lorafile.runtime.train.diffusion import schedule_overrides  # no torch at import
 from lorafile.spec import Recipe
@@ -42,7 +43,7 @@ def scan_recipe(recipe: Recipe, base_dir: Path | None, bag: DiagnosticBag):
         folder = resolve_path(spec.path, base_dir)
         summary = {"path": str(folder), "images": 0, "skipped": [], "missing_captions": 0}
         summaries["regularization" if is_reg else "datasets"].append(summary)
-        if not folder.is_dir():
+        if not is_dir(folder):  # a path too long to look up is "not here" too
             bag.warning(
                 "T560",
                 f"The {'regularization ' if is_reg else ''}folder `{folder}` does not exist here.",
