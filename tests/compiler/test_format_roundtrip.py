@@ -66,7 +66,7 @@ def test_strategies_cover_every_field():
     seen: set = set()
 
     @settings(
-        max_examples=150,
+        max_examples=300,
         derandomize=True,
         deadline=None,
         database=None,
