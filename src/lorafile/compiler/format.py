@@ -203,9 +203,7 @@ def _train(train: m.Train) -> list[str]:
         ],
     )
     if train.cache != m.Cache():
-        cache = [w for w in ("latents", "text") if getattr(train.cache, w)]
-        cache += ["disk"] if train.cache.location == "disk" else []
-        lines.append("cache " + " ".join(cache))
+        lines.append(_cache(train.cache))
     lines += _fields(
         train,
         [
@@ -214,9 +212,19 @@ def _train(train: m.Train) -> list[str]:
             ("max_grad_norm", "max_grad_norm"),
             ("seed", "seed"),
             ("memory", "memory"),
+            ("graphs", "graphs"),
         ],
     )
     return block("train", lines)
+
+
+def _cache(cache: m.Cache) -> str:
+    if cache.is_auto:
+        words = ["auto"]
+    else:
+        words = [w for w in ("latents", "text") if getattr(cache, w)] or ["off"]
+    words += ["disk"] if cache.location == "disk" else []
+    return "cache " + " ".join(words)
 
 
 def _lr(train: m.Train) -> str:

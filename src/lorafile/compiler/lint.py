@@ -23,7 +23,7 @@ from lorafile.spec import Recipe, gpus
 from lorafile.spec.units import format_size
 
 # Close to the limit: allocator fragmentation on bucketed shapes varies by this much.
-MARGIN = 0.05
+MARGIN = vram.MARGIN
 
 
 @dataclass
@@ -101,6 +101,7 @@ def lint_recipe(
     """Estimate, judge, suggest and run the lint rules for one recipe."""
     bag = bag if bag is not None else DiagnosticBag()
     budget = budget if budget is not None else resolve_budget(recipe, bag, smap=smap)
+    recipe, _ = vram.resolve_auto(recipe, budget.bytes, trainer)
     fitted = None
     if recipe.train.memory == "auto" and budget.bytes is not None:
         try:

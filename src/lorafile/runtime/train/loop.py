@@ -20,6 +20,7 @@ Ctrl-C or SIGTERM during the loop stops after the step in progress with a checkp
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import secrets
@@ -119,7 +120,8 @@ class Trainer:
     """One training run. `setup()` loads and prepares everything, `train()` runs the loop."""
 
     def __init__(self, plan: dict, options: TrainOptions | None = None):
-        self.plan, self.options = plan, options or TrainOptions()
+        # A copy: the device-dependent choices (`_choose_checkpointing`) are written into it.
+        self.plan, self.options = copy.deepcopy(plan), options or TrainOptions()
         self.recipe = recipe_of(plan)
         self.r = plan["resolved"]
         self.out = Path(self.options.out or self.r["output"]["path"]).resolve()
@@ -142,6 +144,7 @@ class Trainer:
             self.options.device or ("cuda" if torch.cuda.is_available() else "cpu")
         )
         self._make_accelerator()
+        self._choose_checkpointing()
         # Only rank 0 writes (checkpoints, samples, logs, run.json); the others wait at barriers.
         self.writes = self.accelerator.is_main_process
         # 2. Output folder guard, then the state to resume from (it holds the seed).
@@ -159,6 +162,28 @@ class Trainer:
         if self.writes:
             self._print_startup()
         return self
+
+    def _choose_checkpointing(self) -> None:
+        """`checkpointing auto` on the device the run has: never on a CPU; on a GPU the plan's
+        choice, or (no budget in the recipe) the VRAM model against this GPU's memory."""
+        import torch
+
+        mem = self.plan["memory"]
+        if not mem.get("checkpointing_auto"):
+            return
+        if self.device.type != "cuda":
+            mem["gradient_checkpointing"] = False
+            return
+        if mem["gradient_checkpointing"] == "auto":
+            from lorafile.compiler import vram
+
+            budget = torch.cuda.get_device_properties(self.device).total_memory
+            chosen = self.recipe.model_copy(
+                update={"train": self.recipe.train.model_copy(update={"checkpointing": "auto"})}
+            )
+            _, choices = vram.resolve_auto(chosen, budget, "native", "cuda")
+            mem["gradient_checkpointing"] = choices[-1].value
+            mem["auto_choices"] = [*mem.get("auto_choices", [])[:-1], choices[-1].line()]
 
     def _prepare_output(self) -> tuple | None:
         """Rank 0 guards (and with --force clears) the folder while the others wait; every
