@@ -145,7 +145,7 @@ def test_loop_syncs_once_per_log_interval_and_compiles_in_place(
     result = trainer.train()
     assert result.steps == 8 and math.isfinite(result.last_loss)
     # 8 steps, log_every 4: one read-back at step 4 and one at step 8, whatever the step count.
-    assert counter.calls == ["tolist in train.py"] * 2
+    assert counter.calls == ["tolist in loop.py"] * 2
     assert compiled == [{"dynamic": False}]
     assert trainer.cuda_graphs is False  # the default mode records no CUDA graphs
 
@@ -189,13 +189,13 @@ def test_nan_guard_names_the_first_bad_step_and_never_saves_it(
 ):
     """The loss turns NaN at step 5; the guard is read only at step 6 (before that step's
     checkpoint): the error names step 5 and the last good checkpoint, step 3."""
-    original = Trainer.loss_step
+    original = Trainer.micro_step  # both step forms (eager and static buffers) go through it
 
     def poisoned(self, epoch, index, batch):
         loss = original(self, epoch, index, batch)
         return loss * math.nan if self.step + 1 >= 5 else loss
 
-    monkeypatch.setattr(Trainer, "loss_step", poisoned)
+    monkeypatch.setattr(Trainer, "micro_step", poisoned)
     make_dataset(tmp_path / "data", 2, seed=6)
     recipe = tiny_recipe(
         tiny_sdxl_dir / "tiny_sdxl.safetensors",

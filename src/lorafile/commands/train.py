@@ -69,6 +69,12 @@ def register(subparsers) -> None:
         help="the torch.compile mode (implies --compile): reduce-overhead also records each "
         "bucket shape as a CUDA graph and replays it (one launch per step); default: default",
     )
+    p.add_argument(
+        "--graphs",
+        choices=("on", "off"),
+        help="on CUDA, capture each bucket shape's step as a CUDA graph and replay it; "
+        "default: the recipe's `train { graphs }` (on)",
+    )
     launch.add_arguments(p)
     p.set_defaults(func=run)
 
@@ -92,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         log_every=args.log_every,
         compile=args.compile_mode or args.compile,
+        graphs=None if args.graphs is None else args.graphs == "on",
     )
     trainer = launch.trainer(plan, options) if launch.in_worker() else Trainer(plan, options)
     try:

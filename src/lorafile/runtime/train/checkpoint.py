@@ -17,7 +17,12 @@ import re
 import shutil
 from pathlib import Path
 
+from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
+
 CHECKPOINTS = "checkpoints"
+RUN_FILE = "run.json"
+RUN_ARTIFACTS = (RUN_FILE, CHECKPOINTS, "samples", "logs")
+"""What a run writes into its output folder (and `--force` removes; caches stay)."""
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
@@ -128,3 +133,41 @@ def export_adapter(path: Path, models, fmt: str, precision: str, facts: dict) ->
         dtype=precision,
         title=facts.get("ss_output_name", ""),
     )
+
+
+def _fail(code: str, message: str, help: str) -> DiagnosticError:
+    bag = DiagnosticBag()
+    bag.error(code, message, help)
+    return DiagnosticError(bag.items)
+
+
+def resume_checkpoint(out: Path, options) -> Path | None:
+    """The checkpoint `options.resume` names (None without --resume); reads, never writes."""
+    if not options.resume:
+        return None
+    found = Path(options.resume) if options.resume is not True else latest_checkpoint(out)
+    if found is None or not (found / "state.pt").is_file():
+        raise _fail(
+            "T572",
+            f"There is no checkpoint to resume from in `{found or out / CHECKPOINTS}`.",
+            "start without --resume (add --force to replace the earlier run), or name a checkpoint folder",
+        )
+    return found
+
+
+def prepare_output(out: Path, options) -> Path | None:
+    """Guard the output folder; return the checkpoint to resume from (None: fresh run)."""
+    earlier = [name for name in RUN_ARTIFACTS if (out / name).exists()]
+    if options.resume:
+        return resume_checkpoint(out, options)
+    if earlier and not options.force:
+        raise _fail(
+            "T571",
+            f"The output folder `{out}` holds an earlier run ({', '.join(earlier)}).",
+            "pass --resume to continue it, --force to replace it, or choose another folder with -o",
+        )
+    for name in earlier:  # --force: only what a run writes; the keyed caches stay valid
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return None

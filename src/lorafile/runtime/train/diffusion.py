@@ -23,33 +23,43 @@ def to_device(tensor, device):
     return tensor.to(device, non_blocking=True)
 
 
+def step_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one micro-batch's random numbers: a function of its place in the data order."""
+    return (seed * 1_000_003 + epoch * 100_003 + index) % 2**63
+
+
 def step_generator(seed: int, epoch: int, index: int):
     """A CPU generator private to one micro-batch (seed, epoch, batch index).
 
-    Every random tensor of a step is drawn on the host from it and then moved with
+    The eager step draws every random tensor on the host from it and moves it with
     `to_device`: the values are the same on every device (a CPU run and a GPU run draw the
-    same noise), and a resume needs no device generator state.
+    same noise), and a resume needs no device generator state. The static-buffer step
+    (runtime/train/graphs.py) reseeds one generator on its device with `step_seed` instead.
     """
     import torch
 
-    return torch.Generator("cpu").manual_seed((seed * 1_000_003 + epoch * 100_003 + index) % 2**63)
+    return torch.Generator("cpu").manual_seed(step_seed(seed, epoch, index))
 
 
 def draw_noise(latents, generator, noise_offset: float = 0.0):
-    """Gaussian noise like `latents`; noise offset adds a per-channel constant
-    (`offset * N(0,1)` of shape (B, C, 1, 1)), which lets the model learn very dark/bright images."""
+    """Gaussian noise like `latents`, drawn on the generator's device; noise offset adds a
+    per-channel constant (`offset * N(0,1)` of shape (B, C, 1, 1)), which lets the model learn
+    very dark/bright images."""
     import torch
 
-    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+    where = generator.device
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32, device=where)
     if noise_offset:
-        noise += noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
+        offset = torch.randn((*latents.shape[:2], 1, 1), generator=generator, device=where)
+        noise += noise_offset * offset
     return to_device(noise, latents.device)
 
 
 def draw_timesteps(batch: int, num_timesteps: int, generator, device):
     import torch
 
-    return to_device(torch.randint(0, num_timesteps, (batch,), generator=generator), device)
+    drawn = torch.randint(0, num_timesteps, (batch,), generator=generator, device=generator.device)
+    return to_device(drawn, device)
 
 
 def target_for(scheduler, latents, noise, timesteps, prediction: str):

@@ -24,7 +24,6 @@ import copy
 import json
 import math
 import secrets
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,15 +32,14 @@ from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
 from lorafile.files import write_text_atomic
 from lorafile.runtime.lorafiles.metadata import kohya_metadata
 from lorafile.runtime.train import checkpoint as ckpt
-from lorafile.runtime.train import data, interrupt
+from lorafile.runtime.train import choices, data, interrupt
+from lorafile.runtime.train.checkpoint import RUN_ARTIFACTS as RUN_ARTIFACTS  # re-exported
+from lorafile.runtime.train.checkpoint import RUN_FILE, prepare_output, resume_checkpoint
 from lorafile.runtime.train.defaults import DEFAULT_LOG_EVERY
 from lorafile.runtime.train.interrupt import KILL_AT_STEP_ENV as KILL_AT_STEP_ENV  # re-exported
 from lorafile.runtime.train.interrupt import SIGNAL_AT_STEP_ENV as SIGNAL_AT_STEP_ENV
 from lorafile.runtime.train.interrupt import TrainingInterrupted
 from lorafile.runtime.train.plan import recipe_of, scan_recipe
-
-RUN_FILE = "run.json"
-RUN_ARTIFACTS = (RUN_FILE, ckpt.CHECKPOINTS, "samples", "logs")
 
 
 @dataclass
@@ -60,6 +58,8 @@ class TrainOptions:
     log_every: int = DEFAULT_LOG_EVERY
     """Steps between host synchronisations: the loss, grad norm and NaN guard are read back
     from the GPU once per interval (and before every checkpoint and at the end)."""
+    graphs: bool | None = None
+    """`--graphs on|off`; None: the recipe's `train { graphs }`."""
     compile: bool | str = False
     """torch.compile the UNet (dynamic=False: one graph per bucket shape; the first step of
     each shape compiles, which takes minutes for SDXL). True or a `torch.compile` mode from
@@ -84,38 +84,6 @@ def _fail(code: str, message: str, help: str) -> DiagnosticError:
     return DiagnosticError(bag.items)
 
 
-def resume_checkpoint(out: Path, options: TrainOptions) -> Path | None:
-    """The checkpoint `options.resume` names (None without --resume); reads, never writes."""
-    if not options.resume:
-        return None
-    found = Path(options.resume) if options.resume is not True else ckpt.latest_checkpoint(out)
-    if found is None or not (found / "state.pt").is_file():
-        raise _fail(
-            "T572",
-            f"There is no checkpoint to resume from in `{found or out / ckpt.CHECKPOINTS}`.",
-            "start without --resume (add --force to replace the earlier run), or name a checkpoint folder",
-        )
-    return found
-
-
-def prepare_output(out: Path, options: TrainOptions) -> Path | None:
-    """Guard the output folder; return the checkpoint to resume from (None: fresh run)."""
-    earlier = [name for name in RUN_ARTIFACTS if (out / name).exists()]
-    if options.resume:
-        return resume_checkpoint(out, options)
-    if earlier and not options.force:
-        raise _fail(
-            "T571",
-            f"The output folder `{out}` holds an earlier run ({', '.join(earlier)}).",
-            "pass --resume to continue it, --force to replace it, or choose another folder with -o",
-        )
-    for name in earlier:  # --force: only what a run writes; the keyed caches stay valid
-        path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return None
-
-
 class Trainer:
     """One training run. `setup()` loads and prepares everything, `train()` runs the loop."""
 
@@ -133,6 +101,8 @@ class Trainer:
         self.stop = interrupt.StopRequest()
         """The signal flag, with handlers installed only while `train()` runs its loop."""
         self.run_file_written = False
+        self.static = None
+        """The static-buffer step (runtime/train/graphs.py); None: the eager step."""
 
     # ---- setup ---------------------------------------------------------------------------
 
@@ -144,7 +114,7 @@ class Trainer:
             self.options.device or ("cuda" if torch.cuda.is_available() else "cpu")
         )
         self._make_accelerator()
-        self._choose_checkpointing()
+        choices.choose_checkpointing(self)  # `checkpointing auto` on this device
         # Only rank 0 writes (checkpoints, samples, logs, run.json); the others wait at barriers.
         self.writes = self.accelerator.is_main_process
         # 2. Output folder guard, then the state to resume from (it holds the seed).
@@ -157,33 +127,12 @@ class Trainer:
         self._attach_adapters()
         self._speed_up()
         self._build_optimizer()
+        self.static = choices.choose_step_form(self)  # None: the eager step
         if state:
             self._restore(*state)
         if self.writes:
             self._print_startup()
         return self
-
-    def _choose_checkpointing(self) -> None:
-        """`checkpointing auto` on the device the run has: never on a CPU; on a GPU the plan's
-        choice, or (no budget in the recipe) the VRAM model against this GPU's memory."""
-        import torch
-
-        mem = self.plan["memory"]
-        if not mem.get("checkpointing_auto"):
-            return
-        if self.device.type != "cuda":
-            mem["gradient_checkpointing"] = False
-            return
-        if mem["gradient_checkpointing"] == "auto":
-            from lorafile.compiler import vram
-
-            budget = torch.cuda.get_device_properties(self.device).total_memory
-            chosen = self.recipe.model_copy(
-                update={"train": self.recipe.train.model_copy(update={"checkpointing": "auto"})}
-            )
-            _, choices = vram.resolve_auto(chosen, budget, "native", "cuda")
-            mem["gradient_checkpointing"] = choices[-1].value
-            mem["auto_choices"] = [*mem.get("auto_choices", [])[:-1], choices[-1].line()]
 
     def _prepare_output(self) -> tuple | None:
         """Rank 0 guards (and with --force clears) the folder while the others wait; every
@@ -502,12 +451,11 @@ class Trainer:
             position=index * 1024 + k,
         )
 
-    def latents(self, batch: list[data.Sample], generator):
-        """A fresh sample from each image's VAE posterior (cached mean/std, or encoded now).
+    def posterior(self, batch: list[data.Sample], generator=None):
+        """Each image's VAE posterior (mean, std) on the device: cached, or encoded now.
 
-        The posterior sample's noise is drawn on the host from the step's generator and moved
-        to the device with `to_device` (asynchronous on CUDA): the same values on every
-        device, and nothing mixes host and device tensors.
+        `generator` (a host generator) draws the hue of color-augmented images; cached and
+        uncached entries move with `to_device` (asynchronous on CUDA from pinned memory).
         """
         import torch
 
@@ -531,8 +479,17 @@ class Trainer:
                 entry = {"mean": mean[0], "std": std[0]}
             means.append(to_device(entry["mean"], self.device))
             stds.append(to_device(entry["std"], self.device))
-        mean, std = torch.stack(means), torch.stack(stds)
-        eps = torch.randn(mean.shape, generator=generator)
+        return torch.stack(means), torch.stack(stds)
+
+    def latents(self, batch: list[data.Sample], generator):
+        """A fresh sample from each image's VAE posterior; its noise is drawn on the host from
+        the step's generator (the same values on every device)."""
+        import torch
+
+        from lorafile.runtime.train.diffusion import to_device
+
+        mean, std = self.posterior(batch, generator)
+        eps = torch.randn(mean.shape, generator=generator, device=generator.device)
         return mean + std * to_device(eps, self.device)
 
     def loss_step(self, epoch: int, index: int, batch: list[data.Sample]):
@@ -572,6 +529,15 @@ class Trainer:
             prior = [self.reg_weights[it.source] if it.is_reg else 1.0 for it in items]
             per_sample = per_sample * diffusion.to_device(torch.tensor(prior), per_sample.device)
         return per_sample.mean()
+
+    def micro_step(self, epoch: int, index: int, batch: list[data.Sample]):
+        """Forward and backward of one micro-batch (static-buffer form when `graphs on` allows
+        it, runtime/train/graphs.py); returns the detached loss on the device."""
+        if self.static is not None:
+            return self.static.run(epoch, index, batch)
+        loss = self.loss_step(epoch, index, batch)
+        self.accelerator.backward(loss / self.accumulate)
+        return loss.detach().float()
 
     def micro_batches(self, stream):
         """The `accumulate` micro-batches of one optimizer step (launch.DistributedTrainer
@@ -660,9 +626,7 @@ class Trainer:
         params = self.unet_params + self.te_params
         loss_sum, images = torch.zeros((), device=self.device), 0
         for epoch, index, batch in self.micro_batches(stream):
-            loss = self.loss_step(epoch, index, batch)
-            self.accelerator.backward(loss / self.accumulate)
-            loss_sum += loss.detach().float()  # stays on the device: no sync
+            loss_sum += self.micro_step(epoch, index, batch)  # a device tensor: no sync
             images += len(batch)
             self.position = (epoch, index + 1)
         loss = loss_sum / self.accumulate
@@ -674,7 +638,9 @@ class Trainer:
         )  # a device tensor; fp16 only: the loss scaler's step reads found_inf (a sync)
         self.optimizer.step()
         self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)  # frees the gradient memory right away
+        # Eager: frees the gradient memory right away. Static form: the gradients stay where a
+        # captured backward accumulates into them (zeroed in place; the numbers are the same).
+        self.optimizer.zero_grad(set_to_none=self.static is None)
         self.step += 1
         lr = self.lr_scheduler.get_last_lr()[0]  # a Python float: no sync
         self.pending.append((self.step, loss, grad_norm, lr))
@@ -788,26 +754,9 @@ class Trainer:
 
     def sample(self) -> list[Path]:
         """Sample the recipe's prompts with the current adapter into samples/step-NNNNNN/."""
-        from lorafile.runtime.train.sampling import sample_images
+        from lorafile.runtime.train.sampling import sample_during_run
 
-        m, mem = self.models, self.plan["memory"]
-        rng = ckpt.rng_state()  # sampling must not shift the training run's random stream
-        encoders = (m.vae, m.text_encoder, m.text_encoder_2)
-        for module in encoders:
-            module.to(self.device)  # bring back what caching offloaded (no-op on CPU)
-        modes = [module.training for module in (m.unet, m.text_encoder, m.text_encoder_2)]
-        for module in (m.unet, m.text_encoder, m.text_encoder_2):
-            module.eval()
-        folder = self.out / "samples" / f"step-{self.step:06d}"
-        paths = sample_images(m, self.r["sample"], folder, self.device, self.accelerator.autocast)
-        for module, mode in zip((m.unet, m.text_encoder, m.text_encoder_2), modes, strict=True):
-            module.train(mode)
-        if mem["cache_latents"]:
-            self._offload(m.vae)
-        if mem["cache_text"]:
-            self._offload(m.text_encoder, m.text_encoder_2)
-        ckpt.set_rng_state(rng)
-        return paths
+        return sample_during_run(self)
 
     def _finish(self, seconds: float, log_dir: Path | None) -> TrainResult:
         difference = self.rank_difference()  # several processes: do the adapters agree?
