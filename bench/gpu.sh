@@ -24,6 +24,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
 if [ "${1:-}" = "--tests" ]; then
   shift
-  exec "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_gpu.py "$@"
+  exec "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_gpu.py tests/runtime/train/test_graph_gpu.py "$@"
 fi
 exec "$PY" bench/gpu_train.py "$@"
