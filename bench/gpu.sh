@@ -11,6 +11,7 @@
 #   bench/gpu.sh --levers   each speed lever alone (channels_last, torch.compile, fused AdamW)
 #   bench/gpu.sh --dry-run  tiny model on the CPU, 1 step: checks that the script runs
 #   bench/gpu.sh --budget-s S   start no new case after S seconds (the device allows 600 s a call)
+#   bench/gpu.sh --lora-layers  peft's LoRA Linear against a lean forward (exact? faster?)
 #   bench/gpu.sh --tests    the CUDA-only tests (tests/test_gpu.py: compile's CUDA graphs,
 #                           pinned caches; tests/runtime/train/test_graph_gpu.py: capture,
 #                           replay and resume of the static-buffer step)
@@ -30,6 +31,10 @@ fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # lorafile itself, uninstalled
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+if [ "${1:-}" = "--lora-layers" ]; then  # peft's LoRA Linear against the lean forward
+  shift
+  exec "$PY" bench/lora_layers.py --gpu "$@"
+fi
 if [ "${1:-}" = "--tests" ]; then
   shift
   exec "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_gpu.py tests/runtime/train/test_graph_gpu.py "$@"
