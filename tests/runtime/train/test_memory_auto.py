@@ -129,12 +129,13 @@ def test_plan_prints_each_choice_and_its_reason():
 def test_the_trainer_never_checkpoints_on_a_cpu():
     import torch
 
+    from lorafile.runtime.train import choices
     from lorafile.runtime.train.loop import Trainer
 
     plan = build_plan(recipe(hardware={"vram": 4 * 10**9}), DiagnosticBag())
     assert plan["memory"]["gradient_checkpointing"] is True  # the budget needs it on a GPU
     trainer = Trainer(plan)
     trainer.device = torch.device("cpu")
-    trainer._choose_checkpointing()
+    choices.choose_checkpointing(trainer)
     assert trainer.plan["memory"]["gradient_checkpointing"] is False
     assert plan["memory"]["gradient_checkpointing"] is True  # the caller's plan is not changed
