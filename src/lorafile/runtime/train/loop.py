@@ -7,6 +7,9 @@ Features, with what each costs (reference/vram_perf.md §5):
   * Text-encoder cache (`cache text`): the encoders leave the device (1.6 GiB in bf16); not
     possible with trained encoders or shuffled captions.
   * Gradient checkpointing: about 6 GiB less at 1024², roughly 1.2–1.8x slower steps.
+    `auto` (the default) is chosen on the run's device (runtime/train/choices.py).
+  * The step in static-buffer form, one CUDA graph per bucket shape on CUDA (`graphs on`, the
+    default; runtime/train/graphs.py); the eager step with `graphs off`.
   * Mixed precision bf16/fp16 through accelerate (fp16 with a loss scaler); adapter weights
     and optimizer state stay fp32. Attention is PyTorch SDPA (diffusers' default processor).
   * 8-bit AdamW (bitsandbytes): 6 bytes less per trainable parameter than AdamW.
@@ -88,7 +91,7 @@ class Trainer:
     """One training run. `setup()` loads and prepares everything, `train()` runs the loop."""
 
     def __init__(self, plan: dict, options: TrainOptions | None = None):
-        # A copy: the device-dependent choices (`_choose_checkpointing`) are written into it.
+        # A copy: the device-dependent choices (runtime/train/choices.py) are written into it.
         self.plan, self.options = copy.deepcopy(plan), options or TrainOptions()
         self.recipe = recipe_of(plan)
         self.r = plan["resolved"]

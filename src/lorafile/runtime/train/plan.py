@@ -235,7 +235,7 @@ def _sample(recipe: Recipe, per_epoch: int) -> dict | None:
 def choose_auto(recipe: Recipe) -> tuple[Recipe, list]:
     """`checkpointing auto` and `cache auto` chosen against the recipe's hardware budget
     (compiler/vram.py `resolve_auto`). Without a budget checkpointing stays `auto`: the
-    trainer decides at start from the device it runs on (`Trainer._choose_checkpointing`)."""
+    trainer decides at start from the device it runs on (runtime/train/choices.py `choose_checkpointing`)."""
     from lorafile.compiler import vram
 
     return vram.resolve_auto(recipe, vram.hardware_budget(recipe), "native", device=None)
