@@ -119,3 +119,52 @@ def test_graphs_flag_reaches_the_trainer_and_the_workers():
     assert worker[worker.index("--graphs") + 1] == "off"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "r.recipe", "--graphs", "maybe"])
+
+
+class _FakeGraph:
+    """Stands in for torch.cuda.CUDAGraph on the CPU: `record` keeps the step instead of
+    recording kernels, `replay` runs it again and writes into the same output tensor."""
+
+    def register_generator_state(self, generator):
+        self.generator = generator
+
+    def pool(self):
+        return "pool"
+
+    def replay(self):
+        self.output.copy_(self.step())
+
+
+def _fake_record(graph, pool, step):
+    import torch
+
+    graph.step, graph.output = step, torch.zeros(())  # recording computes nothing
+    return graph.output
+
+
+def test_capture_bookkeeping_replays_exactly_what_eager_trains(
+    tiny_sdxl_dir, tmp_path, monkeypatch
+):
+    """The capture path with its CUDA calls faked on the CPU: warm-up iterations really run
+    forward and backward (their gradients must be undone), each shape is recorded once, every
+    replay reseeds the registered generator. The adapter equals the eager step's, bit for bit."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import torch
+
+    recipe = _recipe(tiny_sdxl_dir, tmp_path, Cache(latents=True, text=True))
+    _, eager = _train(recipe, tmp_path / "eager", graphs=False)
+    stream = SimpleNamespace(wait_stream=lambda other: None)
+    monkeypatch.setattr(graphs, "capture_blocker", lambda trainer: None)
+    monkeypatch.setattr(graphs, "record", _fake_record)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+    graphed, adapter = _train(recipe, tmp_path / "graphed")
+    slots = graphed.static.slots.values()
+    assert graphed.static.capture is True and all(isinstance(s.graph, _FakeGraph) for s in slots)
+    assert all(s.graph.generator is graphed.static.generator for s in slots)
+    assert graphed.static.pool == "pool"
+    _assert_equal(adapter, eager)

@@ -110,10 +110,15 @@ class StaticStep:
         """Warm up, then record the slot's step; on any error fall back to eager (T576).
 
         Warm-up iterations really run forward and backward, so the gradients accumulated so
-        far in this optimizer step are saved first and put back afterwards."""
+        far in this optimizer step are saved first and put back afterwards, and so is the
+        global RNG state their adapter dropout draws from: a run that captures later (after a
+        resume) then draws what an uninterrupted run draws."""
         import torch
 
+        from lorafile.runtime.train import checkpoint as ckpt
+
         saved = [None if p.grad is None else p.grad.clone() for p in self.params]
+        rng = ckpt.rng_state()
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -124,8 +129,11 @@ class StaticStep:
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             graph.register_generator_state(self.generator)
-            with torch.cuda.graph(graph, pool=self.pool):
-                slot.loss = forward_backward(self.trainer, slot.inputs, self.generator)
+            slot.loss = record(
+                graph,
+                self.pool,
+                lambda: forward_backward(self.trainer, slot.inputs, self.generator),
+            )
             self.pool = self.pool or graph.pool()
             slot.graph = graph
         except Exception as err:  # an op that cannot be captured: eager from now on
@@ -137,6 +145,16 @@ class StaticStep:
             )
         finally:
             _restore_grads(self.params, saved)
+            ckpt.set_rng_state(rng)
+
+
+def record(graph, pool, step):
+    """Capture `step()` into `graph` (memory from `pool`, shared between shapes); returns its
+    output tensor, which every replay overwrites. Nothing runs on the GPU while recording."""
+    import torch
+
+    with torch.cuda.graph(graph, pool=pool):
+        return step()
 
 
 def _restore_grads(params, saved) -> None:
