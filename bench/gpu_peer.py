@@ -106,7 +106,7 @@ def compile_regions(unet) -> str:
     import torch
 
     if hasattr(unet, "compile_repeated_blocks"):
-        unet.compile_repeated_blocks(fullgraph=True, dynamic=False)
+        unet.compile_repeated_blocks(dynamic=False)  # graph breaks allowed: peft layers inside
         return "compile_repeated_blocks"
     from diffusers.models.attention import BasicTransformerBlock
 
