@@ -83,4 +83,4 @@ def test_checkpointing_is_captured_or_falls_back_without_a_crash(tiny_sdxl_dir, 
     trainer, _ = _train(recipe, tmp_path / "ckpt")
     assert trainer.plan["memory"]["gradient_checkpointing"] is True
     captured = trainer.static.capture
-    assert captured or "info[T576]" in capsys.readouterr().out
+    assert captured or "info[T579]" in capsys.readouterr().out

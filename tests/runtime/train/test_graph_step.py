@@ -84,7 +84,7 @@ def test_static_form_resumes_exactly(tiny_sdxl_dir, tmp_path):
 
 def test_a_capture_that_raises_falls_back_to_eager_once(tiny_sdxl_dir, tmp_path, monkeypatch):
     """On this CPU build `torch.cuda.Stream()` raises inside the capture, as an op that
-    cannot be captured would: one T576 line, the run goes on, and the numbers are the eager
+    cannot be captured would: one T579 line, the run goes on, and the numbers are the eager
     step's."""
     recipe = _recipe(tiny_sdxl_dir, tmp_path, Cache(latents=True, text=True))
     monkeypatch.setattr(graphs, "capture_blocker", lambda trainer: None)  # try to capture
@@ -92,7 +92,7 @@ def test_a_capture_that_raises_falls_back_to_eager_once(tiny_sdxl_dir, tmp_path,
     monkeypatch.setattr(graphs.StaticStep, "notice", lambda self, line: lines.append(line))
     fell_back, adapter = _train(recipe, tmp_path / "fallback")
     assert fell_back.static.capture is False and len(lines) == 1
-    assert lines[0].startswith("info[T576]: the ") and "runs eagerly" in lines[0]
+    assert lines[0].startswith("info[T579]: the ") and "runs eagerly" in lines[0]
     assert all(slot.graph is None for slot in fell_back.static.slots.values())
     _, eager = _train(recipe, tmp_path / "eager", graphs=False)
     _assert_equal(adapter, eager)
@@ -104,7 +104,7 @@ def test_a_step_that_cannot_take_the_static_form_runs_eagerly(tiny_sdxl_dir, tmp
     trainer, _ = _train(recipe, tmp_path / "te")
     assert trainer.static is None
     assert (
-        "info[T576]: the step runs eagerly: the text encoders are trained"
+        "info[T579]: the step runs eagerly: the text encoders are trained"
         in capsys.readouterr().out
     )
 

@@ -128,7 +128,7 @@ def _resolve_auto(recipe: Recipe, reasons: Reasons) -> Recipe:
     for c in choices:
         reasons.add(
             Reason(
-                "T517",
+                "T583",
                 f"`{c.setting} auto` is written as {keys[c.setting]} = "
                 f"{'true' if c.value else 'false'} ({c.reason}).",
                 "write `checkpointing on` or `off`"

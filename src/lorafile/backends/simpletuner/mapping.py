@@ -591,7 +591,7 @@ def _auto_checkpointing(recipe: Recipe, report: Report) -> bool:
     _, choices = vram.resolve_auto(recipe, vram.hardware_budget(recipe), "simpletuner", "cuda")
     chosen = choices[-1]
     report(
-        "T552",
+        "T584",
         f"`checkpointing auto` is written as gradient_checkpointing: "
         f"{'true' if chosen.value else 'false'} ({chosen.reason}).",
         "write `checkpointing on` or `off` to choose it yourself",
@@ -604,7 +604,7 @@ def _cache(train, report: Report):
     cache = train.cache
     if cache.is_auto:
         report(
-            "T552",
+            "T584",
             "`cache auto`: SimpleTuner caches VAE latents and text embeddings to disk always.",
             "nothing to do",
             None,

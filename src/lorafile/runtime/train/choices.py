@@ -32,7 +32,7 @@ def choose_step_form(trainer):
 
     `graphs on` (the default): the static-buffer step, captured per bucket shape on CUDA;
     `graphs off` (recipe or `--graphs off`), `--compile` (torch.compile brings its own graphs),
-    or a step that cannot take the static form (said once, T576): the eager step."""
+    or a step that cannot take the static form (said once, T579): the eager step."""
     from lorafile.runtime.train import graphs
 
     options = trainer.options
@@ -42,9 +42,9 @@ def choose_step_form(trainer):
     why = graphs.ineligible(trainer)
     if why:
         if trainer.writes:
-            print(f"info[T576]: the step runs eagerly: {why}", flush=True)
+            print(f"info[T579]: the step runs eagerly: {why}", flush=True)
         return None
     blocker = graphs.capture_blocker(trainer)
     if blocker and trainer.device.type == "cuda" and trainer.writes:
-        print(f"info[T576]: the step is not captured as a CUDA graph: {blocker}", flush=True)
+        print(f"info[T579]: the step is not captured as a CUDA graph: {blocker}", flush=True)
     return graphs.StaticStep(trainer, capture=blocker is None)

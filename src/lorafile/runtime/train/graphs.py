@@ -23,7 +23,7 @@ test checks it). On CUDA the draws are Philox numbers, deterministic but not the
 
 Anything that cannot run in this form (trained text encoders, color augmentation) runs the
 eager step; a shape whose capture raises falls back to eager for the rest of the run. Both say
-why once (T576), neither stops the run.
+why once (T579), neither stops the run.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class StaticStep:
         self.params = self.trainer.unet_params + self.trainer.te_params
 
     def notice(self, line: str) -> None:
-        """The one-time T576 line (rank 0 only: every rank falls back alike)."""
+        """The one-time T579 line (rank 0 only: every rank falls back alike)."""
         if self.trainer.writes:
             print(line, flush=True)
 
@@ -107,7 +107,7 @@ class StaticStep:
         return forward_backward(self.trainer, slot.inputs, self.generator)
 
     def _capture(self, slot: Slot, seed: int) -> None:
-        """Warm up, then record the slot's step; on any error fall back to eager (T576).
+        """Warm up, then record the slot's step; on any error fall back to eager (T579).
 
         Warm-up iterations really run forward and backward, so the gradients accumulated so
         far in this optimizer step are saved first and put back afterwards, and so is the
@@ -140,7 +140,7 @@ class StaticStep:
             self.capture = False
             shape = "x".join(str(n) for n in slot.inputs["mean"].shape)
             self.notice(
-                f"info[T576]: the {shape} step runs eagerly: capturing it as a CUDA graph "
+                f"info[T579]: the {shape} step runs eagerly: capturing it as a CUDA graph "
                 f"raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             )
         finally:
