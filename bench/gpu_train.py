@@ -55,6 +55,33 @@ class Case:
     compile_mode: str = "default"
     """torch.compile's mode; "reduce-overhead" also replays each shape as a CUDA graph."""
     label: str = "default"
+    kind: str = "lorafile"
+    """lorafile (the eager step), peer (diffusers' example step), graphs (lorafile's
+    static-buffer step captured per shape), regional / regional+graphs (per-block
+    torch.compile, without and with the captured step): bench/gpu_peer.py."""
+
+
+def main_cases(size: int, batches: list[int]) -> list[Case]:
+    """The main matrix: batch x checkpointing, each as lorafile's eager step, the example's
+    peer step and lorafile's captured step."""
+    cases = []
+    for b in batches:
+        for gc in (True, False):
+            cases += [
+                Case(b, gc, size),
+                Case(b, gc, size, kind="peer", label="peer"),
+                Case(b, gc, size, kind="graphs", label="graphs"),
+            ]
+    return cases
+
+
+def regional_cases(size: int, batches: list[int]) -> list[Case]:
+    """Regional compilation, a separate invocation (`--regional`): compile time is printed."""
+    return [
+        Case(b, False, size, compile=True, kind=kind, label=kind)
+        for b in batches
+        for kind in ("regional", "regional+graphs")
+    ]
 
 
 def lever_cases(size: int, dry_run: bool, batches: list[int] | None = None) -> list[Case]:
@@ -168,25 +195,47 @@ def count_flops(step_fn) -> int:
     return counter.get_total_flops()
 
 
-def run_case(case: Case, args, device) -> dict:
+def make_step(case: Case, device, tiny: bool):
+    """(step(i), the optimizer, channels_last, what the case captured) for one case."""
     import contextlib
 
+    import gpu_peer
     import torch
 
     from lorafile.runtime.train import diffusion
 
-    tiny = args.dry_run
-    unet, params, opt, sched = setup_case(case, device, tiny)
+    if case.kind == "peer":
+        unet = build_unet(device, torch.bfloat16 if device.type == "cuda" else torch.float32, tiny)
+        latents, cond = make_inputs(unet, case, device, tiny)
+        step, _, opt = gpu_peer.peer_step(unet, case, device, latents, cond)
+        return step, opt, False, ""
+    regional = case.kind.startswith("regional")
+    plain = Case(**{**case.__dict__, "compile": case.compile and not regional})
+    unet, params, opt, sched = setup_case(plain, device, tiny)
     latents, cond = make_inputs(unet, case, device, tiny)
+    cl = case.channels_last and device.type == "cuda"
+    how = gpu_peer.compile_regions(unet) if regional else ""
+    if case.kind in ("graphs", "regional+graphs"):
+        step = gpu_peer.static_step(unet, params, opt, sched, latents, cond, device, cl, True)
+        return step, opt, cl, how
     autocast = (
         (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
         if device.type == "cuda"
         else contextlib.nullcontext
     )
-    cl = case.channels_last and device.type == "cuda"
     graphs = case.compile and case.compile_mode in diffusion.CUDA_GRAPH_MODES
     graphs = graphs and device.type == "cuda"
     step = lambda i: train_step(unet, params, opt, sched, latents, cond, i, autocast, cl, graphs)  # noqa: E731
+    return step, opt, cl, how
+
+
+def run_case(case: Case, args, device) -> dict:
+    import contextlib
+
+    import torch
+
+    tiny = args.dry_run
+    step, opt, cl, how = make_step(case, device, tiny)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
     for i in range(args.warmup):
@@ -203,11 +252,19 @@ def run_case(case: Case, args, device) -> dict:
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
     eager = torch.compiler.set_stance("force_eager") if case.compile else contextlib.nullcontext()
+    static = getattr(step, "static", None)
+    captured = bool(static and static.capture and any(s.graph for s in static.slots.values()))
+    if static is not None:  # a replay runs no Python ops: count the maths on the eager step
+        static.capture = False
+        static.slots.clear()
     with eager:  # FLOPs are counted on the eager module: the same maths
         flops = count_flops(lambda: step(10_000))
     s_step = statistics.median(times)
     return {
         "label": case.label,
+        "kind": case.kind,
+        "captured": captured,
+        "compiled": how,
         "compile": case.compile,
         "channels_last": cl,
         "optimizer": case.optimizer,
@@ -274,6 +331,21 @@ def gpu_name(device) -> str:
     return next((k for k in PEAK_BF16_TFLOPS if k.replace("RTX ", "") in name), name)
 
 
+def peer_ratios(rows: list[dict]) -> list[str]:
+    """lorafile's time per step over the peer's, per batch and checkpointing."""
+    peer = {(r["batch"], r["checkpointing"]): r for r in rows if r["kind"] == "peer"}
+    lines = []
+    for r in rows:
+        p = peer.get((r["batch"], r["checkpointing"]))
+        if p and r["kind"] != "peer":
+            lines.append(
+                f"{r['label']} b{r['batch']} GC {'on' if r['checkpointing'] else 'off'}: "
+                f"{r['s_per_step'] / p['s_per_step']:.2f}x the peer's time per step"
+                + (" (captured)" if r.get("captured") else "")
+            )
+    return lines
+
+
 def report(rows: list[dict], gpu: str) -> str:
     peak = PEAK_BF16_TFLOPS.get(gpu)
     measured = MEASURED_MATMUL_TFLOPS.get(gpu)
@@ -292,6 +364,7 @@ def report(rows: list[dict], gpu: str) -> str:
             f"{gib(r['max_memory_allocated']):>9} {gib(r.get('lint_allocated')):>8} {gib(r.get('simulated')):>7} "
             f"{r.get('simulated_tflop_per_step', math.nan):9.2f}"
         )
+    lines += peer_ratios(rows)
     lines.append(
         "F: fused AdamW. Warm-up seconds (torch.compile's compile time): "
         + ", ".join(f"{r['label']} b{r['batch']} {r['warmup_s']:.1f}" for r in rows if r["compile"])
@@ -303,7 +376,7 @@ def report(rows: list[dict], gpu: str) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--batches", help="comma-separated batch sizes (default 1,4; dry run 1,2)")
     p.add_argument("--size", type=int, default=1024)
@@ -318,6 +391,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="measure the speed levers one at a time (channels_last, compile, CUDA graphs, fused "
         "AdamW)",
+    )
+    p.add_argument(
+        "--regional",
+        action="store_true",
+        help="regional compilation (each repeated block), without and with the captured step; "
+        "a separate invocation: compiling takes its own minutes",
+    )
+    p.add_argument(
+        "--lorafile-only", action="store_true", help="the main matrix without peer and graphs"
     )
     p.add_argument("--json", action="store_true")
     p.add_argument(
@@ -352,8 +434,12 @@ def choose_cases(args: argparse.Namespace) -> list[Case]:
     if args.levers:
         chosen = [int(b) for b in args.batches.split(",")] if args.batches else None
         return lever_cases(args.size, args.dry_run, chosen)
-    batches = (args.batches or "1,4").split(",")
-    return [Case(int(b), gc, args.size) for b in batches for gc in (True, False)]
+    batches = [int(b) for b in (args.batches or "1,4").split(",")]
+    if args.regional:
+        return regional_cases(args.size, batches)
+    if args.lorafile_only:
+        return [Case(b, gc, args.size) for b in batches for gc in (True, False)]
+    return main_cases(args.size, batches)
 
 
 def run_cases(cases: list[Case], args: argparse.Namespace, device) -> list[dict]:
@@ -372,7 +458,7 @@ def run_cases(cases: list[Case], args: argparse.Namespace, device) -> list[dict]
         except Exception as err:  # one lever failing (e.g. compile) must not lose the others
             print(f"{case.label} batch {case.batch}: failed: {err!r}", flush=True)
             continue
-        if not args.no_sim and not args.dry_run:
+        if not args.no_sim and not args.dry_run and case.kind == "lorafile":
             row.update(memory_models(case))
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)

@@ -2,12 +2,15 @@
 
     .venv/bin/python bench/train_cpu.py [--steps 20] [--repeat 1] [--only NAME,NAME] [--json]
     .venv/bin/python bench/train_cpu.py --profile "all off"   # where a step's time goes
+    .venv/bin/python bench/train_cpu.py --diff 20,80          # the goal: defaults vs peer
 
 Each configuration runs in its own process (peak RSS is per process) on the same synthetic
 dataset, and the table's ratios come from this one run:
 
-  lorafile            the recipe defaults that matter here: latents and text cached,
-                      checkpointing on, adamw8bit, fp32 (CPU)
+  defaults            `lorafile train` at its defaults: checkpointing and caches `auto`
+                      (on a CPU: checkpointing off, latents and text cached), adamw8bit,
+                      graphs on (the static-buffer step), fp32 (CPU)
+  lorafile            latents and text cached, checkpointing on, adamw8bit, fp32 (CPU)
   -cache latents      the VAE encodes every step
   -cache text         both text encoders run every step
   -checkpointing      activations kept instead of recomputed
@@ -18,6 +21,8 @@ dataset, and the table's ratios come from this one run:
                       train_text_to_image_lora_sdxl.py does it: the image decoded, the VAE
                       encoding and both text encoders run every step, torch AdamW, no
                       checkpointing (LoRA on the same modules as lorafile, for a fair count)
+  peer                the same loop with the example's own LoRA modules (to_q/k/v/out.0):
+                      what `--diff` compares the defaults with
 
 Measured: steps/s over the training loop (after set-up and caching), and the process's peak
 resident memory (ru_maxrss, which includes Python, torch and the model). One torch thread
@@ -45,6 +50,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 CONFIGS = {
+    "defaults": {"defaults": True},
     "lorafile": {},
     "-cache latents": {"cache_latents": False},
     "-cache text": {"cache_text": False},
@@ -57,13 +63,22 @@ CONFIGS = {
         "optimizer": "adamw",
     },
     "reference": None,
+    "peer": None,
 }
+PEERS = {"reference": ("attention", "ff"), "peer": ("attention",)}
+"""The reference loop adapts lorafile's modules (the loop's cost alone); the peer adapts what
+diffusers' example adapts (to_q/k/v/out.0 via `targets attention`), as the example script does."""
 RANK = 4
 
 
 def _recipe_settings(change: dict) -> dict:
     from lorafile.spec.models import Cache
 
+    if change.get("defaults"):
+        # `lorafile train` at its defaults: checkpointing and caches `auto`, adamw8bit, graphs
+        # on; fp32 as the example script's default (`--mixed_precision no`) on a CPU.
+        return {"cache": Cache(), "checkpointing": "auto", "optimizer": "adamw8bit",
+                "precision": "no"}  # fmt: skip
     latents = change.get("cache_latents", True)
     text = change.get("cache_text", True)
     return {
@@ -86,11 +101,13 @@ def run_lorafile(work: Path, change: dict, steps: int) -> dict:
     )
     plan = tiny_run.tiny_plan(recipe, work)
     opts = TrainOptions(out=work / f"out-{os.getpid()}", device="cpu", quiet=True, force=True)
-    result = Trainer(plan, opts).setup().train()
-    return {"steps": steps, "seconds": result.seconds}
+    trainer = Trainer(plan, opts).setup()
+    cpu = time.process_time()
+    result = trainer.train()
+    return {"steps": steps, "seconds": result.seconds, "cpu_seconds": time.process_time() - cpu}
 
 
-def run_reference(work: Path, steps: int) -> dict:
+def run_reference(work: Path, steps: int, targets=("attention", "ff")) -> dict:
     """diffusers' example-script loop: everything encoded every step, nothing cached."""
     import torch
     import torch.nn.functional as F
@@ -107,13 +124,13 @@ def run_reference(work: Path, steps: int) -> dict:
     # The same LoRA modules as lorafile (runtime/train/adapters.py) so that the comparison measures
     # the loop, not the adapter size; the script itself adapts to_q/k/v/out.0 only.
     adapter = {"algo": "lora", "rank": RANK, "alpha": RANK, "conv_rank": RANK, "conv_alpha": RANK,
-               "targets": ["attention", "ff"], "dropout": 0.0}  # fmt: skip
+               "targets": list(targets), "dropout": 0.0}  # fmt: skip
     m.unet.add_adapter(peft_config(adapter, unet=True))
     params = [p for p in m.unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     sched = DDPMScheduler.from_config(m.scheduler.config)
     images = sorted((work / "data").glob("*.png"))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for step in range(steps):
         path = images[step % len(images)]
         pixels = torch.from_numpy(__import__("numpy").asarray(Image.open(path).convert("RGB")))
@@ -134,7 +151,11 @@ def run_reference(work: Path, steps: int) -> dict:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad()
-    return {"steps": steps, "seconds": time.perf_counter() - start}
+    return {
+        "steps": steps,
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
+    }
 
 
 def _encode_prompt(m, caption: str):
@@ -165,7 +186,7 @@ def child(name: str, work: Path, steps: int, profile: bool = False) -> None:
     torch.set_num_threads(1)
     change = CONFIGS[name]
     run = (
-        (lambda: run_reference(work, steps))
+        (lambda: run_reference(work, steps, PEERS[name]))
         if change is None
         else (lambda: run_lorafile(work, change, steps))
     )
@@ -222,6 +243,40 @@ def _measure_once(names: list[str], steps: int, work: Path) -> list[dict]:
     return rows
 
 
+def per_step(names: list[str], short: int, long: int, work: Path, repeat: int) -> list[dict]:
+    """Seconds per step by difference: (time of `long` steps - time of `short`) / (long - short).
+
+    Whatever a run pays once (the first step's allocations, lazy initialisation) cancels out.
+    The time is the process's CPU time (one thread): on a shared machine, other processes'
+    load does not count; wall-clock figures are kept in the rows too."""
+    a = {r["name"]: r for r in measure(names, short, work, repeat)}
+    b = {r["name"]: r for r in measure(names, long, work, repeat)}
+    return [
+        {"name": n, "s_per_step": (b[n]["cpu_seconds"] - a[n]["cpu_seconds"]) / (long - short),
+         "wall_s_per_step": (b[n]["seconds"] - a[n]["seconds"]) / (long - short),
+         "seconds": [a[n]["seconds"], b[n]["seconds"]], "steps": [short, long],
+         "peak_rss_mib": b[n]["peak_rss_mib"]}
+        for n in names
+    ]  # fmt: skip
+
+
+def difference_table(rows: list[dict]) -> str:
+    by = {r["name"]: r for r in rows}
+    peer = by.get("peer")
+    lines = [f"{'configuration':<16} {'CPU s/step':>10} {'vs peer':>8} {'wall s/step':>12}"]
+    for r in rows:
+        ratio = f"{r['s_per_step'] / peer['s_per_step']:.2f}x" if peer else "-"
+        lines.append(
+            f"{r['name']:<16} {r['s_per_step']:10.4f} {ratio:>8} {r['wall_s_per_step']:12.4f}"
+        )
+    if peer and "defaults" in by:
+        ratio = by["defaults"]["s_per_step"] / peer["s_per_step"]
+        lines.append(
+            f"lorafile at its defaults takes {ratio:.2f}x the peer's time per step (goal <= 0.45x)"
+        )
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     by = {r["name"]: r for r in rows}
     ref, base = by.get("reference"), by.get("lorafile")
@@ -254,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--profile", metavar="NAME", help="cProfile one configuration (to stderr)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON too")
+    p.add_argument(
+        "--diff",
+        metavar="A,B",
+        help="seconds per step by the difference of A- and B-step runs (e.g. 20,80) instead "
+        "of steps/s over one run; default configurations: defaults,peer",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -269,15 +330,27 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, __file__, f"--child={args.profile}", f"--profile={args.profile}",
                    "--work", tmp, "--steps", str(args.steps)]  # fmt: skip
             return subprocess.call(cmd, env=torch_threads)
-    names = args.only.split(",") if args.only else list(CONFIGS)
+    default = ["defaults", "peer"] if args.diff else list(CONFIGS)
+    names = args.only.split(",") if args.only else default
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         p.error(f"unknown configuration {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
     with tempfile.TemporaryDirectory(prefix="lorafile-bench-") as tmp:
         work = Path(tmp)
         prepare(work)
-        rows = measure(names, args.steps, work, max(args.repeat, 1))
+        if args.diff:
+            short, long = (int(n) for n in args.diff.split(","))
+            rows = per_step(names, short, long, work, max(args.repeat, 1))
+        else:
+            rows = measure(names, args.steps, work, max(args.repeat, 1))
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    if args.diff:
+        print(f"bench/train_cpu.py --diff {args.diff} --repeat {args.repeat}  ({stamp}, "
+              f"{os.cpu_count()} CPUs, tiny model, 64 px, rank {RANK}, 1 thread)")  # fmt: skip
+        print(difference_table(rows))
+        if args.json:
+            print(json.dumps(rows))
+        return 0
     print(
         f"bench/train_cpu.py --steps {args.steps} --repeat {args.repeat}  ({stamp}, {os.cpu_count()} CPUs, tiny model, 64 px, rank {RANK})"
     )

@@ -189,12 +189,16 @@ def _train_fields() -> dict[str, st.SearchStrategy]:
         "optimizer_args": st.dictionaries(keys(), scalar_values(), max_size=3),
         "precision": st.sampled_from(m.PRECISIONS),
         "base_precision": optional(st.sampled_from(m.BASE_PRECISIONS)),
-        "cache": st.builds(
-            m.Cache,
-            latents=st.booleans(),
-            text=st.booleans(),
-            location=st.sampled_from(["memory", "disk"]),
+        "cache": st.one_of(
+            st.builds(
+                m.Cache,
+                latents=st.booleans(),
+                text=st.booleans(),
+                location=st.sampled_from(["memory", "disk"]),
+            ),
+            st.builds(m.Cache, location=st.sampled_from(["memory", "disk"])),  # auto
         ),
+        "checkpointing": st.one_of(st.booleans(), st.just("auto")),
         "noise_offset": floats(0.0, 1.0),
         "noise_offset_probability": floats(0.0, 1.0),
         "multires_noise_iterations": optional(st.integers(1, 32)),
@@ -259,7 +263,8 @@ def trains(draw) -> m.Train:
         cycles=draw(f["cycles"]) if scheduler == "cosine_with_restarts" else None,
         power=draw(f["power"]) if scheduler == "polynomial" else None,
         warmup=warmup,
-        checkpointing=draw(f["bool"]),
+        checkpointing=draw(f["checkpointing"]),
+        graphs=draw(f["bool"]),
         **{name: draw(f[name]) for name in plain},
     )
 

@@ -46,13 +46,19 @@ def test_gpu_bench_dry_run_on_cpu():
     out = _run(["bash", "bench/gpu.sh", "--dry-run", "--batches", "1", "--json"])
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads(out.stdout.strip().splitlines()[-1])
-    assert [(r["batch"], r["checkpointing"]) for r in rows] == [(1, True), (1, False)]
+    # the main matrix: lorafile's eager step, the example's peer step, lorafile's static step
+    assert [(r["kind"], r["batch"], r["checkpointing"]) for r in rows] == [
+        (kind, 1, gc) for gc in (True, False) for kind in ("lorafile", "peer", "graphs")
+    ]
     for r in rows:
         assert r["s_per_step"] > 0 and r["tflop_per_step"] > 0
         assert r["max_memory_allocated"] is None  # no GPU: nothing is claimed as measured
+        assert r["captured"] is False  # a CPU captures nothing
     # Checkpointing recomputes the forward: the FLOP counter sees more work.
-    assert rows[0]["tflop_per_step"] > 1.2 * rows[1]["tflop_per_step"]
-    assert "dry run" in out.stdout
+    assert rows[0]["tflop_per_step"] > 1.2 * rows[3]["tflop_per_step"]
+    # The peer adapts attention only, lorafile attention and ff: fewer FLOPs for the peer.
+    assert rows[4]["tflop_per_step"] < rows[3]["tflop_per_step"] == rows[5]["tflop_per_step"]
+    assert "dry run" in out.stdout and "x the peer's time per step" in out.stdout
 
 
 @pytest.mark.slow
@@ -80,6 +86,37 @@ def test_gpu_lever_sweep_measures_cuda_graphs_on_a_gpu(monkeypatch):
         assert ("+compile", batch, "default") in labels
         assert ("+cudagraphs", batch, "reduce-overhead") in labels
     assert not any(c.compile for c in gpu_train.lever_cases(1024, True))
+
+
+def test_gpu_bench_main_matrix_and_regional_compile_cases(monkeypatch):
+    """bench/gpu.sh's one invocation: b1/b4 x checkpointing, each as lorafile's eager step, the
+    example's peer step and the captured static step; `--regional` is the separate one."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import gpu_peer
+    import gpu_train
+
+    args = gpu_train.parse_args([])
+    assert (args.steps, args.warmup) == (10, 3)
+    cases = gpu_train.choose_cases(args)
+    assert {(c.kind, c.batch, c.checkpointing) for c in cases} == {
+        (kind, b, gc) for kind in ("lorafile", "peer", "graphs") for b in (1, 4) for gc in (1, 0)
+    }
+    regional = gpu_train.choose_cases(gpu_train.parse_args(["--regional"]))
+    assert {c.kind for c in regional} == {"regional", "regional+graphs"}
+    assert all(c.compile for c in regional)
+    # the peer adapts what diffusers' example adapts
+    assert gpu_peer.PEER_TARGETS == ["to_k", "to_q", "to_v", "to_out.0"]
+
+
+@pytest.mark.slow
+def test_train_cpu_bench_difference_mode_prints_the_ratio_to_the_peer():
+    cmd = [sys.executable, "bench/train_cpu.py", "--diff", "1,2", "--json"]
+    out = _run(cmd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [r["name"] for r in rows] == ["defaults", "peer"]
+    assert all(r["steps"] == [1, 2] and len(r["seconds"]) == 2 for r in rows)
+    assert "x the peer's time per step (goal <= 0.45x)" in out.stdout
 
 
 def _locked_versions() -> dict[str, str]:

@@ -13,6 +13,7 @@ def recipe(adapter=None, train=None, datasets=None, **kw) -> m.Recipe:
         "optimizer": "adamw",
         "precision": "bf16",
         "checkpointing": True,
+        "cache": m.Cache(latents=False, text=False),  # explicit: these tests price each term
     }
     t.update(train or {})
     ds = tuple(

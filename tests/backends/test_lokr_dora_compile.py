@@ -113,9 +113,9 @@ class TestKohya(BackendCase):
     def test_ema_is_t582(self):
         recipe = _recipe("adapter_lokr_ema")
         _, diagnostics = self.write(recipe)
-        assert [(d.code, d.is_error) for d in diagnostics] == [("T582", True)]
+        assert [(d.code, d.is_error) for d in _not_auto(diagnostics)] == [("T582", True)]
         files, diagnostics = self.write(recipe, allow_lossy=True)
-        assert [d.code for d in diagnostics] == ["T582"]
+        assert [d.code for d in _not_auto(diagnostics)] == ["T582"]
         assert not [k for k in _kohya_args(files) if "ema" in k]
         assert get("kohya").project(recipe).ema is None
 
@@ -124,6 +124,7 @@ class TestKohya(BackendCase):
             update={"adapter": Adapter(algo="lokr", dropout=0.1)}
         )
         _, diagnostics = self.write(recipe, allow_lossy=True)
+        diagnostics = _not_auto(diagnostics)
         assert [d.code for d in diagnostics] == ["T510"] and "LoKr" in diagnostics[0].message
 
 
@@ -180,3 +181,8 @@ class TestSimpleTuner(BackendCase):
         assert json.loads(files["lycoris_config.json"])["dora_wd"] is True
         back, _ = self.read_files(files)
         assert back.adapter.dora and back == get("simpletuner").project(recipe)
+
+
+def _not_auto(diagnostics):
+    """Without the information lines that say how `auto` memory measures were chosen."""
+    return [d for d in diagnostics if d.code not in ("T583", "T584")]

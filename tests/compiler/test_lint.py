@@ -29,7 +29,9 @@ def load(name: str):
 def character_batch2_uncached() -> m.Recipe:
     """The character recipe at batch 2 with checkpointing and caching off (see docs/vram.md)."""
     r, _ = load("character_ohwx")
-    train = r.train.model_copy(update={"checkpointing": False, "cache": m.Cache()})
+    train = r.train.model_copy(
+        update={"checkpointing": False, "cache": m.Cache(latents=False, text=False)}
+    )
     return r.model_copy(update={"train": train})
 
 

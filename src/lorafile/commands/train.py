@@ -69,6 +69,12 @@ def register(subparsers) -> None:
         help="the torch.compile mode (implies --compile): reduce-overhead also records each "
         "bucket shape as a CUDA graph and replays it (one launch per step); default: default",
     )
+    p.add_argument(
+        "--graphs",
+        choices=("on", "off"),
+        help="on CUDA, capture each bucket shape's step as a CUDA graph and replay it; "
+        "default: the recipe's `train { graphs }` (on)",
+    )
     launch.add_arguments(p)
     p.set_defaults(func=run)
 
@@ -107,6 +113,7 @@ def _run(args: argparse.Namespace) -> int:
         log_every=args.log_every,
         compile=args.compile_mode or args.compile,
         sample_scorer=SampleScorer,
+        graphs=None if args.graphs is None else args.graphs == "on",
     )
     trainer = launch.trainer(plan, options) if launch.in_worker() else Trainer(plan, options)
     try:

@@ -153,6 +153,7 @@ class Suggestion:
 
 def suggest(recipe: Recipe, setup: vram.Setup) -> list[Suggestion]:
     """Each applicable measure alone, with the memory it saves, largest saving first."""
+    recipe, _ = vram.resolve_auto(recipe, vram.hardware_budget(recipe), setup.trainer)
     before = vram.estimate(recipe, setup=setup).total_bytes
     found = []
     for m in MEASURES:
@@ -225,8 +226,10 @@ def fit_recipe(
     """Switch on the cheapest (in speed) set of memory measures that fits `budget_bytes`.
 
     Returns the changed recipe and a report of what was switched on and why. Raises
-    DiagnosticError (V403) with the closest achievable total when nothing fits.
+    DiagnosticError (V403) with the closest achievable total when nothing fits. `auto`
+    settings are chosen first (vram.resolve_auto), against the same budget.
     """
+    recipe, _ = vram.resolve_auto(recipe, budget_bytes, trainer)
     setup = vram.setup_for(recipe, trainer)
     before = vram.estimate(recipe, setup=setup).total_bytes
     if before <= budget_bytes:

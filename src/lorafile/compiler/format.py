@@ -214,9 +214,7 @@ def _train(train: m.Train) -> list[str]:
         ],
     )
     if train.cache != m.Cache():
-        cache = [w for w in ("latents", "text") if getattr(train.cache, w)]
-        cache += ["disk"] if train.cache.location == "disk" else []
-        lines.append("cache " + " ".join(cache))
+        lines.append(_cache(train.cache))
     lines += _fields(train, [("noise_offset", "noise_offset")])
     if train.noise_offset_probability != 1.0:
         probability = units.format_fraction_percent(train.noise_offset_probability)
@@ -244,6 +242,7 @@ def _train(train: m.Train) -> list[str]:
             ("max_grad_norm", "max_grad_norm"),
             ("seed", "seed"),
             ("memory", "memory"),
+            ("graphs", "graphs"),
         ],
     )
     return block("train", lines)
@@ -265,6 +264,15 @@ def _ema(ema: m.Ema | None) -> list[str]:
     if ema == m.Ema():
         return ["ema"]
     return [f"ema decay {number(ema.decay)}"]
+
+
+def _cache(cache: m.Cache) -> str:
+    if cache.is_auto:
+        words = ["auto"]
+    else:
+        words = [w for w in ("latents", "text") if getattr(cache, w)] or ["off"]
+    words += ["disk"] if cache.location == "disk" else []
+    return "cache " + " ".join(words)
 
 
 def _lr(train: m.Train) -> str:

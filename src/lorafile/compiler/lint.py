@@ -24,7 +24,7 @@ from lorafile.spec import Recipe, gpus
 from lorafile.spec.units import format_size
 
 # Close to the limit: allocator fragmentation on bucketed shapes varies by this much.
-MARGIN = 0.05
+MARGIN = vram.MARGIN
 
 
 @dataclass
@@ -106,6 +106,7 @@ def lint_recipe(
     recipe's folder, which relative model paths are relative to)."""
     bag = bag if bag is not None else DiagnosticBag()
     budget = budget if budget is not None else resolve_budget(recipe, bag, smap=smap)
+    recipe, _ = vram.resolve_auto(recipe, budget.bytes, trainer)
     fitted = None
     if recipe.train.memory == "auto" and budget.bytes is not None:
         try:

@@ -24,6 +24,7 @@ from lorafile.compiler.statements import (
     Path,
     SourceMap,
     StmtDef,
+    auto_switch,
     choice,
     expect_args,
     nested,
@@ -468,17 +469,28 @@ def _optimizer(ctx: Ctx, stmt: Stmt, out: dict, path: Path) -> None:
 
 
 def _cache(ctx: Ctx, stmt: Stmt, out: dict, path: Path) -> None:
-    """`cache latents text [disk]`."""
+    """`cache latents text [disk]`, `cache auto [disk]` or `cache off`.
+
+    Naming what to cache says it for both: `cache latents` means the text is not cached."""
     expect_args(stmt, 1, 3, "cache latents text")
-    cache: dict = {}
+    words: list[str] = []
     for arg in stmt.args:
-        word = read_choice(arg, ("latents", "text", "disk"), "cache option")
-        if word in cache or (word == "disk" and "location" in cache):
+        word = read_choice(arg, ("latents", "text", "disk", "auto", "off"), "cache option")
+        if word in words:
             raise Bad("R109", f"`{word}` is listed twice.", "list it once", arg.span)
-        if word == "disk":
-            cache["location"] = "disk"
-        else:
-            cache[word] = True
+        alone = {"auto", "off"} & ({word} | set(words))
+        if alone and len({w for w in (*words, word) if w != "disk"}) > 1:
+            raise Bad(
+                "R109",
+                f"`cache {alone.pop()}` cannot be combined with other cache choices.",
+                "write `cache auto`, `cache off`, or the caches to keep",
+                arg.span,
+            )
+        words.append(word)
+    auto = "auto" in words or words == ["disk"]  # `cache disk`: the automatic choice, on disk
+    cache: dict = {w: "auto" if auto else w in words for w in ("latents", "text")}
+    if "disk" in words:
+        cache["location"] = "disk"
     set_field(ctx, out, path, "cache", cache, stmt)
 
 
@@ -597,7 +609,8 @@ st.TABLES.update(
             "base_precision": choice(
                 "base_precision", m.BASE_PRECISIONS, "base precision", "base_precision fp8"
             ),
-            "checkpointing": switch("checkpointing", "checkpointing on"),
+            "checkpointing": auto_switch("checkpointing", "checkpointing on"),
+            "graphs": switch("graphs", "graphs off"),
             "cache": _def(_cache, "cache latents text"),
             "noise_offset": scalar("noise_offset", read_float, "noise_offset 0.0357"),
             "noise_offset_probability": scalar(

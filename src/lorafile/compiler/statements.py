@@ -151,6 +151,12 @@ def read_switch(arg: Arg) -> bool:
     return read_choice(arg, ("on", "off"), "switch value") == "on"
 
 
+def read_auto_switch(arg: Arg) -> bool | str:
+    """`on`, `off` or `auto` (lorafile chooses; see compiler/vram.py `resolve_auto`)."""
+    word = read_choice(arg, ("on", "off", "auto"), "switch value")
+    return "auto" if word == "auto" else word == "on"
+
+
 def read_raw(arg: Arg, allow_list: bool = True) -> m.PassValue:
     """A pass-through value: "string", number, true/false, or a [list] of those."""
     if arg.kind == "string":
@@ -232,6 +238,10 @@ def choice(name: str, choices: tuple[str, ...], what: str, example: str) -> Stmt
 
 def switch(name: str, example: str) -> StmtDef:
     return scalar(name, read_switch, example)
+
+
+def auto_switch(name: str, example: str) -> StmtDef:
+    return scalar(name, read_auto_switch, example)
 
 
 # ---- Reading blocks -------------------------------------------------------------------------

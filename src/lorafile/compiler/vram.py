@@ -457,8 +457,13 @@ def setup_for(recipe: Recipe, trainer: str = "native", **overrides) -> Setup:
 
 
 def estimate(recipe: Recipe, trainer: str = "native", setup: Setup | None = None) -> Estimate:
-    """Estimate the peak VRAM per GPU of training `recipe` with `trainer`."""
+    """Estimate the peak VRAM per GPU of training `recipe` with `trainer`.
+
+    `auto` settings are resolved first against the recipe's own hardware budget (callers with
+    another budget, such as `lint --vram`, resolve them before: `resolve_auto`)."""
     setup = setup or setup_for(recipe, trainer)
+    if has_auto(recipe):
+        recipe, _ = resolve_auto(recipe, hardware_budget(recipe), setup=setup)
     return _Model(recipe, setup).estimate()
 
 
@@ -635,3 +640,111 @@ def largest_bucket(recipe: Recipe) -> tuple[int, int]:
 
 def gib(n: float) -> float:
     return n / GIB
+
+
+# ==== 8. `auto` memory measures =================================================================
+MARGIN = 0.05
+"""The share of the budget kept free (allocator fragmentation): the lint's "close to the
+budget" warning and `checkpointing auto` use the same margin."""
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """What an `auto` setting became, and why (printed by `plan`, info diagnostics in compile)."""
+
+    setting: str
+    value: bool | str
+    """True/False, or "auto" while it is left to the trainer's start (no budget, no device)."""
+    reason: str
+
+    def line(self) -> str:
+        if self.value == "auto":
+            return f"{self.setting} auto: {self.reason}"
+        return f"{self.setting} auto -> {'on' if self.value else 'off'}: {self.reason}"
+
+
+def has_auto(recipe: Recipe) -> bool:
+    return recipe.train.checkpointing == "auto" or recipe.train.cache.is_auto
+
+
+def hardware_budget(recipe: Recipe) -> int | None:
+    """The recipe's own memory budget per GPU: `vram`, else the named GPU's size, else None."""
+    from lorafile.spec import gpus
+
+    hw = recipe.hardware
+    if hw.vram:
+        return hw.vram
+    found = gpus.find(hw.gpu) if hw.gpu else None
+    return found.budget_bytes if found else None
+
+
+def exact_caches(recipe: Recipe) -> tuple[tuple[bool, str], tuple[bool, str]]:
+    """(cache latents?, why), (cache text?, why): a cache is used whenever it changes nothing.
+
+    Flips stay exact (both orientations are cached, as kohya does); color augmentation changes
+    the pixels every step; trained text encoders, caption shuffling and caption dropout change
+    the text-encoder outputs every step."""
+    if any(d.color_aug for d in recipe.datasets):
+        latents = (False, "color augmentation changes the pixels every step")
+    else:
+        latents = (True, "exact: no color augmentation")
+    if recipe.adapter.text_encoder:
+        text = (False, "the text encoders are trained")
+    elif any(d.shuffle_captions or d.caption_dropout > 0 for d in recipe.datasets):
+        text = (False, "captions are shuffled or dropped every step")
+    else:
+        text = (True, "exact: frozen text encoders, fixed captions")
+    return latents, text
+
+
+def resolve_auto(
+    recipe: Recipe,
+    budget_bytes: int | None,
+    trainer: str = "native",
+    device: str | None = "cuda",
+    setup: Setup | None = None,
+) -> tuple[Recipe, list[AutoChoice]]:
+    """The recipe with each `auto` memory measure chosen, and one AutoChoice per choice.
+
+    Caches: on whenever exact (`exact_caches`). Checkpointing: never on a CPU; on only when
+    the estimated peak without it exceeds the budget less MARGIN. Without a budget it is on
+    for a GPU (the safe choice) and left `auto` for `device=None` (the native trainer decides
+    at start from the GPU it runs on). Explicit on/off settings are never touched."""
+    train, choices = recipe.train, []
+    if train.cache.is_auto:
+        (latents, why_l), (text, why_t) = exact_caches(recipe)
+        choices += [AutoChoice("cache latents", latents, why_l)]
+        choices += [AutoChoice("cache text", text, why_t)]
+        cache = train.cache.model_copy(update={"latents": latents, "text": text})
+        train = train.model_copy(update={"cache": cache})
+    if train.checkpointing == "auto":
+        value, why = _auto_checkpointing(
+            recipe.model_copy(update={"train": train}), budget_bytes, trainer, device, setup
+        )
+        choices.append(AutoChoice("checkpointing", value, why))
+        train = train.model_copy(update={"checkpointing": value})
+    return recipe.model_copy(update={"train": train}), choices
+
+
+def _auto_checkpointing(recipe, budget, trainer, device, setup) -> tuple[bool | str, str]:
+    if device == "cpu":
+        return False, "never on a CPU (it only slows the step there)"
+    if budget is None:
+        if device is None:
+            return (
+                "auto",
+                "no GPU size in the recipe: chosen at start from the device (off on a CPU)",
+            )
+        return True, "no memory budget known: on, the safe choice (name the GPU in `hardware`)"
+    off = recipe.model_copy(
+        update={"train": recipe.train.model_copy(update={"checkpointing": False})}
+    )
+    peak = _Model(off, setup or setup_for(off, trainer)).estimate().total_bytes
+    limit = budget * (1 - MARGIN)
+    fits = peak <= limit
+    verdict = "fits" if fits else "does not fit"
+    why = (
+        f"the step without it ({gib(peak):.2f} GiB) {verdict} the {gib(budget):.2f} GiB budget "
+        f"less the {MARGIN:.0%} margin"
+    )
+    return (not fits), why

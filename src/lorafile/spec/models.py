@@ -311,13 +311,41 @@ class Warmup(Spec):
         return round(total_steps * self.value / 100)
 
 
-class Cache(Spec):
-    """What is computed once before training instead of every step."""
+Auto = Literal["auto"]
+"""A memory measure lorafile chooses (compiler/vram.py `resolve_auto`); on/off wins over it."""
 
-    latents: bool = False
-    text: bool = False
+
+class Cache(Spec):
+    """What is computed once before training instead of every step.
+
+    `auto` (the default): each cache is on whenever it is exact (latents: no color
+    augmentation; text: frozen text encoders, no caption shuffling or dropout)."""
+
+    latents: bool | Auto = "auto"
+    text: bool | Auto = "auto"
     """Text-encoder outputs; requires frozen text encoders and no caption shuffling/dropout."""
     location: Literal["memory", "disk"] = "memory"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_means_chosen(cls, data):
+        # `Cache(latents=True)` reads as `cache latents`: the one not named is not cached.
+        if isinstance(data, dict) and ("latents" in data) != ("text" in data):
+            named = data.get("latents", data.get("text"))
+            if named != "auto":
+                data = {"latents": False, "text": False, **data}
+        return data
+
+    @model_validator(mode="after")
+    def _auto_together(self) -> Cache:
+        # `cache auto` is one statement for both: a half-auto cache has no recipe spelling.
+        if (self.latents == "auto") != (self.text == "auto"):
+            raise ValueError("cache latents and text are either both auto or both chosen")
+        return self
+
+    @property
+    def is_auto(self) -> bool:
+        return self.latents == "auto"
 
 
 class TimestepBias(Spec):
@@ -368,8 +396,9 @@ class Train(Spec):
     """Mixed-precision compute dtype (`no` = fp32)."""
     base_precision: BasePrecision | None = None
     """Dtype of the frozen base weights. Default: the mixed-precision dtype (fp32 for `no`)."""
-    checkpointing: bool = True
-    """Gradient checkpointing: ~6 GiB less at 1024², ~1.8x slower step."""
+    checkpointing: bool | Auto = "auto"
+    """Gradient checkpointing: ~6 GiB less at 1024², ~1.8x slower step. `auto`: on only when
+    the VRAM model says the step does not fit the budget without it; never on a CPU."""
     cache: Cache = Cache()
     noise_offset: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     noise_offset_probability: Fraction = 1.0
@@ -398,6 +427,9 @@ class Train(Spec):
     """Default: a random seed, recorded in the outputs."""
     memory: Literal["manual", "auto"] = "manual"
     """`auto`: lorafile switches on the cheapest memory measures that fit the hardware budget."""
+    graphs: bool = True
+    """Native trainer on CUDA: capture each bucket shape's step as a CUDA graph and replay it
+    (runtime/train/graphs.py). Other trainers never capture; `off` is what they do."""
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> Train:

@@ -153,6 +153,7 @@ class TestKohyaRead(BackendCase):
                 min_snr_gamma=5.0,
                 noise_offset=0.0357,
                 seed=1234,
+                checkpointing=True,
                 cache={"latents": True},
             ),
             save=Save(every=Interval(every=500)),

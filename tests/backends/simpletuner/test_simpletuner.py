@@ -363,7 +363,8 @@ class TestSimpleTuner(BackendCase):
         ("changes", "code"),
         [
             ({}, "T521"),  # SimpleTuner's default VAE replaces the base model's own
-            ({}, "T539"),  # latents and text embeddings are always cached
+            # latents and text embeddings are always cached, whatever the recipe says
+            ({"train": Train(steps=100, cache={"latents": False, "text": False})}, "T539"),
             ({"regularization": (Regularization(path="/r", class_prompt="c"),)}, "T530"),
             ({"regularization": (Regularization(path="/r", class_prompt="c", ratio=2),)}, "T532"),
             ({"datasets": (Dataset(path="/d", shuffle_captions=True, keep_tokens=1),)}, "T528"),

@@ -22,6 +22,7 @@ train {
     batch 2
     accumulate 2
     lr 2e-4 cosine warmup 10%
+    cache off
     memory auto
 }
 hardware {

@@ -189,13 +189,13 @@ def test_nan_guard_names_the_first_bad_step_and_never_saves_it(
 ):
     """The loss turns NaN at step 5; the guard is read only at step 6 (before that step's
     checkpoint): the error names step 5 and the last good checkpoint, step 3."""
-    original = Trainer.loss_step
+    original = Trainer.micro_step  # both step forms (eager and static buffers) go through it
 
     def poisoned(self, epoch, index, batch):
         loss = original(self, epoch, index, batch)
         return loss * math.nan if self.step + 1 >= 5 else loss
 
-    monkeypatch.setattr(Trainer, "loss_step", poisoned)
+    monkeypatch.setattr(Trainer, "micro_step", poisoned)
     make_dataset(tmp_path / "data", 2, seed=6)
     recipe = tiny_recipe(
         tiny_sdxl_dir / "tiny_sdxl.safetensors",

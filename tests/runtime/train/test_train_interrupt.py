@@ -152,13 +152,13 @@ def test_the_launcher_names_the_command_that_resumes_a_ddp_run(tmp_path):
 def test_a_stop_after_a_nan_loss_saves_nothing(plan_path, tmp_path, monkeypatch, capsys):
     from lorafile.runtime.train.loop import Trainer
 
-    loss_step, calls = Trainer.loss_step, []
+    micro_step, calls = Trainer.micro_step, []  # both step forms go through it
 
     def nan_loss(self, epoch, index, batch):
         calls.append(self.step)
-        return loss_step(self, epoch, index, batch) * float("nan")
+        return micro_step(self, epoch, index, batch) * float("nan")
 
-    monkeypatch.setattr(Trainer, "loss_step", nan_loss)
+    monkeypatch.setattr(Trainer, "micro_step", nan_loss)
     monkeypatch.setenv(SIGNAL_AT_STEP_ENV, "1")  # no flush, save or sample at step 1
     out = tmp_path / "nan"
     assert main(["train", str(plan_path), "-o", str(out), "-q"]) == 1

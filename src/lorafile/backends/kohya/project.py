@@ -14,6 +14,7 @@ from lorafile.backends.kohya import schema as schema
 from lorafile.backends.kohya import training_options
 from lorafile.backends.kohya import write as kw
 from lorafile.backends.kohya.options import OPTIONS
+from lorafile.compiler import vram
 from lorafile.compiler.hub import parse_hub_ref
 from lorafile.spec.models import TARGETS, Recipe
 
@@ -109,8 +110,9 @@ def project(recipe: Recipe, lossy: bool = True) -> tuple[Recipe, list[Reason]]:
     `lossy=False` applies only the canonical (meaning-preserving) changes: the property tests
     compare both results to check that every lossy change has its T5xx reason.
     """
-    data = recipe.model_dump()
     reasons = Reasons(apply=lossy)
+    recipe = _resolve_auto(recipe, reasons)
+    data = recipe.model_dump()
     for step in (
         _base,
         _options,
@@ -129,6 +131,29 @@ def project(recipe: Recipe, lossy: bool = True) -> tuple[Recipe, list[Reason]]:
     if _overrides_fields(result.passthrough.get("kohya", {})):
         result = _settle(result)
     return result, reasons
+
+
+def _resolve_auto(recipe: Recipe, reasons: Reasons) -> Recipe:
+    """sd-scripts has no `auto`: the VRAM model chooses against the recipe's hardware."""
+    keys = {"checkpointing": "gradient_checkpointing", "cache latents": "cache_latents",
+            "cache text": "cache_text_encoder_outputs"}  # fmt: skip
+    recipe, choices = vram.resolve_auto(recipe, vram.hardware_budget(recipe), "kohya", "cuda")
+    # `graphs` is a speed setting of the native trainer (same numbers either way); sd-scripts
+    # never captures, and its configs read back with the default.
+    recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"graphs": True})})
+    for c in choices:
+        reasons.add(
+            Reason(
+                "T583",
+                f"`{c.setting} auto` is written as {keys[c.setting]} = "
+                f"{'true' if c.value else 'false'} ({c.reason}).",
+                "write `checkpointing on` or `off`"
+                if c.setting == "checkpointing"
+                else "write `cache latents text` or `cache off` to choose it yourself",
+                lossy=False,
+            )
+        )
+    return recipe
 
 
 # Pass-through keys that replace what the writer derives from recipe fields: the reader maps
@@ -250,11 +275,13 @@ def _optimizer_args(args: dict, reasons: Reasons) -> dict:
     kept = {}
     for key, value in args.items():
         text = value if isinstance(value, str) else ""
-        if (not key or key != key.strip() or "=" in key or "=" in text) and reasons.add(
+        # A leading comma: the `toml` package sd-scripts reads with splits the array there.
+        bad = not key or key != key.strip() or key.startswith(",") or "=" in key or "=" in text
+        if bad and reasons.add(
             Reason(
                 "T515",
-                f"The optimizer argument {key!r} = {value!r} cannot "
-                "be written as `key=value`: sd-scripts splits it at every `=`.",
+                f"The optimizer argument {key!r} = {value!r} cannot be written as `key=value`: "
+                "sd-scripts splits it at every `=` (and its TOML reader at a leading comma).",
                 "use a plain name and a value without `=`",
             )
         ):

@@ -118,9 +118,11 @@ class SimpleTuner(Backend):
         return None
 
     def _reporter(self, bag: DiagnosticBag):
-        def report(code: str, message: str, help: str, loss: bool) -> None:
+        def report(code: str, message: str, help: str, loss: bool | None) -> None:
             if loss:
                 self.unsupported(bag, code, message, help)
+            elif loss is None:
+                bag.info(code, message, help)
             else:
                 bag.add(code, message, help, severity=Severity.WARNING)
 

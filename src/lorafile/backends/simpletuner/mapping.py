@@ -15,13 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lorafile.backends.simpletuner import training_options
-from lorafile.compiler import dataset_count
+from lorafile.compiler import dataset_count, vram
 from lorafile.compiler.dataset_count import Counts
 from lorafile.compiler.hub import parse_hub_ref
 from lorafile.spec import Recipe
 from lorafile.spec.models import Buckets, Resolution, Warmup
 
-Report = Callable[[str, str, str, bool], None]
+Report = Callable[[str, str, str, bool | None], None]
+"""report(code, message, help, lossy): True an error unless --allow-lossy, False a warning,
+None information."""
 
 # SimpleTuner's default VAE for SDXL (`--pretrained_vae_model_name_or_path` in the registry).
 DEFAULT_VAE = "madebyollin/sdxl-vae-fp16-fix"
@@ -448,7 +450,8 @@ def _int_alpha(name: str, alpha: float, report: Report) -> int:
 def _train(recipe: Recipe, report: Report, base_dir: Path | None):
     train = recipe.train
     lr = train.unet_lr or train.lr
-    update: dict = {"lr": lr, "unet_lr": None, "text_encoder_lr": None}
+    # `graphs`: a speed setting of the native trainer only (SimpleTuner never captures).
+    update: dict = {"lr": lr, "unet_lr": None, "text_encoder_lr": None, "graphs": True}
     te_lr = train.text_encoder_lr if train.text_encoder_lr is not None else train.lr
     if recipe.adapter.text_encoder and recipe.adapter.algo == "lora" and te_lr != lr:
         report(
@@ -466,6 +469,8 @@ def _train(recipe: Recipe, report: Report, base_dir: Path | None):
     update["optimizer_args"] = _optimizer_args(train.optimizer_args, report)
     update["base_precision"] = _base_precision(train, report)
     update["cache"] = _cache(train, report)
+    if train.checkpointing == "auto":
+        update["checkpointing"] = _auto_checkpointing(recipe, report)
     update["min_snr_gamma"] = _snr(train.min_snr_gamma, report)
     update.update(training_options.normalize(recipe, report))
     if train.memory == "auto":
@@ -615,9 +620,30 @@ def _base_precision(train, report: Report) -> str | None:
     return None if wanted == default else wanted
 
 
+def _auto_checkpointing(recipe: Recipe, report: Report) -> bool:
+    """SimpleTuner has no `auto`: the VRAM model chooses against the recipe's hardware."""
+    _, choices = vram.resolve_auto(recipe, vram.hardware_budget(recipe), "simpletuner", "cuda")
+    chosen = choices[-1]
+    report(
+        "T584",
+        f"`checkpointing auto` is written as gradient_checkpointing: "
+        f"{'true' if chosen.value else 'false'} ({chosen.reason}).",
+        "write `checkpointing on` or `off` to choose it yourself",
+        None,
+    )
+    return bool(chosen.value)
+
+
 def _cache(train, report: Report):
     cache = train.cache
-    if not (cache.latents and cache.text and cache.location == "disk"):
+    if cache.is_auto:
+        report(
+            "T584",
+            "`cache auto`: SimpleTuner caches VAE latents and text embeddings to disk always.",
+            "nothing to do",
+            None,
+        )
+    elif not (cache.latents and cache.text and cache.location == "disk"):
         report(
             "T539",
             "SimpleTuner always caches VAE latents and text embeddings to disk "

@@ -65,7 +65,11 @@ class SimSettings:
 
     @classmethod
     def from_recipe(cls, recipe: Any, resolution: tuple[int, int] | None = None) -> SimSettings:
-        """The settings of `recipe` at its largest bucket (or at `resolution`, w x h)."""
+        """The settings of `recipe` at its largest bucket (or at `resolution`, w x h); `auto`
+        settings as the VRAM model chooses them for the recipe's own budget."""
+        from lorafile.compiler import vram
+
+        recipe, _ = vram.resolve_auto(recipe, vram.hardware_budget(recipe))
         t, a = recipe.train, recipe.adapter
         width, height = resolution or _largest_area(recipe)
         return cls(

@@ -25,16 +25,22 @@ def to_device(tensor, device):
     return tensor.to(device, non_blocking=True)
 
 
+def step_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one micro-batch's random numbers: a function of its place in the data order."""
+    return (seed * 1_000_003 + epoch * 100_003 + index) % 2**63
+
+
 def step_generator(seed: int, epoch: int, index: int):
     """A CPU generator private to one micro-batch (seed, epoch, batch index).
 
-    Every random tensor of a step is drawn on the host from it and then moved with
+    The eager step draws every random tensor on the host from it and moves it with
     `to_device`: the values are the same on every device (a CPU run and a GPU run draw the
-    same noise), and a resume needs no device generator state.
+    same noise), and a resume needs no device generator state. The static-buffer step
+    (runtime/train/graphs.py) reseeds one generator on its device with `step_seed` instead.
     """
     import torch
 
-    return torch.Generator("cpu").manual_seed((seed * 1_000_003 + epoch * 100_003 + index) % 2**63)
+    return torch.Generator("cpu").manual_seed(step_seed(seed, epoch, index))
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,8 @@ class StepOptions:
 
 
 def draw_noise(latents, generator, noise_offset: float = 0.0, options: StepOptions | None = None):
-    """Gaussian noise like `latents`, drawn on the host from `generator`.
+    """Gaussian noise like `latents`, drawn on the generator's device (the eager step's host
+    generator, or the static step's device generator), then moved to the latents' device.
 
     Noise offset adds a per-channel constant (`offset * N(0,1)` of shape (B, C, 1, 1)), which
     lets the model learn very dark/bright images; with a probability below 1 a whole micro-batch
@@ -87,13 +94,16 @@ def draw_noise(latents, generator, noise_offset: float = 0.0, options: StepOptio
     import torch
 
     options = options or StepOptions(noise_offset=noise_offset)
-    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+    where = generator.device
+    noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32, device=where)
     offset = options.noise_offset
     probability = options.noise_offset_probability
-    if offset and probability < 1.0 and float(torch.rand((), generator=generator)) >= probability:
+    # A host read of a random draw: the static step leaves this setting to the eager step.
+    skip = offset and probability < 1.0
+    if skip and float(torch.rand((), generator=generator, device=where)) >= probability:
         offset = 0.0
     if offset:
-        noise += offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator)
+        noise += offset * torch.randn((*latents.shape[:2], 1, 1), generator=generator, device=where)
     if options.multires_iterations:
         noise = pyramid_noise(
             noise, generator, options.multires_iterations, options.multires_discount
@@ -113,9 +123,11 @@ def pyramid_noise(noise, generator, iterations: int, discount: float):
 
     b, c, h, w = noise.shape
     for i in range(iterations):
-        r = 2.0 + 2.0 * float(torch.rand((), generator=generator))
+        r = 2.0 + 2.0 * float(torch.rand((), generator=generator, device=generator.device))
         hn, wn = max(1, int(h / r**i)), max(1, int(w / r**i))
-        layer = torch.randn((b, c, hn, wn), generator=generator, dtype=noise.dtype)
+        layer = torch.randn(
+            (b, c, hn, wn), generator=generator, dtype=noise.dtype, device=generator.device
+        )
         noise = noise + F.interpolate(layer, size=(h, w), mode="bilinear") * discount**i
         if hn == 1 or wn == 1:
             break
@@ -156,9 +168,13 @@ def draw_timesteps(batch: int, num_timesteps: int, generator, device, options=No
     options = options or StepOptions()
     high = num_timesteps if options.max_timestep is None else options.max_timestep
     weights = timestep_weights(num_timesteps, options.min_timestep, high, options.timestep_bias)
+    where = generator.device
     if weights is None:
-        drawn = torch.randint(options.min_timestep, high, (batch,), generator=generator)
+        drawn = torch.randint(
+            options.min_timestep, high, (batch,), generator=generator, device=where
+        )
     else:
+        weights = weights.to(where)
         drawn = torch.multinomial(weights, batch, replacement=True, generator=generator)
     return to_device(drawn, device)
 
@@ -294,7 +310,9 @@ def denoising_loss(
         )
     model_noise = noise
     if options.ip_noise_gamma:
-        extra = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+        extra = torch.randn(
+            latents.shape, generator=generator, dtype=torch.float32, device=generator.device
+        )
         model_noise = noise + options.ip_noise_gamma * to_device(extra, latents.device)
     dtype = unet.dtype if dtype is None else dtype
     noisy = scheduler.add_noise(latents, model_noise, timesteps).to(dtype)

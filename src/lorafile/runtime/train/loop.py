@@ -7,6 +7,9 @@ Features, with what each costs (reference/vram_perf.md §5):
   * Text-encoder cache (`cache text`): the encoders leave the device (1.6 GiB in bf16); not
     possible with trained encoders or shuffled captions.
   * Gradient checkpointing: about 6 GiB less at 1024², roughly 1.2–1.8x slower steps.
+    `auto` (the default) is chosen on the run's device (runtime/train/choices.py).
+  * The step in static-buffer form, one CUDA graph per bucket shape on CUDA (`graphs on`, the
+    default; runtime/train/graphs.py); the eager step with `graphs off`.
   * Mixed precision bf16/fp16 through accelerate (fp16 with a loss scaler); adapter weights
     and optimizer state stay fp32. Attention is PyTorch SDPA (diffusers' default processor).
   * 8-bit AdamW (bitsandbytes): 6 bytes less per trainable parameter than AdamW.
@@ -24,6 +27,7 @@ Ctrl-C or SIGTERM during the loop stops after the step in progress with a checkp
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import secrets
@@ -34,19 +38,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
+from lorafile.compiler.diagnostics import DiagnosticError
 from lorafile.files import write_text_atomic
 from lorafile.runtime.lorafiles.metadata import kohya_metadata
 from lorafile.runtime.train import checkpoint as ckpt
-from lorafile.runtime.train import data, interrupt, run_state
+from lorafile.runtime.train import choices, data, interrupt, run_state
 from lorafile.runtime.train.defaults import DEFAULT_LOG_EVERY
 from lorafile.runtime.train.ema import make_ema
 from lorafile.runtime.train.interrupt import KILL_AT_STEP_ENV as KILL_AT_STEP_ENV  # re-exported
 from lorafile.runtime.train.interrupt import SIGNAL_AT_STEP_ENV as SIGNAL_AT_STEP_ENV
 from lorafile.runtime.train.interrupt import TrainingInterrupted
-from lorafile.runtime.train.plan import recipe_of, scan_recipe
+from lorafile.runtime.train.plan import recipe_of
 from lorafile.runtime.train.run_state import RUN_ARTIFACTS as RUN_ARTIFACTS  # re-exported
 from lorafile.runtime.train.run_state import RUN_FILE, prepare_output, resume_checkpoint
+from lorafile.runtime.train.setup import TrainerSetup, _fail
 
 
 @dataclass
@@ -65,6 +70,8 @@ class TrainOptions:
     log_every: int = DEFAULT_LOG_EVERY
     """Steps between host synchronisations: the loss, grad norm and NaN guard are read back
     from the GPU once per interval (and before every checkpoint and at the end)."""
+    graphs: bool | None = None
+    """`--graphs on|off`; None: the recipe's `train { graphs }`."""
     compile: bool | str = False
     """torch.compile the UNet (dynamic=False: one graph per bucket shape; the first step of
     each shape compiles, which takes minutes for SDXL). True or a `torch.compile` mode from
@@ -88,17 +95,12 @@ class TrainResult:
     log_dir: Path | None = None
 
 
-def _fail(code: str, message: str, help: str) -> DiagnosticError:
-    bag = DiagnosticBag()
-    bag.error(code, message, help)
-    return DiagnosticError(bag.items)
-
-
-class Trainer:
+class Trainer(TrainerSetup):
     """One training run. `setup()` loads and prepares everything, `train()` runs the loop."""
 
     def __init__(self, plan: dict, options: TrainOptions | None = None):
-        self.plan, self.options = plan, options or TrainOptions()
+        # A copy: the device-dependent choices (runtime/train/choices.py) are written into it.
+        self.plan, self.options = copy.deepcopy(plan), options or TrainOptions()
         self.recipe = recipe_of(plan)
         self.r = plan["resolved"]
         self.out = Path(self.options.out or self.r["output"]["path"]).resolve()
@@ -114,6 +116,8 @@ class Trainer:
         """Held (rank 0) from `setup()` until `train()` ends: one run per output folder."""
         self.sample_scorer = None
         """Scores each sample against the base model's images (evaluate/during.py)."""
+        self.static = None
+        """The static-buffer step (runtime/train/graphs.py); None: the eager step."""
 
     @contextlib.contextmanager
     def _recording_failures(self, release: bool):
@@ -156,6 +160,7 @@ class Trainer:
             self.options.device or ("cuda" if torch.cuda.is_available() else "cpu")
         )
         self._make_accelerator()
+        choices.choose_checkpointing(self)  # `checkpointing auto` on this device
         # Only rank 0 writes (checkpoints, samples, logs, run.json); the others wait at barriers.
         self.writes = self.accelerator.is_main_process
         # 2. Output folder guard, then the state to resume from (it holds the seed).
@@ -170,6 +175,7 @@ class Trainer:
         self._speed_up()
         self._build_optimizer()
         self.ema = make_ema(self.r.get("ema"), self.unet_params + self.te_params)
+        self.static = choices.choose_step_form(self)  # None: the eager step
         if state:
             self._restore(*state)
         if self.writes:
@@ -230,194 +236,6 @@ class Trainer:
         last = ckpt.latest_checkpoint(self.out)
         self._write_run_file("aborted", reason=reason, checkpoint=str(last) if last else None)
         return True
-
-    def _load_models(self) -> None:
-        import torch
-
-        from lorafile.runtime.models.hub import local_model
-        from lorafile.runtime.models.sdxl import load_sdxl
-
-        fp16 = self.plan["memory"]["mixed_precision"] == "fp16"
-        dtypes = {
-            "fp32": torch.float32,
-            "bf16": torch.bfloat16,
-            "fp16": torch.float16,
-            # Loaded in the compute dtype; `_attach_adapters` stores the frozen layers as fp8.
-            "fp8": torch.float16 if fp16 else torch.bfloat16,
-        }
-        self.dtype = dtypes[self.plan["memory"]["base_precision"]]
-        """The dtype the UNet computes in (its inputs are cast to it); not `unet.dtype`, which
-        reads float8 once the base is stored in fp8 (runtime/train/fp8.py)."""
-        variant, pickle = self.recipe.base.variant, self.options.allow_pickle
-        where = Path(self.plan.get("base_dir") or ".")
-        base = local_model(self.r["base"], where, variant, announce=not self.options.quiet)
-        m = load_sdxl(base, allow_pickle=pickle, variant=variant)
-        if self.r.get("vae"):
-            vae = local_model(self.r["vae"], where, variant, announce=not self.options.quiet)
-            m.vae = load_sdxl(vae, allow_pickle=pickle, parts=("vae",), variant=variant).vae
-        # The VAE stays fp32 (diffusers' scripts: SDXL's VAE overflows in fp16).
-        for module, dtype in (
-            (m.vae, torch.float32),
-            (m.unet, self.dtype),
-            (m.text_encoder, self.dtype),
-            (m.text_encoder_2, self.dtype),
-        ):
-            if module.dtype != dtype:  # cast only when needed: diffusers warns on every cast
-                module.to(dtype)  # on the host first: an fp32 copy never reaches the GPU
-            module.to(self.device)
-        self.models = m
-        from lorafile.runtime.train import diffusion
-
-        base = self.recipe.base
-        self.noise_scheduler = diffusion.training_scheduler(
-            m.scheduler.config, base.prediction, base.zero_terminal_snr
-        )
-        if self.r["sample"]:  # fail now, not at the first sample after an hour of training
-            from lorafile.runtime.train.sampling import make_scheduler
-
-            make_scheduler(self.r["sample"]["sampler"], m.scheduler.config)
-
-    def _load_data(self) -> None:
-        bag = DiagnosticBag()
-        base_dir = Path(self.plan.get("base_dir") or ".")
-        self.items, summaries, _ = scan_recipe(self.recipe, base_dir, bag)
-        for warning in bag.items:
-            if not warning.is_error:
-                print(f"warning[{warning.code}]: {warning.message}", flush=True)
-        bag.raise_if_errors()  # e.g. T568: a caption file changed since the plan was built
-        for summary in summaries["datasets"]:
-            problem = data.check_counts(summary["images"], len(summary["skipped"]), summary["path"])
-            if problem:
-                help = "fix or replace the unreadable images, or check the dataset path"
-                raise _fail("T574", problem, help)
-        regs = self.recipe.regularization
-        self.repeats = [d.repeats for d in self.recipe.datasets]
-        self.flips = [d.flip for d in self.recipe.datasets]
-        self.reg_ratio = regs[0].ratio if regs else 0.0
-        self.reg_weights = [r.weight for r in regs]
-        """Prior-loss weight per regularization folder (`weight` in the recipe)."""
-
-    def _fill_caches(self) -> None:
-        from lorafile.runtime.train import cache
-
-        mem, m = self.plan["memory"], self.models
-        folder = self.out / "cache" if mem["cache_location"] == "disk" else None
-        pin = self.device.type == "cuda"  # pinned entries: asynchronous copies to the GPU
-        self.latent_cache = cache.TensorCache(folder / "latents" if folder else None, pin=pin)
-        self.text_cache = cache.TensorCache(folder / "text" if folder else None, pin=pin)
-        self.vae_id = cache.model_fingerprint(m.vae)
-        self.te_id = cache.model_fingerprint(m.text_encoder, m.text_encoder_2)
-        self.tokenizers = (m.tokenizer, m.tokenizer_2)
-        if mem["cache_latents"]:
-            needed = {
-                (i, f)
-                for i, it in enumerate(self.items)
-                for f in {False, self.flips[it.source] and not it.is_reg}
-            }
-            cache.fill_once(
-                self.latent_cache,
-                lambda: cache.fill_latents(
-                    self.latent_cache, self.items, needed, m.vae, self.vae_id
-                ),
-                self.accelerator,
-            )
-            self._offload(m.vae)
-        if mem["cache_text"]:
-            captions = {it.caption for it in self.items} | {""}  # "" for caption dropout
-            fill = lambda: cache.fill_text(  # noqa: E731
-                self.text_cache,
-                captions,
-                self.tokenizers,
-                (m.text_encoder, m.text_encoder_2),
-                self.te_id,
-                self.recipe.base.clip_skip,
-            )
-            cache.fill_once(self.text_cache, fill, self.accelerator)
-            self._offload(m.text_encoder, m.text_encoder_2)
-
-    def _offload(self, *modules) -> None:
-        """Free frozen encoders from the GPU once cached; they come back only for samples."""
-        import torch
-
-        for module in modules:
-            module.to("cpu")
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()  # frees the encoders' blocks for the UNet's activations
-
-    def _attach_adapters(self) -> None:
-        from lorafile.runtime.train.adapters import attach
-
-        m, adapter = self.models, self.r["adapter"]
-        self.unet_params = attach(m.unet, adapter, unet=True)
-        self.te_params = []
-        for encoder in (m.text_encoder, m.text_encoder_2):
-            if adapter["text_encoder"]:
-                self.te_params += attach(encoder, adapter, unet=False)
-                encoder.train()
-            else:  # frozen: no backward through them, and fp8 storage converts them
-                encoder.requires_grad_(False)
-        if self.plan["memory"]["gradient_checkpointing"]:
-            m.unet.enable_gradient_checkpointing()  # recompute block activations in backward
-            if self.te_params:
-                for encoder in (m.text_encoder, m.text_encoder_2):
-                    # transformers 5 renamed it; the old name still works with a warning
-                    enable = getattr(
-                        encoder,
-                        "activation_checkpointing_enable",
-                        encoder.gradient_checkpointing_enable,
-                    )
-                    enable()
-        m.unet.train()
-        if self.plan["memory"]["base_precision"] == "fp8":  # after attach: see runtime/train/fp8.py
-            from lorafile.runtime.train.fp8 import store_base_fp8
-
-            store_base_fp8(m, self.dtype, encoders=not self.plan["memory"]["cache_text"])
-
-    def _speed_up(self) -> None:
-        """CUDA only: TF32 matmuls, cuDNN autotuning, channels_last UNet; opt-in torch.compile.
-
-        TF32 keeps fp32 range with a 10-bit mantissa: it changes only fp32 matmuls (fp32
-        `precision no`, the fp32 adapter's own products), as every SDXL trainer allows it.
-        cudnn.benchmark times the convolution algorithms once per input shape (per bucket).
-        """
-        import torch
-
-        unet = self.models.unet
-        self.channels_last = self.device.type == "cuda"
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-            torch.backends.cudnn.benchmark = True
-            unet.to(memory_format=torch.channels_last)  # NHWC convolutions on tensor cores
-        self.cuda_graphs = False
-        if self.options.compile:
-            from lorafile.runtime.train.diffusion import compile_unet
-
-            mode = "default" if self.options.compile is True else self.options.compile
-            buckets = len({i.bucket for i in self.items})
-            self.cuda_graphs = compile_unet(unet, buckets, mode) and self.device.type == "cuda"
-
-    def _make_accelerator(self) -> None:
-        from accelerate import Accelerator
-        from accelerate.state import AcceleratorState
-
-        AcceleratorState._reset_state(True)  # a process may train more than once (tests, demo)
-        precision = self.plan["memory"]["mixed_precision"]
-        self.accelerator = Accelerator(mixed_precision=precision, cpu=self.device.type == "cpu")
-
-    def _build_optimizer(self) -> None:
-        from lorafile.runtime.train.optim import build_optimizer, build_scheduler
-
-        groups = [{"params": self.unet_params, "lr": self.r["unet_lr"]}]
-        if self.te_params:
-            groups.append({"params": self.te_params, "lr": self.r["text_encoder_lr"]})
-        optimizer = build_optimizer(
-            self.recipe.train.optimizer, groups, dict(self.recipe.train.optimizer_args)
-        )
-        self.optimizer = self.accelerator.prepare_optimizer(optimizer, device_placement=False)
-        self.lr_scheduler = build_scheduler(
-            optimizer, self.recipe.train, self.total, self.r["warmup_steps"]
-        )
 
     def _restore(self, adapter: dict, state: dict) -> None:
         from lorafile.runtime.train.adapters import load_adapter_state
@@ -507,12 +325,11 @@ class Trainer:
             position=index * 1024 + k,
         )
 
-    def latents(self, batch: list[data.Sample], generator):
-        """A fresh sample from each image's VAE posterior (cached mean/std, or encoded now).
+    def posterior(self, batch: list[data.Sample], generator=None):
+        """Each image's VAE posterior (mean, std) on the device: cached, or encoded now.
 
-        The posterior sample's noise is drawn on the host from the step's generator and moved
-        to the device with `to_device` (asynchronous on CUDA): the same values on every
-        device, and nothing mixes host and device tensors.
+        `generator` (a host generator) draws the hue of color-augmented images; cached and
+        uncached entries move with `to_device` (asynchronous on CUDA from pinned memory).
         """
         import torch
 
@@ -536,8 +353,17 @@ class Trainer:
                 entry = {"mean": mean[0], "std": std[0]}
             means.append(to_device(entry["mean"], self.device))
             stds.append(to_device(entry["std"], self.device))
-        mean, std = torch.stack(means), torch.stack(stds)
-        eps = torch.randn(mean.shape, generator=generator)
+        return torch.stack(means), torch.stack(stds)
+
+    def latents(self, batch: list[data.Sample], generator):
+        """A fresh sample from each image's VAE posterior; its noise is drawn on the host from
+        the step's generator (the same values on every device)."""
+        import torch
+
+        from lorafile.runtime.train.diffusion import to_device
+
+        mean, std = self.posterior(batch, generator)
+        eps = torch.randn(mean.shape, generator=generator, device=generator.device)
         return mean + std * to_device(eps, self.device)
 
     def loss_step(self, epoch: int, index: int, batch: list[data.Sample]):
@@ -577,6 +403,15 @@ class Trainer:
             prior = [self.reg_weights[it.source] if it.is_reg else 1.0 for it in items]
             per_sample = per_sample * diffusion.to_device(torch.tensor(prior), per_sample.device)
         return per_sample.mean()
+
+    def micro_step(self, epoch: int, index: int, batch: list[data.Sample]):
+        """Forward and backward of one micro-batch (static-buffer form when `graphs on` allows
+        it, runtime/train/graphs.py); returns the detached loss on the device."""
+        if self.static is not None:
+            return self.static.run(epoch, index, batch)
+        loss = self.loss_step(epoch, index, batch)
+        self.accelerator.backward(loss / self.accumulate)
+        return loss.detach().float()
 
     def micro_batches(self, stream):
         """The `accumulate` micro-batches of one optimizer step (launch.DistributedTrainer
@@ -671,9 +506,7 @@ class Trainer:
         params = self.unet_params + self.te_params
         loss_sum, images = torch.zeros((), device=self.device), 0
         for epoch, index, batch in self.micro_batches(stream):
-            loss = self.loss_step(epoch, index, batch)
-            self.accelerator.backward(loss / self.accumulate)
-            loss_sum += loss.detach().float()  # stays on the device: no sync
+            loss_sum += self.micro_step(epoch, index, batch)  # a device tensor: no sync
             images += len(batch)
             self.position = (epoch, index + 1)
         loss = loss_sum / self.accumulate
@@ -687,7 +520,9 @@ class Trainer:
         if self.ema is not None:
             self.ema.update()  # fp32 lerp on the device: no sync
         self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)  # frees the gradient memory right away
+        # Eager: frees the gradient memory right away. Static form: the gradients stay where a
+        # captured backward accumulates into them (zeroed in place; the numbers are the same).
+        self.optimizer.zero_grad(set_to_none=self.static is None)
         self.step += 1
         lr = self.lr_scheduler.get_last_lr()[0]  # a Python float: no sync
         self.pending.append((self.step, loss, grad_norm, lr))
@@ -805,26 +640,9 @@ class Trainer:
 
     def sample(self) -> list[Path]:
         """Sample the recipe's prompts with the current adapter into samples/step-NNNNNN/."""
-        from lorafile.runtime.train.sampling import sample_images
+        from lorafile.runtime.train.sampling import sample_during_run
 
-        m, mem = self.models, self.plan["memory"]
-        rng = ckpt.rng_state()  # sampling must not shift the training run's random stream
-        encoders = (m.vae, m.text_encoder, m.text_encoder_2)
-        for module in encoders:
-            module.to(self.device)  # bring back what caching offloaded (no-op on CPU)
-        modes = [module.training for module in (m.unet, m.text_encoder, m.text_encoder_2)]
-        for module in (m.unet, m.text_encoder, m.text_encoder_2):
-            module.eval()
-        folder = self.out / "samples" / f"step-{self.step:06d}"
-        paths = sample_images(m, self.r["sample"], folder, self.device, self.accelerator.autocast)
-        self._score_samples(paths)
-        for module, mode in zip((m.unet, m.text_encoder, m.text_encoder_2), modes, strict=True):
-            module.train(mode)
-        if mem["cache_latents"]:
-            self._offload(m.vae)
-        if mem["cache_text"]:
-            self._offload(m.text_encoder, m.text_encoder_2)
-        ckpt.set_rng_state(rng)
+        paths = sample_during_run(self, on_samples=self._score_samples)
         return paths
 
     def _score_samples(self, paths: list[Path]) -> None:

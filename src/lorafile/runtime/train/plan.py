@@ -272,8 +272,20 @@ def check_layout(algo: str, layout: str, bag: DiagnosticBag) -> None:
         )
 
 
+def choose_auto(recipe: Recipe) -> tuple[Recipe, list]:
+    """`checkpointing auto` and `cache auto` chosen against the recipe's hardware budget
+    (compiler/vram.py `resolve_auto`). Without a budget checkpointing stays `auto`: the
+    trainer decides at start from the device it runs on (runtime/train/choices.py `choose_checkpointing`)."""
+    from lorafile.compiler import vram
+
+    return vram.resolve_auto(recipe, vram.hardware_budget(recipe), "native", device=None)
+
+
 def build_plan(recipe: Recipe, bag: DiagnosticBag, base_dir: Path | None = None) -> dict:
     """Resolve every setting of `recipe` into the plan dict (see the module docstring)."""
+    checkpointing_auto = recipe.train.checkpointing == "auto"
+    written = recipe
+    recipe, choices = choose_auto(recipe)
     recipe, auto_changes = fit_memory(recipe, bag)
     check_layout(recipe.adapter.algo, recipe.save.layout, bag)
     items, summaries, scans = scan_recipe(recipe, base_dir, bag)
@@ -325,10 +337,14 @@ def build_plan(recipe: Recipe, bag: DiagnosticBag, base_dir: Path | None = None)
     return {
         "lorafile_plan": PLAN_VERSION,
         "base_dir": str(base_dir or Path.cwd()),
-        "recipe": recipe.model_dump(mode="json"),
+        # The recipe as written (`auto` kept: the trainer finishes the choice on its device);
+        # with `memory auto`, as fitted. The chosen measures are in "memory".
+        "recipe": (recipe if recipe.train.memory == "auto" else written).model_dump(mode="json"),
         "resolved": resolved,
         "memory": {
             **memory_measures(recipe, bag),
+            "checkpointing_auto": checkpointing_auto,
+            "auto_choices": [c.line() for c in choices],
             "auto_changes": auto_changes,
             "vram_estimate_bytes": vram_estimate(recipe),
         },
@@ -374,9 +390,9 @@ def describe_plan(plan: dict) -> str:
         "",
         "memory",
     ]
-    lines += [
-        f"  {k:<16} {v}" for k, v in m.items() if k not in ("vram_estimate_bytes", "auto_changes")
-    ]
+    hidden = ("vram_estimate_bytes", "auto_changes", "auto_choices", "checkpointing_auto")
+    lines += [f"  {k:<16} {v}" for k, v in m.items() if k not in hidden]
+    lines += [f"  auto: {choice}" for choice in m.get("auto_choices", [])]
     lines += [f"  auto: {change}" for change in m.get("auto_changes", [])]
     lines.append(f"  {'vram estimate':<16} {f'{est / 2**30:.1f} GiB' if est else 'not available'}")
     lines += ["", "data"]
