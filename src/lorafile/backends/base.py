@@ -60,11 +60,15 @@ def register(cls: type[Backend]) -> type[Backend]:
     return cls
 
 
-def _load_builtin_backends() -> None:
-    # Imported here, not at module top, so `lorafile.backends.base` has no import cycle.
+BUILTIN = ("kohya", "simpletuner", "native")
+
+
+def _load_builtin_backends(only: str | None = None) -> None:
+    # Imported here, not at module top, so `lorafile.backends.base` has no import cycle; and
+    # only the one asked for when it is a built-in (each backend package costs tens of ms).
     import importlib
 
-    for module in ("kohya", "simpletuner", "native"):
+    for module in (only,) if only in BUILTIN else BUILTIN:
         try:
             importlib.import_module(f"lorafile.backends.{module}")
         except ModuleNotFoundError as err:
@@ -78,7 +82,7 @@ def names() -> list[str]:
 
 
 def get(name: str, allow_lossy: bool = False) -> Backend:
-    _load_builtin_backends()
+    _load_builtin_backends(name)
     if name not in _REGISTRY:
         bag = DiagnosticBag()
         bag.error(
