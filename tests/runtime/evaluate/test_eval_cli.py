@@ -29,6 +29,7 @@ from lorafile.spec.models import (
     Save,
     Train,
 )
+from train_runs import plan_for
 
 PROMPTS = """\
 # strong
@@ -82,16 +83,6 @@ def recipe(base: Path, data: Path, out: Path, trigger: str | None, **changes) ->
         log=Log(to="tensorboard"),
     )
     return Recipe(**(fields | changes))
-
-
-def plan_for(spec: Recipe) -> dict:
-    from lorafile.compiler.diagnostics import DiagnosticBag
-    from lorafile.runtime.train.plan import build_plan
-
-    bag = DiagnosticBag()
-    plan = build_plan(spec, bag)
-    bag.raise_if_errors()
-    return plan
 
 
 @pytest.fixture(scope="module")

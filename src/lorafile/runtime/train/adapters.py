@@ -44,24 +44,20 @@ def peft_config(adapter: dict, unet: bool = True):
     conv = unet and "conv" in adapter["targets"]
     rank_pattern = {CONV3X3: adapter["conv_rank"]} if conv else {}
     alpha_pattern = {CONV3X3: adapter["conv_alpha"]} if conv else {}
+    lycoris_style = {  # LoHa and LoKr take the same size and dropout settings in peft
+        "r": adapter["rank"],
+        "alpha": adapter["alpha"],
+        "target_modules": targets,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        "module_dropout": adapter["dropout"],
+    }
     if adapter["algo"] == "loha":
-        return LoHaConfig(
-            r=adapter["rank"],
-            alpha=adapter["alpha"],
-            target_modules=targets,
-            rank_pattern=rank_pattern,
-            alpha_pattern=alpha_pattern,
-            module_dropout=adapter["dropout"],
-            init_weights=True,  # w2_a starts at zero: the untrained adapter changes nothing
-        )
+        # w2_a starts at zero: the untrained adapter changes nothing
+        return LoHaConfig(**lycoris_style, init_weights=True)
     if adapter["algo"] == "lokr":
         return LoKrConfig(
-            r=adapter["rank"],
-            alpha=adapter["alpha"],
-            target_modules=targets,
-            rank_pattern=rank_pattern,
-            alpha_pattern=alpha_pattern,
-            module_dropout=adapter["dropout"],
+            **lycoris_style,
             decompose_factor=adapter.get("factor") or -1,
             init_weights="lycoris",  # LyCORIS' init: w2 (or w2_b) zero, w1 kaiming
         )
