@@ -229,3 +229,26 @@ def test_l313_kohya_prompt_file_unread():
     diag = next(d for d in run(r, trainer="kohya", source="kohya") if d.code == "L313")
     assert "--w" in diag.help
     assert "L313" not in codes(r)  # a recipe without a sample block does not sample
+
+
+def test_image_rules_read_a_relative_dataset_next_to_the_recipe(tmp_path, monkeypatch, capsys):
+    """A relative dataset path is relative to the recipe's folder (as for the trainer and the
+    one-line dataset summary), not to the folder `lint` runs in."""
+    from PIL import Image as PILImage
+
+    from lorafile.cli import main
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    for k in range(3):
+        PILImage.new("RGB", (64, 64), (k, 0, 0)).save(project / "data" / f"{k}.png")
+    (project / "r.recipe").write_text(
+        'recipe "r"\nbase sdxl "/m.safetensors"\ndataset "data" {\n    kind style\n}\n'
+        'train {\n    steps 100\n}\noutput "out"\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    main(["lint", str(project / "r.recipe")])
+    captured = capsys.readouterr()
+    assert "L304" in captured.out + captured.err  # 3 images for a style: fewer than usual

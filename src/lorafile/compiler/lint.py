@@ -117,7 +117,9 @@ def lint_recipe(
     est = vram.estimate(recipe, setup=setup)
     suggestions = fit.suggest(recipe, setup)
     _verdict(est, budget, suggestions, bag, smap)
-    ctx = LintContext(recipe, bag, trainer=trainer, source=source, smap=smap, gpus=gpus_count)
+    ctx = LintContext(
+        recipe, bag, trainer=trainer, source=source, smap=smap, gpus=gpus_count, base_dir=base_dir
+    )
     for rule in RULES:
         rule(ctx)
     models = {"base model": hub.describe_location(recipe.base.path, base_dir)}

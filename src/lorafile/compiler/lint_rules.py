@@ -57,6 +57,8 @@ class LintContext:
     """What the file was: `recipe`, `kohya` or `simpletuner`."""
     smap: object | None = None
     gpus: int | None = None
+    base_dir: Path | None = None
+    """The recipe's folder: relative dataset paths are relative to it, as for the trainer."""
     _images: dict[int, list[Image] | None] = field(default_factory=dict)
 
     def span(self, *path) -> Span | None:
@@ -68,7 +70,10 @@ class LintContext:
     def images(self, index: int) -> list[Image] | None:
         """Images of dataset `index` (None when its folder does not exist here)."""
         if index not in self._images:
-            self._images[index] = scan_images(Path(self.recipe.datasets[index].path))
+            folder = Path(self.recipe.datasets[index].path)
+            if self.base_dir is not None and not folder.is_absolute():
+                folder = self.base_dir / folder
+            self._images[index] = scan_images(folder)
         return self._images[index]
 
     @property
