@@ -92,7 +92,7 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 def run_folder_of(target: Path) -> Path:
     """A recipe's output folder (relative paths are relative to the recipe's folder)."""
     from lorafile.commands.plan import _load_recipe
-    from lorafile.runtime.evaluate.target import fail
+    from lorafile.compiler.diagnostics import fail
 
     recipe = _load_recipe(target)
     out = Path(recipe.output.path)

@@ -49,8 +49,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lorafile.compiler.diagnostics import render_all
-    from lorafile.runtime.lorafiles.merge import fail, parse_lora_spec
+    from lorafile.compiler.diagnostics import fail, render_all
+    from lorafile.runtime.lorafiles.merge import parse_lora_spec
 
     specs = [parse_lora_spec(text) for text in args.loras]
     if args.base:

@@ -240,6 +240,11 @@ class DiagnosticError(Exception):
         return [d.to_dict() for d in self.diagnostics]
 
 
+def fail(code: str, message: str, help: str = "") -> DiagnosticError:
+    """One error as an exception to raise: `raise fail("F701", "...", "do this")`."""
+    return DiagnosticError([Diagnostic(code=code, message=message, help=help)])
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean `x`?' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

@@ -16,6 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorafile.compiler.diagnostics import fail
 from lorafile.runtime.evaluate import scores as S
 from lorafile.runtime.evaluate.prompts import (
     PromptSet,
@@ -25,7 +26,7 @@ from lorafile.runtime.evaluate.prompts import (
     seeded,
 )
 from lorafile.runtime.evaluate.render import Renderer, RenderSettings
-from lorafile.runtime.evaluate.target import Target, fail, list_images, select_checkpoints
+from lorafile.runtime.evaluate.target import Target, list_images, select_checkpoints
 
 OUTPUTS = ("index.html", "report.json", "loss.svg", "grids", "images")
 """What eval writes: --force removes these and nothing else."""

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
+from lorafile.compiler.diagnostics import fail
 from lorafile.runtime.train.checkpoint import STEP_DIR, list_checkpoints
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -43,12 +43,6 @@ class Target:
     subjects: list[str] = field(default_factory=list)
     """Sample prompts (or captions) the default prompt set is built from."""
     sample: dict | None = None
-
-
-def fail(code: str, message: str, help: str) -> DiagnosticError:
-    bag = DiagnosticBag()
-    bag.error(code, message, help)
-    return DiagnosticError(bag.items)
 
 
 def resolve_target(path: Path, base: Path | None = None) -> Target:

@@ -34,8 +34,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorafile.compiler.diagnostics import DiagnosticBag
-from lorafile.runtime.lorafiles.merge import fail
+from lorafile.compiler.diagnostics import DiagnosticBag, fail
 
 DEFAULT_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 LICENSE_PLACEHOLDER = "TODO-fill-in-the-license"

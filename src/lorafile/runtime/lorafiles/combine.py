@@ -22,10 +22,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorafile.compiler.diagnostics import DiagnosticBag
+from lorafile.compiler.diagnostics import DiagnosticBag, fail
 from lorafile.runtime.lorafiles import lowrank
 from lorafile.runtime.lorafiles.convert import AdapterModule, parse_dtype, write_lora
-from lorafile.runtime.lorafiles.merge import LoadedLora, LoraSpec, check_outputs, fail, load_loras
+from lorafile.runtime.lorafiles.merge import LoadedLora, LoraSpec, check_outputs, load_loras
 from lorafile.runtime.lorafiles.resize import ModuleChange
 
 

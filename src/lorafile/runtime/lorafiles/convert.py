@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorafile.compiler.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError
+from lorafile.compiler.diagnostics import DiagnosticBag, fail
 from lorafile.files import exists, is_dir, is_file
 from lorafile.runtime.lorafiles.keys import COMPONENTS, KeyMap, peft_name, sdxl_keymap
 
@@ -153,10 +153,6 @@ class LoraFile:
         return [m for m in self.modules if m.component is not None]
 
 
-def _fail(code: str, message: str, help: str) -> DiagnosticError:
-    return DiagnosticError([Diagnostic(code=code, message=message, help=help)])
-
-
 # --- reading --------------------------------------------------------------------------------
 
 
@@ -164,9 +160,9 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
     """Tensors and metadata of a LoRA file; refuses pickle files and unreadable ones (F710)."""
     p = Path(path)
     if not is_file(p):
-        raise _fail("F710", _not_a_file(p), "Give the path of a LoRA .safetensors file.")
+        raise fail("F710", _not_a_file(p), "Give the path of a LoRA .safetensors file.")
     if p.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
-        raise _fail(
+        raise fail(
             "F710",
             f"`{p.name}` is a pickle file; reading it would run any code it contains.",
             "Ask for a .safetensors version, or convert it in a sandbox you trust.",
@@ -178,7 +174,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
             metadata = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open API)
     except Exception as err:  # safetensors raises its own error types for a bad header
-        raise _fail(
+        raise fail(
             "F710",
             f"`{p.name}` is not a readable safetensors file ({err}).",
             "Check that the download finished; a truncated file cannot be read.",
@@ -538,7 +534,7 @@ def parse_dtype(dtype):
 
     table = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
     if dtype not in table:
-        raise _fail("F710", f"Unknown dtype `{dtype}`.", "Use fp16, bf16 or fp32.")
+        raise fail("F710", f"Unknown dtype `{dtype}`.", "Use fp16, bf16 or fp32.")
     return table[dtype]
 
 
@@ -550,7 +546,7 @@ def convert_file(src, dst, to: str, dtype=None, alpha: float | None = None,
     """
     bag = DiagnosticBag(file=str(src))
     if Path(dst).resolve() == Path(src).resolve():
-        raise _fail("F713", "The output would overwrite the input file.", "Choose another -o.")
+        raise fail("F713", "The output would overwrite the input file.", "Choose another -o.")
     lora = read_lora(src)
     modules = check_writable(lora.modules, to, allow_lossy, bag)
     if not modules and not bag.has_errors:

@@ -31,7 +31,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorafile.compiler.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError
+from lorafile.compiler.diagnostics import DiagnosticBag, fail
 from lorafile.runtime.lorafiles.convert import (
     AdapterModule,
     LoraFile,
@@ -45,10 +45,6 @@ from lorafile.runtime.lorafiles.stream import FLOAT_NAMES, Entry, dtype_name, wr
 from lorafile.runtime.models import sgm_keys
 
 MERGED_METADATA_KEY = "lorafile.merged_loras"
-
-
-def fail(code: str, message: str, help: str) -> DiagnosticError:
-    return DiagnosticError([Diagnostic(code=code, message=message, help=help)])
 
 
 @dataclass(frozen=True)

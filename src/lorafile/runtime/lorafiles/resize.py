@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorafile.compiler.diagnostics import DiagnosticBag
+from lorafile.compiler.diagnostics import DiagnosticBag, fail
 from lorafile.runtime.lorafiles import lowrank
 from lorafile.runtime.lorafiles.convert import (
     AdapterModule,
@@ -30,7 +30,7 @@ from lorafile.runtime.lorafiles.convert import (
     read_lora,
     write_lora,
 )
-from lorafile.runtime.lorafiles.merge import check_outputs, fail
+from lorafile.runtime.lorafiles.merge import check_outputs
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorafile.compiler.dataset_count import resolve
-from lorafile.compiler.diagnostics import Diagnostic, DiagnosticError
+from lorafile.compiler.diagnostics import DiagnosticError, fail
 from lorafile.compiler.hub import HubRef, hub_cache_dir, hub_offline, is_hub_ref, parse_hub_ref
 
 MODEL_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
@@ -55,10 +55,6 @@ class ResolvedModel:
         return f"{self.ref} -> {self.path} (hub, {self.source})"
 
 
-def _fail(code: str, message: str, help: str) -> DiagnosticError:
-    return DiagnosticError([Diagnostic(code=code, message=message, help=help)])
-
-
 def variant_of(name: str) -> tuple[bool, str | None]:
     """(is a safetensors weight file or index, its variant) for a file name in a part folder."""
     match = _WEIGHTS.match(name) or _INDEX.match(name)
@@ -74,14 +70,14 @@ def _weights(names: list[str], variant: str | None, where: str) -> list[str]:
     if chosen:
         return chosen
     if any(n.endswith(_PICKLE_SUFFIXES) for n in names):
-        raise _fail(
+        raise fail(
             "F702",
             f"{where} has only pickle weights (.bin), no safetensors; loading them would run "
             "any code they contain.",
             "use a repository that offers .safetensors weights, or download and convert them "
             "yourself if you trust the source",
         )
-    raise _fail("F703", f"{where} holds no model weights.", "check the repository id")
+    raise fail("F703", f"{where} holds no model weights.", "check the repository id")
 
 
 def choose_files(files: list[str], variant: str | None, name: str) -> list[str]:
@@ -92,7 +88,7 @@ def choose_files(files: list[str], variant: str | None, name: str) -> list[str]:
         for part in MODEL_PARTS:
             names = [f for f in files if f.startswith(part + "/") and f.count("/") == 1]
             if f"{part}/config.json" not in names:
-                raise _fail(
+                raise fail(
                     "F703",
                     f"`{name}` is a diffusers repository without `{part}/config.json`.",
                     "an SDXL pipeline repository has unet/, vae/, text_encoder/ and "
@@ -111,18 +107,18 @@ def _single_checkpoint(root: list[str], name: str) -> str:
     if len(singles) == 1:
         return singles[0]
     if len(singles) > 1:
-        raise _fail(
+        raise fail(
             "F707",
             f"`{name}` holds {len(singles)} checkpoints: {', '.join(singles)}.",
             f'name the one to train on: base sdxl "{name}/{singles[0]}"',
         )
     if any(f.endswith(_PICKLE_SUFFIXES) for f in root):
-        raise _fail(
+        raise fail(
             "F702",
             f"`{name}` offers only pickle checkpoints; loading one would run any code it contains.",
             "use a repository with a .safetensors checkpoint or a diffusers folder",
         )
-    raise _fail(
+    raise fail(
         "F703",
         f"`{name}` is neither a diffusers SDXL repository (model_index.json) nor holds a "
         ".safetensors checkpoint.",
@@ -140,7 +136,7 @@ def resolve_model(text: str, base_dir: Path | None, variant: str | None = None) 
     ref = parse_hub_ref(text)
     assert ref is not None  # is_hub_ref checked the shape
     if ref.filename is not None and not ref.filename.endswith(".safetensors"):
-        raise _fail(
+        raise fail(
             "F702",
             f"`{ref.filename}` in `{ref.repo_id}` is not a .safetensors file; only safetensors "
             "are loaded from the hub (a pickle file runs any code it contains).",
@@ -150,7 +146,7 @@ def resolve_model(text: str, base_dir: Path | None, variant: str | None = None) 
     if cached is not None:
         return ResolvedModel(cached, ref, "cache")
     if hub_offline():
-        raise _fail(
+        raise fail(
             "F705",
             f"The model `{ref}` is not in the local hub cache ({hub_cache_dir()}), and "
             "HF_HUB_OFFLINE is set, so it cannot be downloaded (nor is there a local "
@@ -237,7 +233,7 @@ def _download(ref: HubRef, variant: str | None) -> Path:
 
 def _hub_refused(ref: HubRef, what: str, err: Exception) -> DiagnosticError:
     first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return _fail(
+    return fail(
         "F706",
         f"The hub model `{ref}` {what}: {first_line}",
         "check the id and revision on huggingface.co; for gated or private models accept the "

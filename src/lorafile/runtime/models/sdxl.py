@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lorafile.compiler.diagnostics import Diagnostic, DiagnosticError
+from lorafile.compiler.diagnostics import fail
 from lorafile.runtime.models import sgm_keys
 
 PARTS = ("unet", "text_encoder", "text_encoder_2", "vae", "tokenizer", "tokenizer_2", "scheduler")
@@ -79,10 +79,6 @@ def _config_dict(model) -> dict:
         data.pop("transformers_version", None)
         return data
     return {k: v for k, v in dict(config).items() if not k.startswith("_")}
-
-
-def _fail(code: str, message: str, help: str) -> DiagnosticError:
-    return DiagnosticError([Diagnostic(code=code, message=message, help=help)])
 
 
 # --- shipped configs and the meta-device architecture ---------------------------------------
@@ -202,13 +198,13 @@ def check_model_path(path: str | os.PathLike, allow_pickle: bool = False) -> Pat
     """Raise a DiagnosticError for a missing path or a refused pickle checkpoint."""
     p = Path(path)
     if not p.exists():
-        raise _fail(
+        raise fail(
             "F701",
             f"The base model `{p}` does not exist.",
             "Give a diffusers folder (with model_index.json) or a single-file SDXL .safetensors.",
         )
     if p.is_file() and p.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
-        raise _fail(
+        raise fail(
             "F702",
             f"`{p.name}` is a pickle checkpoint; loading it would run any code it contains.",
             "Convert it to .safetensors, or pass --allow-pickle if you trust where it came from.",
@@ -258,7 +254,7 @@ def load_vae(path: str | os.PathLike, dtype=None, allow_pickle: bool = False, va
             kwargs |= folder_weights(p, "vae", allow_pickle)
             kwargs["variant"] = part_variant(p, variant)
             return AutoencoderKL.from_pretrained(p, local_files_only=True, **kwargs).eval()
-        raise _fail(
+        raise fail(
             "F703",
             f"`{p}` holds no VAE (no config.json, no vae/config.json).",
             "Point to a diffusers VAE folder, a pipeline folder or a VAE .safetensors file.",
@@ -290,7 +286,7 @@ def _vae_from_state(state: dict, metadata: dict, name: str):
         config = sdxl_config("vae")
         probe = state.get("encoder.conv_in.weight")
         if probe is None or tuple(probe.shape) != (128, 3, 3, 3):
-            raise _fail(
+            raise fail(
                 "F703",
                 f"`{name}` is not an SDXL VAE (no encoder.conv_in of shape 128x3x3x3).",
                 "Use an SDXL VAE such as sdxl_vae.safetensors or madebyollin/sdxl-vae-fp16-fix.",
@@ -331,14 +327,14 @@ def folder_weights(folder: Path, part: str, allow_pickle: bool) -> dict:
     if allow_pickle and pickles:
         return {}  # the user trusts the file: the loaders' own choice
     if pickles:
-        raise _fail(
+        raise fail(
             "F702",
             f"The {part} weights in `{folder}` are a pickle file ({pickles[0]}); loading them "
             "would run any code they contain.",
             "Use a copy of the model with .safetensors weights (most are published both ways), "
             "or pass --allow-pickle if you trust where it came from.",
         )
-    raise _fail(
+    raise fail(
         "F703",
         f"`{folder}` holds no weights for the {part} (no "
         f"{' or '.join(sorted(SAFETENSORS_WEIGHTS.values()))}).",
@@ -359,7 +355,7 @@ def _load_folder(
     p: Path, dtype, parts, allow_pickle: bool = False, variant: str | None = None
 ) -> SDXLComponents:
     if not (p / "model_index.json").exists() or not (p / "unet").is_dir():
-        raise _fail(
+        raise fail(
             "F703",
             f"`{p}` is a folder but not a diffusers SDXL model (no model_index.json or unet/).",
             "Point to the folder that holds model_index.json, unet/, vae/, text_encoder*/.",
@@ -434,7 +430,7 @@ def _read_single_file(p: Path, prefixes=("",), dtype=None) -> tuple[dict, dict]:
             metadata = f.metadata() or {}
             state = {k: cast(f.get_tensor(k)) for k in f.keys() if keep(k)}  # noqa: SIM118
     except Exception as err:  # safetensors raises its own error types for a bad header
-        raise _fail(
+        raise fail(
             "F703",
             f"`{p.name}` could not be read as safetensors: {err}.",
             "Check that the download finished; the file may be truncated or not safetensors.",
@@ -450,13 +446,13 @@ def single_file_configs(state: dict, metadata: dict, name: str = "the file") -> 
     probe = state.get(sgm_keys.UNET_PREFIX + "input_blocks.0.0.weight")
     te2 = state.get(sgm_keys.TE2_PREFIX + "token_embedding.weight")
     if probe is None:
-        raise _fail(
+        raise fail(
             "F703",
             f"{name} is not an SDXL checkpoint: it has no `model.diffusion_model.` UNet weights.",
             "lorafile loads SDXL base models (single-file SGM layout or a diffusers folder).",
         )
     if tuple(probe.shape) != (320, 4, 3, 3) or te2 is None or te2.shape[-1] != 1280:
-        raise _fail(
+        raise fail(
             "F703",
             f"{name} has a UNet but not SDXL's shapes (conv_in {tuple(probe.shape)}); "
             "it looks like an SD 1.x/2.x or another model.",
@@ -497,7 +493,7 @@ def _single_file_tokenizers(p: Path, metadata: dict, tokenizer_path):
                 CLIPTokenizer.from_pretrained(folder, subfolder=s, local_files_only=True)
                 for s in ("tokenizer", "tokenizer_2")
             )
-    raise _fail(
+    raise fail(
         "F704",
         f"`{p.name}` holds no tokenizer vocabulary, and no tokenizer/ and tokenizer_2/ folders "
         "were found beside it.",

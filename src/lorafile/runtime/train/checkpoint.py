@@ -20,8 +20,6 @@ import re
 import shutil
 from pathlib import Path
 
-from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
-
 CHECKPOINTS = "checkpoints"
 TEMP_SUFFIX = ".tmp"
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
@@ -159,9 +157,3 @@ def export_adapter(path: Path, models, fmt: str, precision: str, facts: dict, em
         dtype=precision,
         title=facts.get("ss_output_name", ""),
     )
-
-
-def _fail(code: str, message: str, help: str) -> DiagnosticError:
-    bag = DiagnosticBag()
-    bag.error(code, message, help)
-    return DiagnosticError(bag.items)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorafile.compiler.diagnostics import DiagnosticError
+from lorafile.compiler.diagnostics import DiagnosticError, fail
 from lorafile.files import write_text_atomic
 from lorafile.runtime.lorafiles.metadata import kohya_metadata
 from lorafile.runtime.train import checkpoint as ckpt
@@ -51,7 +51,7 @@ from lorafile.runtime.train.interrupt import TrainingInterrupted
 from lorafile.runtime.train.plan import recipe_of
 from lorafile.runtime.train.run_state import RUN_ARTIFACTS as RUN_ARTIFACTS  # re-exported
 from lorafile.runtime.train.run_state import RUN_FILE, prepare_output, resume_checkpoint
-from lorafile.runtime.train.setup import TrainerSetup, _fail
+from lorafile.runtime.train.setup import TrainerSetup
 
 
 @dataclass
@@ -580,7 +580,7 @@ class Trainer(TrainerSetup):
     def _nan_error(self, value: float, step: int | None = None) -> DiagnosticError:
         step = self.step + 1 if step is None else step
         last = ckpt.latest_checkpoint(self.out)
-        return _fail(
+        return fail(
             "T573",
             f"The loss became {value} at step {step}; training stopped before a checkpoint or "
             f"adapter file was written with it. "

@@ -26,7 +26,7 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 
-from lorafile.compiler.diagnostics import Diagnostic, DiagnosticError
+from lorafile.compiler.diagnostics import DiagnosticError, fail
 from lorafile.runtime.train import checkpoint as ckpt
 
 RUN_FILE = "run.json"
@@ -40,10 +40,6 @@ REPLACEABLE = ("failed", "aborted")
 checkpoint): nothing it wrote is worth keeping."""
 _OS_ERROR_IN_TEXT = re.compile(r"\(os error (\d+)\)")
 _PATH_IN_TEXT = re.compile(r'at path "([^"]+)"')
-
-
-def _fail(code: str, message: str, help: str) -> DiagnosticError:
-    return DiagnosticError([Diagnostic(code=code, message=message, help=help)])
 
 
 def this_process() -> dict:
@@ -120,7 +116,7 @@ def _in_use(out: Path, holder: dict) -> DiagnosticError:
     who = f"pid {holder['pid']}" if holder.get("pid") else "another process"
     if holder.get("hostname"):
         who += f" on {holder['hostname']}"
-    return _fail(
+    return fail(
         "T578",
         f"The output folder `{out}` is in use by another `lorafile train` ({who}).",
         "wait for that run to end (or stop it with Ctrl-C: it saves a checkpoint), or choose "
@@ -175,7 +171,7 @@ def resume_checkpoint(out: Path, options) -> Path | None:
         return None
     found = Path(options.resume) if options.resume is not True else ckpt.latest_checkpoint(out)
     if found is None or not (found / "state.pt").is_file():
-        raise _fail(
+        raise fail(
             "T572",
             f"There is no checkpoint to resume from in `{found or out / ckpt.CHECKPOINTS}`.",
             "start without --resume (add --force to replace the earlier run), or name a checkpoint folder",
@@ -197,7 +193,7 @@ def prepare_output(out: Path, options) -> Path | None:
         stale = stale_reason(read_run_file(out / RUN_FILE))
         if stale is None or ckpt.list_checkpoints(out):
             why = f"; {stale} and left checkpoints" if stale else ""
-            raise _fail(
+            raise fail(
                 "T571",
                 f"The output folder `{out}` holds an earlier run ({', '.join(earlier)}){why}.",
                 "pass --resume to continue it, --force to replace it, or choose another folder with -o",
@@ -244,12 +240,12 @@ def write_failure(
     reason = os.strerror(os_err.errno).lower()
     after = f"; {then}" if then else ""
     if os_err.errno in NO_SPACE:
-        return _fail(
+        return fail(
             "T577",
             f"Writing {what} failed: {reason} (`{where}`).",
             f"free space on that disk, or choose a folder on another disk with -o{after}",
         )
-    return _fail(
+    return fail(
         "T576",
         f"Cannot write {what}: {reason} (`{where}`).",
         f"choose a writable output folder with -o, or fix the folder's permissions{after}",

@@ -7,15 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
+from lorafile.compiler.diagnostics import DiagnosticBag, fail
 from lorafile.runtime.train import data
 from lorafile.runtime.train.plan import scan_recipe
-
-
-def _fail(code: str, message: str, help: str) -> DiagnosticError:
-    bag = DiagnosticBag()
-    bag.error(code, message, help)
-    return DiagnosticError(bag.items)
 
 
 class TrainerSetup:
@@ -79,7 +73,7 @@ class TrainerSetup:
             problem = data.check_counts(summary["images"], len(summary["skipped"]), summary["path"])
             if problem:
                 help = "fix or replace the unreadable images, or check the dataset path"
-                raise _fail("T574", problem, help)
+                raise fail("T574", problem, help)
         regs = self.recipe.regularization
         self.repeats = [d.repeats for d in self.recipe.datasets]
         self.flips = [d.flip for d in self.recipe.datasets]
