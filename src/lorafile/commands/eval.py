@@ -92,11 +92,11 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 def run_folder_of(target: Path) -> Path:
     """A recipe's output folder (relative paths are relative to the recipe's folder)."""
     from lorafile.commands.plan import _load_recipe
+    from lorafile.compiler.dataset_count import resolve
     from lorafile.compiler.diagnostics import fail
 
     recipe = _load_recipe(target)
-    out = Path(recipe.output.path)
-    out = out if out.is_absolute() else (target.resolve().parent / out)
+    out = resolve(recipe.output.path, target.resolve().parent)  # as the trainer resolves it
     if not (out / "plan.json").is_file():
         raise fail(
             "E907",

@@ -20,6 +20,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from lorafile import files
+from lorafile.compiler.dataset_count import resolve
+
 # Hub repo ids: letters, digits, `-`, `_`, `.`; neither part starts with `.` or `-`.
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _REF = re.compile(
@@ -75,7 +78,7 @@ def is_hub_ref(text: str, base_dir: Path | None) -> bool:
     that exists (relative to the recipe's folder, as every recipe path)."""
     if parse_hub_ref(text) is None:
         return False
-    return not (base_dir or Path.cwd()).joinpath(text).exists()
+    return not files.exists(resolve(text, base_dir))
 
 
 def hub_cache_dir() -> Path:
@@ -91,7 +94,12 @@ def hub_cache_dir() -> Path:
 
 
 def hub_offline() -> bool:
-    """HF_HUB_OFFLINE set to a true value: nothing may be downloaded."""
+    """The user set HF_HUB_OFFLINE to a true value: nothing may be downloaded. The runtime sets
+    it too, to keep libraries from reaching out on their own (runtime/environment.py), and marks
+    that in LORAFILE_SET_HUB_OFFLINE: lorafile's own setting does not stop a download the
+    recipe asks for."""
+    if os.environ.get("LORAFILE_SET_HUB_OFFLINE"):
+        return False
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")
 
 
@@ -117,9 +125,8 @@ def describe_location(text: str, base_dir: Path | None) -> str:
     """For people (`lint`, `plan`): where a recipe's model resolves to now. A hub reference
     shows its cached snapshot, or the command that downloads it; nothing is downloaded."""
     if not is_hub_ref(text, base_dir):
-        path = Path(text).expanduser()
-        path = path if path.is_absolute() else (base_dir or Path.cwd()) / path
-        return str(path) if path.exists() else f"{path} (missing here)"
+        path = resolve(text, base_dir)
+        return str(path) if files.exists(path) else f"{path} (missing here)"
     ref = parse_hub_ref(text)
     assert ref is not None  # is_hub_ref checked the shape
     cached = cached_snapshot(ref)

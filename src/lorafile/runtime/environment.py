@@ -8,7 +8,10 @@ not verify publisher trust status" at every `train`. `stay_offline` switches the
 offline mode (HF_HUB_OFFLINE, read once when huggingface_hub is imported, so it is set when
 lorafile.runtime is imported, before any of those libraries) and drops the two log lines the
 failed lookup still writes (lorafile uses bitsandbytes only for its 8-bit optimizers, never the
-4-bit kernel). A value the user set for HF_HUB_OFFLINE is kept.
+4-bit kernel). A value the user set for HF_HUB_OFFLINE is kept; when lorafile sets it, it says
+so in LORAFILE_SET_HUB_OFFLINE, so that a hub model named in a recipe can still be downloaded
+(`compiler.hub.hub_offline` honours only the user's setting; runtime/models/hub.py lifts
+lorafile's own for the download).
 
 `require_train_extra` turns a missing torch/diffusers/... into T569 naming the extra to install,
 instead of a ModuleNotFoundError traceback. Torch-free: it only looks the packages up.
@@ -36,6 +39,7 @@ TRAIN_EXTRA = {
 (pyproject.toml's `train` extra; optimizer and sampler packages have their own T570/T575)."""
 INSTALL_TRAIN = 'pip install "lorafile[train]"'
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+SET_BY_LORAFILE = "LORAFILE_SET_HUB_OFFLINE"
 _KERNEL_LOOKUP_LOGS = {
     # logger name -> the start of the message it writes for the failed kernel lookup
     "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",
@@ -55,6 +59,8 @@ class _DropKernelLookup(logging.Filter):
 def stay_offline() -> None:
     """Hub clients offline (unless the user said otherwise) and the kernel lookup's noise
     dropped; idempotent. See the module docstring."""
+    if "HF_HUB_OFFLINE" not in os.environ:
+        os.environ[SET_BY_LORAFILE] = "1"  # inherited by DDP workers with the setting itself
     for name, value in OFFLINE_ENV.items():
         os.environ.setdefault(name, value)
     for name, prefix in _KERNEL_LOOKUP_LOGS.items():

@@ -49,7 +49,8 @@ def offline_home(tmp_path, monkeypatch):
     home = tmp_path / "hf"
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the user's own setting, not lorafile's
+    monkeypatch.delenv("LORAFILE_SET_HUB_OFFLINE", raising=False)
     return home
 
 
@@ -356,3 +357,22 @@ def test_online_only_the_chosen_files_are_downloaded(tmp_path, monkeypatch):
     assert call["revision"] == "v1" and call["cache_dir"] == str(tmp_path / "hf" / "hub")
     assert call["allow_patterns"] == choose_files(SDXL_REPO, "fp16", "stabilityai/sdxl@v1")
     assert "token" not in call  # huggingface_hub's own (HF_TOKEN or `hf auth login`)
+
+
+def test_lorafile_own_offline_setting_does_not_stop_a_download(monkeypatch):
+    """lorafile.runtime sets HF_HUB_OFFLINE to keep libraries quiet (runtime/environment.py);
+    only a user's own setting forbids downloading a recipe's hub model."""
+    from huggingface_hub import constants
+
+    from lorafile.compiler.hub import hub_offline
+    from lorafile.runtime.models.hub import _online
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("LORAFILE_SET_HUB_OFFLINE", "1")
+    assert not hub_offline()
+    monkeypatch.delenv("LORAFILE_SET_HUB_OFFLINE")
+    assert hub_offline()
+    before = constants.HF_HUB_OFFLINE
+    with _online():
+        assert constants.HF_HUB_OFFLINE is False
+    assert before == constants.HF_HUB_OFFLINE

@@ -19,6 +19,7 @@ offline, F706 the hub did not answer or refused, F707 several checkpoints in one
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,8 +205,27 @@ def _is_single(files: list[str]) -> bool:
     return len(files) == 1 and files[0].endswith(".safetensors") and "/" not in files[0]
 
 
+@contextlib.contextmanager
+def _online():
+    """huggingface_hub online for the download: the offline mode lorafile itself set (see
+    runtime/environment.py) is lifted for it; a user's HF_HUB_OFFLINE never gets here."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = False
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def _download(ref: HubRef, variant: str | None) -> Path:
     """Fetch what `ref` needs from the hub (the token is huggingface_hub's default)."""
+    with _online():
+        return _fetch(ref, variant)
+
+
+def _fetch(ref: HubRef, variant: str | None) -> Path:
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
