@@ -97,7 +97,7 @@ def _check_batch(batch: int) -> None:
 def _from_recipe(args: argparse.Namespace):
     """The caption extension and image listing the recipe's trainer uses for DIR."""
     from lorafile.commands.prep import from_recipe
-    from lorafile.compiler.dataset_count import KOHYA, NATIVE, SIMPLETUNER
+    from lorafile.compiler.dataset_count import RULES
 
     found = from_recipe(args.recipe, None, args.folder)
     if found["captions"] in ("filename", "trigger"):
@@ -115,5 +115,4 @@ def _from_recipe(args: argparse.Namespace):
             "so the captions are written without it",
             file=sys.stderr,
         )
-    rules = {"native": NATIVE, "kohya": KOHYA, "simpletuner": SIMPLETUNER}
-    return found["captions"], rules[found["trainer"]]
+    return found["captions"], RULES[found["trainer"]]

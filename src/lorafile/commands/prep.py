@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
 def settings_from_args(args: argparse.Namespace):
     """PrepSettings from the flags, and from --recipe when given (flags win)."""
-    from lorafile.compiler.dataset_count import KOHYA, NATIVE, SIMPLETUNER
+    from lorafile.compiler.dataset_count import RULES
     from lorafile.runtime.dataprep.settings import PrepSettings
     from lorafile.runtime.train.data import BucketSpec
 
@@ -95,10 +95,9 @@ def settings_from_args(args: argparse.Namespace):
     if args.trigger:
         found |= dict(trigger=args.trigger, trigger_in_captions=True)
     trainer = args.trainer or found["trainer"]
-    rules = {"native": NATIVE, "kohya": KOHYA, "simpletuner": SIMPLETUNER}
     return PrepSettings(
         folder=args.folder,
-        rule=rules[trainer],
+        rule=RULES[trainer],
         captions=args.captions or found["captions"],
         trigger=found["trigger"],
         trigger_in_captions=found["trigger_in_captions"],

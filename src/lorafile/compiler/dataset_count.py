@@ -86,6 +86,8 @@ SIMPLETUNER = ImageRule(
     skipped_dirs=SIMPLETUNER_SKIPPED_DIRS,
 )
 """SimpleTuner LocalDataBackend.list_files: os.walk with links followed, lower-cased names."""
+RULES = {rule.trainer: rule for rule in (NATIVE, KOHYA, SIMPLETUNER)}
+"""Each trainer's listing rule by the trainer's name."""
 
 
 def list_images(folder: Path, rule: ImageRule = NATIVE, limit: int | None = None) -> list[Path]:

@@ -38,7 +38,9 @@ def assign_buckets(entries: list[Entry], settings: PrepSettings) -> None:
         facts = entry.facts
         if not facts.ok:
             continue
-        size = (facts.width, facts.height)
+        # The native trainer and SimpleTuner bucket the upright image; kohya the stored pixels.
+        stored = settings.trainer == "kohya"
+        size = (facts.width, facts.height) if stored else facts.upright_size
         entry.bucket = settings.bucketing.bucket_for(size)
         entry.crop_share = crop_share(size, entry.bucket)
         aspect = size[0] / size[1]

@@ -53,7 +53,8 @@ class ImageFacts:
     path: Path
     width: int = 0
     height: int = 0
-    """As stored (before any EXIF orientation): the size the native trainer buckets by."""
+    """As stored (before any EXIF orientation): the size kohya buckets by (the native trainer and
+    SimpleTuner use `upright_size`)."""
     mode: str = ""
     format: str = ""
     orientation: int = 1

@@ -13,10 +13,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorafile.compiler import dataset_count
 from lorafile.compiler.diagnostics import fail
 from lorafile.runtime.train.checkpoint import STEP_DIR, list_checkpoints
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 @dataclass(frozen=True)
@@ -163,7 +162,8 @@ def select_checkpoints(checkpoints: list[Checkpoint], which: str) -> list[Checkp
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Images of a dataset folder (for memorisation with a LoRA-file target)."""
+    """Images of a dataset folder (for memorisation with a LoRA-file target): the native
+    trainer's listing, so memorisation compares against what a run would have trained on."""
     if not folder.is_dir():
         raise fail("E901", f"The dataset folder `{folder}` does not exist.", "pass --dataset DIR")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return dataset_count.list_images(folder)

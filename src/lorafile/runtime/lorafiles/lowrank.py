@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from lorafile.runtime.lorafiles.convert import AdapterModule
+from lorafile.runtime.lorafiles.convert import AdapterModule, _cannot_write
 
 
 def up_down(module: AdapterModule, dtype=None) -> tuple[Any, Any]:
@@ -37,6 +37,30 @@ def up_down(module: AdapterModule, dtype=None) -> tuple[Any, Any]:
     up = module.tensors["lora_up.weight"].to(dtype)
     down = module.tensors["lora_down.weight"].to(dtype)
     return up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1)
+
+
+def cannot_factor(module: AdapterModule) -> str:
+    """Why `delta_matrix` cannot give this module's ΔW ('' when it can): the converter's own
+    reasons, and LoKr or DoRA, whose weight change is not up·down or a Hadamard product."""
+    why = _cannot_write(module, "kohya")
+    if why:
+        return why
+    if module.algo == "lokr":
+        return "LoKr's Kronecker product is not merged or resized here"
+    if "dora_scale" in module.tensors:
+        return "DoRA's magnitude rescales the whole weight, not a low-rank change"
+    return ""
+
+
+def refuse_unfactorable(modules: list[AdapterModule], bag, name: str, verb: str, help: str) -> bool:
+    """One F720 naming the modules of `name` that cannot be `verb` (merged, resized); True if
+    there were any."""
+    bad = [(m, why) for m in modules if (why := cannot_factor(m))]
+    if bad:
+        names = ", ".join(f"`{m.source}` ({why})" for m, why in bad[:6])
+        more = f" and {len(bad) - 6} more" if len(bad) > 6 else ""
+        bag.error("F720", f"`{name}`: {len(bad)} module(s) cannot be {verb}: {names}{more}.", help)
+    return bool(bad)
 
 
 def delta_matrix(module: AdapterModule, dtype=None):

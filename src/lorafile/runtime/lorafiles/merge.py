@@ -35,12 +35,11 @@ from lorafile.compiler.diagnostics import DiagnosticBag, fail
 from lorafile.runtime.lorafiles.convert import (
     AdapterModule,
     LoraFile,
-    _cannot_write,
     fill_alphas,
     parse_dtype,
     read_lora,
 )
-from lorafile.runtime.lorafiles.lowrank import delta_matrix
+from lorafile.runtime.lorafiles.lowrank import delta_matrix, refuse_unfactorable
 from lorafile.runtime.lorafiles.stream import FLOAT_NAMES, Entry, dtype_name, write_streaming
 from lorafile.runtime.models import sgm_keys
 
@@ -103,16 +102,8 @@ def load_loras(specs: list[LoraSpec], bag: DiagnosticBag) -> list[LoadedLora]:
     out = []
     for spec in specs:
         lora = read_lora(spec.path)
-        bad = [(m, _cannot_write(m, "kohya")) for m in lora.modules]
-        bad = [(m, why) for m, why in bad if why]
-        if bad:
-            names = ", ".join(f"`{m.source}` ({why})" for m, why in bad[:6])
-            more = f" and {len(bad) - 6} more" if len(bad) > 6 else ""
-            bag.error(
-                "F720",
-                f"`{spec.path.name}`: {len(bad)} module(s) cannot be merged: {names}{more}.",
-                "Merge LoRA, LoCon and LoHa files made for SDXL.",
-            )
+        help = "Merge LoRA, LoCon and LoHa files made for SDXL."
+        if refuse_unfactorable(lora.modules, bag, spec.path.name, "merged", help):
             continue
         fill_alphas(lora.modules, None, bag)
         out.append(LoadedLora(spec, lora, lora.modules, sha256_of(spec.path)))

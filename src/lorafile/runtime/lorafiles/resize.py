@@ -25,7 +25,6 @@ from lorafile.compiler.diagnostics import DiagnosticBag, fail
 from lorafile.runtime.lorafiles import lowrank
 from lorafile.runtime.lorafiles.convert import (
     AdapterModule,
-    _cannot_write,
     fill_alphas,
     read_lora,
     write_lora,
@@ -121,15 +120,8 @@ def check_resizable(
     modules: list[AdapterModule], dense_fallback: bool, bag: DiagnosticBag, name: str
 ) -> None:
     """F720 for modules no SVD applies to; F724 for LoHa unless the dense fallback is on."""
-    bad = [(m, _cannot_write(m, "kohya")) for m in modules]
-    bad = [(m, why) for m, why in bad if why]
-    if bad:
-        names = ", ".join(f"`{m.source}` ({why})" for m, why in bad[:6])
-        bag.error(
-            "F720",
-            f"`{name}`: {len(bad)} module(s) cannot be resized: {names}.",
-            "Resize LoRA, LoCon (and, with --dense-fallback, LoHa) files made for SDXL.",
-        )
+    help = "Resize LoRA, LoCon (and, with --dense-fallback, LoHa) files made for SDXL."
+    lowrank.refuse_unfactorable(modules, bag, name, "resized", help)
     loha = [m for m in modules if m.algo == "loha"]
     if loha and not dense_fallback:
         bag.error(
