@@ -73,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     except DiagnosticError as err:
         print(render_all(err.diagnostics), file=sys.stderr)
         return 1
+    except ModuleNotFoundError as err:  # a package of the `train` extra: T569 says which extra
+        from lorafile.runtime.environment import as_missing_extra
+
+        missing = as_missing_extra(err, args.command)
+        if missing is None:
+            raise
+        print(render_all(missing.diagnostics), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130

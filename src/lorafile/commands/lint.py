@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from lorafile.compiler.dataset_count import summarize_datasets
-from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
+from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, printable
 from lorafile.compiler.vram import TRAINERS
 
 KIND_TRAINER = {"recipe": "native", "kohya": "kohya", "simpletuner": "simpletuner"}
@@ -91,7 +91,7 @@ def run(args) -> int:
     else:
         print(lint.render_text(report), end="")
         for summary in datasets:  # names only: lint stays fast and torch-free
-            print(summary.line(str(args.file)))
+            print(printable(summary.line(str(args.file))))  # the path is the recipe's text
         if args.exact:
             print(_exact(loaded.recipe)[0], end="")
     return report.exit_code

@@ -80,19 +80,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lorafile.runtime.environment import as_missing_extra, require_train_extra
+    from lorafile.runtime.environment import require_train_extra
 
-    require_train_extra()  # T569 names the extra to install, before anything is written
-    try:
-        return _run(args)
-    except ModuleNotFoundError as err:  # a part of the extra that imported above, broken later
-        missing = as_missing_extra(err)
-        if missing is None:
-            raise
-        raise missing from err
-
-
-def _run(args: argparse.Namespace) -> int:
+    # T569 names the extra to install before anything is written (a part of the extra that
+    # breaks later is mapped to T569 by `commands.main`, for every command).
+    require_train_extra()
     from lorafile.commands.plan import load_plan
     from lorafile.runtime.evaluate.during import SampleScorer
     from lorafile.runtime.train.loop import Trainer, TrainOptions
