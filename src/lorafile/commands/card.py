@@ -45,19 +45,22 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lorafile.commands._output import refuse_folder_as_file, reporting_write_errors
     from lorafile.compiler.diagnostics import render_all
     from lorafile.runtime.lorafiles.card import write_card
 
-    result = write_card(
-        args.target,
-        args.output,
-        comfyui=args.comfyui,
-        prep=args.prep,
-        eval_report=args.eval,
-        base_model=args.base_model,
-        trigger=args.trigger,
-        force=args.force,
-    )
+    refuse_folder_as_file(args.output)
+    with reporting_write_errors(args.output):
+        result = write_card(
+            args.target,
+            args.output,
+            comfyui=args.comfyui,
+            prep=args.prep,
+            eval_report=args.eval,
+            base_model=args.base_model,
+            trigger=args.trigger,
+            force=args.force,
+        )
     if len(result.warnings):
         print(render_all(result.warnings), file=sys.stderr)
     extra = f", sections: {', '.join(result.sections)}" if result.sections else ""

@@ -49,9 +49,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lorafile.commands._output import refuse_folder_as_file, reporting_write_errors
     from lorafile.compiler.diagnostics import fail, render_all
     from lorafile.runtime.lorafiles.merge import parse_lora_spec
 
+    refuse_folder_as_file(args.output)  # before gigabytes are read and written
     specs = [parse_lora_spec(text) for text in args.loras]
     if args.base:
         if args.rank is not None:
@@ -60,9 +62,11 @@ def run(args: argparse.Namespace) -> int:
                 "--rank applies to merging LoRAs into one LoRA, not into --base.",
                 "Drop --rank, or drop --base to write a LoRA file.",
             )
-        report, bag = _into_base(args, specs)
+        with reporting_write_errors(args.output):
+            report, bag = _into_base(args, specs)
     else:
-        report, bag = _into_lora(args, specs)
+        with reporting_write_errors(args.output):
+            report, bag = _into_lora(args, specs)
     if len(bag):
         print(render_all(bag), file=sys.stderr)
     print(json.dumps(report, indent=2) if args.format == "json" else _text(report))

@@ -44,11 +44,14 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lorafile.commands._output import refuse_folder_as_file, reporting_write_errors
     from lorafile.compiler.diagnostics import render_all
     from lorafile.runtime.lorafiles.resize import Criterion, resize_file
 
+    refuse_folder_as_file(args.output)
     criterion = Criterion(args.rank, args.energy, args.ratio)
-    result = resize_file(args.input, args.output, criterion, args.dense_fallback, args.dtype)
+    with reporting_write_errors(args.output):
+        result = resize_file(args.input, args.output, criterion, args.dense_fallback, args.dtype)
     if len(result.warnings):
         print(render_all(result.warnings), file=sys.stderr)
     if args.format == "json":
