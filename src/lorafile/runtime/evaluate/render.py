@@ -8,7 +8,7 @@ off (peft `enable_adapters(False)`): each layer then runs its base layer alone, 
 is the base model's, bit for bit. The next checkpoint replaces the adapter (deleted from every
 layer, then the new file attached).
 
-Images come from the trainer's sampler code (`sampling.make_scheduler`, `sampling.decode`) in
+Images come from the trainer's sampler code (`sampling.preview_pipeline`, `sampling.decode`) in
 a diffusers SDXL pipeline over the loaded modules; each prompt has its own CPU generator seeded
 with its fixed seed, so a row starts from the same noise for every checkpoint and strength
 (also in a batch, where each image draws from its own generator).
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from lorafile.runtime.train.sampling import decode, make_scheduler
+from lorafile.runtime.train.sampling import decode, preview_pipeline
 
 ADAPTER = "lorafile_eval"
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
@@ -35,6 +35,9 @@ class RenderSettings:
     negative: str = ""
     batch: int = 1
     """Prompts per pipeline call (a GPU renders several at once; 1 on a CPU)."""
+    schedule: dict = field(default_factory=dict)
+    """The run's schedule settings (v-prediction, zero-terminal-SNR), as its samples use them."""
+    guidance_rescale: float = 0.0
 
 
 def adapter_layers(models, name: str = ADAPTER) -> list:
@@ -86,20 +89,9 @@ class Renderer:
     """A pipeline over one loaded base model; `use(lora)` swaps the LoRA it renders with."""
 
     def __init__(self, models, settings: RenderSettings, device, autocast=None):
-        from diffusers import StableDiffusionXLPipeline
-
         self.models, self.settings, self.device = models, settings, device
         self.autocast = autocast or contextlib.nullcontext
-        self.pipe = StableDiffusionXLPipeline(
-            vae=models.vae,
-            text_encoder=models.text_encoder,
-            text_encoder_2=models.text_encoder_2,
-            tokenizer=models.tokenizer,
-            tokenizer_2=models.tokenizer_2,
-            unet=models.unet,
-            scheduler=make_scheduler(settings.sampler, models.scheduler.config),
-        )
-        self.pipe.set_progress_bar_config(disable=True)
+        self.pipe = preview_pipeline(models, settings.sampler, settings.schedule)
         self.switch: StrengthSwitch | None = None
 
     def use(self, lora) -> None:
@@ -146,6 +138,7 @@ class Renderer:
                 negative_prompt=[s.negative] * len(prompts) if s.negative else None,
                 num_inference_steps=s.steps,
                 guidance_scale=s.cfg,
+                guidance_rescale=s.guidance_rescale,
                 width=width,
                 height=height,
                 generator=generators,

@@ -97,6 +97,8 @@ def render_settings(target: Target, options: EvalOptions, device) -> RenderSetti
         size=(int(size[0]), int(size[1])),
         negative=sample.get("negative", ""),
         batch=batch,
+        schedule=dict(sample.get("schedule", {})),
+        guidance_rescale=sample.get("guidance_rescale", 0.0),
     )
 
 

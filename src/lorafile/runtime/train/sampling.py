@@ -31,6 +31,25 @@ NEEDS = {"lms": "scipy"}
 """Samplers whose diffusers scheduler imports an optional package when it steps."""
 
 
+def preview_pipeline(components, sampler: str, schedule: dict):
+    """An SDXL pipeline over the loaded components (no copy) with the recipe's sampler and the
+    base model's schedule settings (`schedule`: v-prediction, zero-terminal-SNR); shared by the
+    training samples and `lorafile eval`, so both draw the same way."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        text_encoder_2=components.text_encoder_2,
+        tokenizer=components.tokenizer,
+        tokenizer_2=components.tokenizer_2,
+        unet=components.unet,
+        scheduler=make_scheduler(sampler, components.scheduler.config, **schedule),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def make_scheduler(name: str, base_config, **overrides):
     """The diffusers scheduler for a recipe sampler name; a missing package is T575.
     `overrides`: config changes (diffusion.schedule_overrides: v-prediction, zero-terminal-SNR)."""
@@ -63,21 +82,8 @@ def sample_images(components, sample: dict, folder: Path, device, autocast=None)
     import contextlib
 
     import torch
-    from diffusers import StableDiffusionXLPipeline
 
-    scheduler = make_scheduler(
-        sample["sampler"], components.scheduler.config, **sample.get("schedule", {})
-    )
-    pipe = StableDiffusionXLPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        text_encoder_2=components.text_encoder_2,
-        tokenizer=components.tokenizer,
-        tokenizer_2=components.tokenizer_2,
-        unet=components.unet,
-        scheduler=scheduler,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = preview_pipeline(components, sample["sampler"], sample.get("schedule", {}))
     folder.mkdir(parents=True, exist_ok=True)
     width, height = sample["size"]
     paths = []
