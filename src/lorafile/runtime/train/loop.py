@@ -639,10 +639,29 @@ class Trainer(TrainerSetup):
         return folder
 
     def sample(self) -> list[Path]:
-        """Sample the recipe's prompts with the current adapter into samples/step-NNNNNN/."""
-        from lorafile.runtime.train.sampling import sample_during_run
+        """Sample the recipe's prompts with the current adapter into samples/step-NNNNNN/ (and
+        score them, while the encoders are back on the device); the offloaded encoders leave
+        again, and the run's random stream is not shifted."""
+        from lorafile.runtime.train.sampling import sample_images
 
-        paths = sample_during_run(self, on_samples=self._score_samples)
+        m, mem = self.models, self.plan["memory"]
+        rng = ckpt.rng_state()  # sampling must not shift the training run's random stream
+        for module in (m.vae, m.text_encoder, m.text_encoder_2):
+            module.to(self.device)  # bring back what caching offloaded (no-op on CPU)
+        trained = (m.unet, m.text_encoder, m.text_encoder_2)
+        modes = [module.training for module in trained]
+        for module in trained:
+            module.eval()
+        folder = self.out / "samples" / f"step-{self.step:06d}"
+        paths = sample_images(m, self.r["sample"], folder, self.device, self.accelerator.autocast)
+        self._score_samples(paths)
+        for module, mode in zip(trained, modes, strict=True):
+            module.train(mode)
+        if mem["cache_latents"]:
+            self._offload(m.vae)
+        if mem["cache_text"]:
+            self._offload(m.text_encoder, m.text_encoder_2)
+        ckpt.set_rng_state(rng)
         return paths
 
     def _score_samples(self, paths: list[Path]) -> None:

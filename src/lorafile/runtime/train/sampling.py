@@ -118,36 +118,6 @@ DECODE_BYTES_PER_ELEMENT = 3
 the meta device: 3.00 GiB in fp32 at 1024², compiler/vram.py `vae_decode_elements`)."""
 
 
-def sample_during_run(trainer, on_samples=None) -> list[Path]:
-    """A Trainer's samples at its current step into samples/step-NNNNNN/: the offloaded
-    encoders come back for it and leave again, and the run's random stream is not shifted.
-    `on_samples(paths)` runs while the models are still in place (the training-time scores)."""
-    from lorafile.runtime.train import checkpoint as ckpt
-
-    m, mem = trainer.models, trainer.plan["memory"]
-    rng = ckpt.rng_state()  # sampling must not shift the training run's random stream
-    for module in (m.vae, m.text_encoder, m.text_encoder_2):
-        module.to(trainer.device)  # bring back what caching offloaded (no-op on CPU)
-    trained = (m.unet, m.text_encoder, m.text_encoder_2)
-    modes = [module.training for module in trained]
-    for module in trained:
-        module.eval()
-    folder = trainer.out / "samples" / f"step-{trainer.step:06d}"
-    paths = sample_images(
-        m, trainer.r["sample"], folder, trainer.device, trainer.accelerator.autocast
-    )
-    if on_samples is not None:
-        on_samples(paths)
-    for module, mode in zip(trained, modes, strict=True):
-        module.train(mode)
-    if mem["cache_latents"]:
-        trainer._offload(m.vae)
-    if mem["cache_text"]:
-        trainer._offload(m.text_encoder, m.text_encoder_2)
-    ckpt.set_rng_state(rng)
-    return paths
-
-
 def decode(vae, processor, latents):
     """Latents to a PIL image with the VAE in its own (fp32) precision, outside autocast: the
     pipeline's own decode fails when the UNet ran in half precision and the VAE did not.
