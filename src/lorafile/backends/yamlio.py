@@ -12,11 +12,19 @@ from __future__ import annotations
 from functools import cache
 
 
+class YAMLError(ValueError):
+    """Bad YAML (an alias too), with PyYAML's message on one line; callers catch this without
+    importing PyYAML."""
+
+
 def load(text: str) -> object:
-    """`yaml.safe_load(text)`, except that an alias raises `yaml.YAMLError`."""
+    """`yaml.safe_load(text)`, except that an alias is an error; raises `YAMLError`."""
     import yaml
 
-    return yaml.load(text, Loader=_loader())
+    try:
+        return yaml.load(text, Loader=_loader())
+    except yaml.YAMLError as err:
+        raise YAMLError(" ".join(str(err).split())) from err
 
 
 @cache

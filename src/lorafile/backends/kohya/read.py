@@ -17,8 +17,6 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from lorafile.backends import yamlio
 from lorafile.backends.kohya import schema as schema
 from lorafile.backends.kohya import write as kw
@@ -438,7 +436,7 @@ def read_accelerate(path: Path) -> dict:
         machines = int(config.get("num_machines", 1) or 1)
         processes = int(config.get("num_processes", 1) or 1)
         port = int(config["main_process_port"]) if config.get("main_process_port") else None
-    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError, RecursionError):
+    except (OSError, AttributeError, TypeError, ValueError, RecursionError):  # yamlio's too
         return {}  # only a hint for the GPU count and the main machine
     hardware = {"gpus": max(1, processes // max(machines, 1)), "machines": machines}
     if config.get("main_process_ip") is not None:

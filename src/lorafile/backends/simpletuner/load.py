@@ -25,10 +25,6 @@ CONFIG_NAMES = ("config.json", "config.toml", "config.env")
 TOO_DEEP = "no SimpleTuner setting nests more than a few levels: flatten the value"
 
 
-class _YamlError(Exception):
-    """Stands in for yaml.YAMLError so that pyyaml is imported only for YAML input."""
-
-
 PLACEHOLDER = re.compile(r"\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 _ARCHITECTURES = {"sdxl", "sd1x", "sd2x", "sd3", "flux", "pixart_sigma", "kolors", "legacy"}
 
@@ -110,7 +106,7 @@ def _parsed(file: Path, bag: DiagnosticBag, parse) -> dict:
         # json, tomllib and yaml parse nesting recursively (issue 12).
         bag.error("I651", f"`{file}` nests lists or objects too deeply to read.", TOO_DEEP)
         raise DiagnosticError(bag.items) from None
-    except (ValueError, tomllib.TOMLDecodeError, _YamlError) as err:
+    except (ValueError, tomllib.TOMLDecodeError) as err:  # yamlio.YAMLError is a ValueError
         bag.error(
             "I651",
             f"`{file}` is not valid {file.suffix[1:].upper()}: {err}.",
@@ -124,22 +120,13 @@ def _parsed(file: Path, bag: DiagnosticBag, parse) -> dict:
 
 
 def _yaml(file: Path, bag: DiagnosticBag) -> dict:
-    import yaml
-
     bag.warning(
         "I630",
         f"`{file.name}` is YAML, which SimpleTuner never reads (there is no "
         "--config_file); it is read as if it were config.json.",
         "compile the imported recipe with `--target simpletuner` to get config.json",
     )
-
-    def parse(text: str) -> object:
-        try:
-            return yamlio.load(text)
-        except yaml.YAMLError as err:
-            raise _YamlError(" ".join(str(err).split())) from err  # one line: a message
-
-    return _parsed(file, bag, parse)
+    return _parsed(file, bag, yamlio.load)
 
 
 def _env(file: Path, bag: DiagnosticBag) -> tuple[dict, int | None]:
