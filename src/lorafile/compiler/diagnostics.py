@@ -247,13 +247,17 @@ def fail(code: str, message: str, help: str = "") -> DiagnosticError:
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean `x`?' for the closest choice, or '' when nothing is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" Did you mean `{close[0]}`?" if close else ""
+    return hint(closest(word, choices))
 
 
 def closest(word: str, choices: Iterable[str]) -> str | None:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return close[0] if close else None
+
+
+def hint(guess: str | None) -> str:
+    """' Did you mean `guess`?', or '' without a guess: the one wording of every suggestion."""
+    return f" Did you mean `{guess}`?" if guess else ""
 
 
 class Suggester:
@@ -279,5 +283,4 @@ class Suggester:
 
     def hint(self, word: str) -> str:
         """' Did you mean `x`?', or '' when nothing is close or the cap is reached."""
-        guess = self(word)
-        return f" Did you mean `{guess}`?" if guess else ""
+        return hint(self(word))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lorafile.compiler.diagnostics import DiagnosticBag, Span, closest
+from lorafile.compiler.diagnostics import DiagnosticBag, Span, closest, hint
 from lorafile.compiler.syntax import Arg, Stmt
 from lorafile.spec import models as m
 from lorafile.spec import units
@@ -138,10 +138,9 @@ def read_choice(arg: Arg, choices: tuple[str, ...], what: str) -> str:
     if word in choices:
         return word
     guess = closest(word, choices)
-    hint = f" Did you mean `{guess}`?" if guess else ""
     raise Bad(
         "R201",
-        f"Unknown {what} `{word}`.{hint}",
+        f"Unknown {what} `{word}`.{hint(guess)}",
         f"choose one of: {', '.join(choices)}",
         arg.span,
     )
@@ -339,13 +338,12 @@ def unknown_statement(ctx: Ctx, stmt: Stmt, table: str) -> Bad:
             stmt.head_span,
         )
     guess = closest(name, TABLES[table])
-    hint = f" Did you mean `{guess}`?" if guess else ""
     if guess and table == "recipe":
         ctx.bad.add((FIELD_OF.get(guess, guess),))
     allowed = ", ".join(TABLES[table])
     return Bad(
         "R105",
-        f"Unknown statement `{name}` {where}.{hint}",
+        f"Unknown statement `{name}` {where}.{hint(guess)}",
         f"use one of: {allowed}",
         stmt.head_span,
     )

@@ -22,7 +22,14 @@ from lorafile.backends.kohya import schema as schema
 from lorafile.backends.kohya import write as kw
 from lorafile.backends.kohya.options import OPTIONS
 from lorafile.backends.tomlio import key_lines
-from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, Span, Suggester, closest
+from lorafile.compiler.diagnostics import (
+    DiagnosticBag,
+    DiagnosticError,
+    Span,
+    Suggester,
+    closest,
+    hint,
+)
 
 # Keys people write that sd-scripts does not have (kohya.md §10), with what to write instead.
 TRAPS = {
@@ -242,11 +249,10 @@ def _unknown_key(ctx: Context, key: str) -> None:
         ctx.warning("I601", key, message, "move it into the dataset config")
         return
     guess = ctx.suggest(key)
-    hint = f" Did you mean `{guess}`?" if guess else ""
     ctx.warning(
         "I601",
         key,
-        f"`{key}` is not an sd-scripts argument; sd-scripts ignores it silently.{hint}",
+        f"`{key}` is not an sd-scripts argument; sd-scripts ignores it silently.{hint(guess)}",
         f"rename it to `{guess}`" if guess else "remove it",
     )
 
@@ -274,7 +280,7 @@ def _bad_choice(ctx: Context, key: str, value: object, option) -> object:
         f"`{key} = {_toml(value)}` is not one of {', '.join(map(str, choices))}; "
         "sd-scripts does not check values from a TOML file."
     )
-    message += f" Did you mean `{guess}`?" if guess else ""
+    message += hint(guess)
     if key in MAPPED_CHOICES:
         ctx.corrected.add(key)
         ctx.error("I607", key, message + " The recipe uses the default.", "use a listed value")
