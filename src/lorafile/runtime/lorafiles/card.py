@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorafile.compiler.diagnostics import DiagnosticBag, fail
+from lorafile.runtime.lorafiles.convert import read_metadata
 
 DEFAULT_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 LICENSE_PLACEHOLDER = "TODO-fill-in-the-license"
@@ -157,13 +158,8 @@ def find_report(explicit, candidates: list[Path], bag: DiagnosticBag,
 
 
 def file_metadata(path: Path) -> dict[str, str]:
-    """The `__metadata__` of a safetensors file, read from its header (no tensors loaded)."""
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        if not 0 < size < 100_000_000:
-            raise fail("F710", f"`{path.name}` is not a safetensors file.", "Check the path.")
-        header = json.loads(f.read(size))
-    return {k: str(v) for k, v in (header.get("__metadata__") or {}).items()}
+    """The metadata of a LoRA file (no tensors loaded; the converter's F710 checks)."""
+    return read_metadata(path)
 
 
 @dataclass

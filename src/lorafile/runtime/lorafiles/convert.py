@@ -158,6 +158,15 @@ class LoraFile:
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
     """Tensors and metadata of a LoRA file; refuses pickle files and unreadable ones (F710)."""
+    return _read(path, tensors=True)
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """A LoRA file's metadata alone (no tensor is loaded), with `read_safetensors`' checks."""
+    return _read(path, tensors=False)[1]
+
+
+def _read(path: str | os.PathLike, tensors: bool) -> tuple[dict, dict]:
     p = Path(path)
     if not is_file(p):
         raise fail("F710", _not_a_file(p), "Give the path of a LoRA .safetensors file.")
@@ -172,14 +181,14 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
     try:
         with safe_open(str(p), framework="pt") as f:
             metadata = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open API)
+            loaded = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118
     except Exception as err:  # safetensors raises its own error types for a bad header
         raise fail(
             "F710",
             f"`{p.name}` is not a readable safetensors file ({err}).",
             "Check that the download finished; a truncated file cannot be read.",
         ) from err
-    return tensors, metadata
+    return loaded, metadata
 
 
 def _not_a_file(p: Path) -> str:
