@@ -217,11 +217,9 @@ def launch(plan: dict, args: argparse.Namespace) -> int:
 def stopped_sentence(out: Path, command: str) -> str:
     """What the launcher says after the workers stopped on a signal (rank 0 said where)."""
     from lorafile.runtime.train.checkpoint import latest_checkpoint
+    from lorafile.runtime.train.run_state import RUN_FILE, read_run_file
 
-    try:
-        run = json.loads((out / "run.json").read_text())
-    except (OSError, ValueError):
-        run = {}
+    run = read_run_file(out / RUN_FILE)
     # interrupted: the checkpoint of the last step; aborted at once: the last one saved
     last = run.get("checkpoint") if run.get("status") == "interrupted" else None
     last = last or latest_checkpoint(out)
