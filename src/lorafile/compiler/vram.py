@@ -663,6 +663,11 @@ class AutoChoice:
         return f"{self.setting} auto -> {'on' if self.value else 'off'}: {self.reason}"
 
 
+def choice_for(choices: list[AutoChoice], setting: str) -> AutoChoice:
+    """The choice `resolve_auto` made for `setting` (by name: the list's order is not a rule)."""
+    return next(c for c in choices if c.setting == setting)
+
+
 def has_auto(recipe: Recipe) -> bool:
     return recipe.train.checkpointing == "auto" or recipe.train.cache.is_auto
 

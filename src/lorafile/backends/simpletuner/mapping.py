@@ -623,7 +623,7 @@ def _base_precision(train, report: Report) -> str | None:
 def _auto_checkpointing(recipe: Recipe, report: Report) -> bool:
     """SimpleTuner has no `auto`: the VRAM model chooses against the recipe's hardware."""
     _, choices = vram.resolve_auto(recipe, vram.hardware_budget(recipe), "simpletuner", "cuda")
-    chosen = choices[-1]
+    chosen = vram.choice_for(choices, "checkpointing")
     report(
         "T584",
         f"`checkpointing auto` is written as gradient_checkpointing: "

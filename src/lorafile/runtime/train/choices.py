@@ -22,9 +22,12 @@ def choose_checkpointing(trainer) -> None:
         budget = torch.cuda.get_device_properties(trainer.device).total_memory
         train = trainer.recipe.train.model_copy(update={"checkpointing": "auto"})
         recipe = trainer.recipe.model_copy(update={"train": train})
-        chosen = vram.resolve_auto(recipe, budget, "native", "cuda")[1][-1]
+        chosen = vram.choice_for(
+            vram.resolve_auto(recipe, budget, "native", "cuda")[1], "checkpointing"
+        )
         mem["gradient_checkpointing"] = chosen.value
-        mem["auto_choices"] = [*mem.get("auto_choices", [])[:-1], chosen.line()]
+        earlier = [c for c in mem.get("auto_choices", []) if not c.startswith("checkpointing ")]
+        mem["auto_choices"] = [*earlier, chosen.line()]  # the plan's "left to the device" line goes
 
 
 def choose_step_form(trainer):
