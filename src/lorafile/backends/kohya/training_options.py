@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from lorafile.spec.models import NUM_TIMESTEPS, Recipe
 
-# sd-scripts' defaults where they are the recipe's too: written only when they differ.
-DEFAULTS = {"loss_type": "l2", "huber_schedule": "snr", "huber_c": 0.1}
 OWNED = {
     "loss_type",
     "huber_schedule",
