@@ -185,3 +185,19 @@ def test_blur_relative_to_the_dataset_median(tmp_path):
     entry = by_name(report)["soft.png"]
     assert entry.facts.sharpness > checks.BLUR_FLOOR  # above the floor: the median decides
     assert entry.kinds() == {"blurry"} and "median" in entry.problems[0].diagnostic.message
+
+
+def test_a_caption_that_is_not_utf8_is_an_error_not_a_crash(tmp_path):
+    """A Latin-1 caption: the trainer refuses it, so prep says so (D815) instead of a
+    traceback, names the file and the byte, and leaves the file as it was."""
+    clean_set(tmp_path, count=2)
+    latin1 = "zqx, un café au lait".encode("latin-1")
+    (tmp_path / "clean_01.txt").write_bytes(latin1)
+    report = run_prep(PrepSettings(tmp_path, trigger=TRIGGER), progress=False)
+    entry = by_name(report)["clean_01.png"]
+    assert entry.kinds() == {"unreadable_caption"}
+    found = entry.problems[0].diagnostic
+    assert found.code == "D815" and found.file.endswith("clean_01.txt")
+    assert "byte 0xe9" in found.message and report.exit_code == 1
+    assert not by_name(report)["clean_00.png"].problems
+    assert (tmp_path / "clean_01.txt").read_bytes() == latin1

@@ -136,3 +136,16 @@ def test_the_cleaned_copy_trains(tmp_path, tiny_sdxl_dir):
     finally:
         torch.set_num_threads(threads)
     assert result.steps == 2 and result.adapter.is_file()
+
+
+def test_fix_does_not_copy_a_caption_it_cannot_read(tmp_path):
+    clean_set(tmp_path / "src", count=2)
+    (tmp_path / "src" / "clean_00.txt").write_bytes(b"zqx, caf\xe9")
+    report = run_prep(PrepSettings(tmp_path / "src"), progress=False)
+    result = write_fixed(report, tmp_path / "out")
+    assert (tmp_path / "out" / "clean_00.png").is_file()
+    assert not (tmp_path / "out" / "clean_00.txt").exists()
+    assert (tmp_path / "out" / "clean_01.txt").read_text() == (
+        tmp_path / "src" / "clean_01.txt"
+    ).read_text()
+    assert "not copied" in render_changes(result)

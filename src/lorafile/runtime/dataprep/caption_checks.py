@@ -13,7 +13,7 @@ from collections import Counter
 
 from lorafile.compiler.diagnostics import Severity
 from lorafile.runtime.dataprep.settings import Entry, PrepSettings, Problem, problem
-from lorafile.runtime.train.data import caption_for, with_trigger
+from lorafile.runtime.train.data import CaptionError, caption_for, with_trigger
 
 CLIP_CONTENT_TOKENS = 75
 """CLIP reads 77 tokens: start, 75 of the caption, end. kohya's `max_token_length` 150/225
@@ -37,7 +37,11 @@ def read_caption(entry: Entry, settings: PrepSettings) -> None:
     """Fill the entry's caption and caption file as the trainer reads them."""
     if settings.captions == "trigger":
         return
-    text, sidecar = caption_for(entry.path, settings.captions)
+    try:
+        text, sidecar = caption_for(entry.path, settings.captions)
+    except CaptionError as err:  # the trainer refuses it too (T-level scan error): report it
+        entry.caption_file, entry.caption_error = err.path, err.reason
+        return
     entry.caption_file = sidecar
     # `captions filename` has no sidecar: the name is the caption.
     entry.caption = text if sidecar is None or sidecar.is_file() else None
@@ -46,6 +50,9 @@ def read_caption(entry: Entry, settings: PrepSettings) -> None:
 def check_caption(entry: Entry, settings: PrepSettings, bpe) -> None:
     """no_caption, empty_caption, no_trigger and caption_too_long for one image."""
     if settings.captions == "trigger":
+        return
+    if entry.caption_error is not None:
+        entry.problems.append(_unreadable(entry))
         return
     if entry.caption is None:
         entry.problems.append(_missing(entry, settings))
@@ -77,6 +84,18 @@ def _missing(entry: Entry, settings: PrepSettings) -> Problem:
         f"run `lorafile caption {settings.folder}` to write the missing captions",
         Severity.WARNING,
         entry.path,
+    )
+
+
+def _unreadable(entry: Entry) -> Problem:
+    return problem(
+        "unreadable_caption",
+        f"The caption file `{entry.caption_file.name}` is {entry.caption_error}: the trainer "
+        "refuses a dataset with it.",
+        "save it again as UTF-8 text (e.g. `iconv -f latin1 -t utf-8`), or delete it and run "
+        "`lorafile caption` to write a new one",
+        Severity.ERROR,
+        entry.caption_file,
     )
 
 

@@ -141,6 +141,9 @@ def _caption(entry: Entry, report: PrepReport, out: Path, result: FixResult) -> 
     if sidecar is None:
         return
     target = out / sidecar.relative_to(settings.folder)
+    if entry.caption_error is not None:
+        result.add(sidecar, "not copied", f"{entry.caption_error}: save it as UTF-8 and copy it")
+        return
     if entry.caption is None:
         result.add(sidecar, "missing", f"no caption: run `lorafile caption {out}`")
         return

@@ -37,6 +37,7 @@ CODES = {
     "no_trigger": "D812",
     "caption_too_long": "D813",
     "token_count_skipped": "D814",
+    "unreadable_caption": "D815",
     "image_count": "D820",
     "concept_phrase": "D821",
     "small_bucket": "D822",
@@ -110,6 +111,8 @@ class Entry:
     caption: str | None = None
     """The caption file's text (None: no caption file; '' for an empty one)."""
     caption_file: Path | None = None
+    caption_error: str | None = None
+    """Why the caption file cannot be read (not UTF-8, unreadable); None when it can."""
     bucket: tuple[int, int] | None = None
     crop_share: float = 0.0
     """Share of the resized image's pixels the centre crop to the bucket removes."""
