@@ -3,6 +3,8 @@
     .venv/bin/python bench/train_cpu.py [--steps 20] [--repeat 1] [--only NAME,NAME] [--json]
     .venv/bin/python bench/train_cpu.py --profile "all off"   # where a step's time goes
     .venv/bin/python bench/train_cpu.py --diff 20,80          # the goal: defaults vs peer
+    .venv/bin/python bench/train_cpu.py --diff 20,80 --example PATH/train_text_to_image_lora_sdxl.py
+                                                  # ... and vs diffusers' example itself
 
 Each configuration runs in its own process (peak RSS is per process) on the same synthetic
 dataset, and the table's ratios come from this one run:
@@ -23,6 +25,9 @@ dataset, and the table's ratios come from this one run:
                       checkpointing (LoRA on the same modules as lorafile, for a fair count)
   peer                the same loop with the example's own LoRA modules (to_q/k/v/out.0):
                       what `--diff` compares the defaults with
+  example             (`--example SCRIPT`, with `--diff`) diffusers' train_text_to_image_lora_sdxl.py
+                      itself, unmodified, at its defaults (fp32, torch AdamW, rank 4, no
+                      checkpointing), in its own process (bench/diffusers_example.py)
 
 Measured: steps/s over the training loop (after set-up and caching), and the process's peak
 resident memory (ru_maxrss, which includes Python, torch and the model). One torch thread
@@ -243,7 +248,9 @@ def _measure_once(names: list[str], steps: int, work: Path) -> list[dict]:
     return rows
 
 
-def per_step(names: list[str], short: int, long: int, work: Path, repeat: int) -> list[dict]:
+def per_step(
+    names: list[str], short: int, long: int, work: Path, repeat: int, example: Path | None = None
+) -> list[dict]:
     """Seconds per step by difference: (time of `long` steps - time of `short`) / (long - short).
 
     Whatever a run pays once (the first step's allocations, lazy initialisation) cancels out.
@@ -251,29 +258,47 @@ def per_step(names: list[str], short: int, long: int, work: Path, repeat: int) -
     load does not count; wall-clock figures are kept in the rows too."""
     a = {r["name"]: r for r in measure(names, short, work, repeat)}
     b = {r["name"]: r for r in measure(names, long, work, repeat)}
+    if example is not None:
+        import diffusers_example
+
+        diffusers_example.prepare(work)
+        a["example"] = _fastest(lambda: diffusers_example.run(example, work, short, RANK), repeat)
+        b["example"] = _fastest(lambda: diffusers_example.run(example, work, long, RANK), repeat)
+        names = [*names, "example"]
     return [
         {"name": n, "s_per_step": (b[n]["cpu_seconds"] - a[n]["cpu_seconds"]) / (long - short),
          "wall_s_per_step": (b[n]["seconds"] - a[n]["seconds"]) / (long - short),
          "seconds": [a[n]["seconds"], b[n]["seconds"]], "steps": [short, long],
-         "peak_rss_mib": b[n]["peak_rss_mib"]}
+         "peak_rss_mib": b[n].get("peak_rss_mib")}
         for n in names
     ]  # fmt: skip
 
 
+def _fastest(run, repeat: int) -> dict:
+    return min((run() for _ in range(max(repeat, 1))), key=lambda r: r["cpu_seconds"])
+
+
 def difference_table(rows: list[dict]) -> str:
     by = {r["name"]: r for r in rows}
-    peer = by.get("peer")
-    lines = [f"{'configuration':<16} {'CPU s/step':>10} {'vs peer':>8} {'wall s/step':>12}"]
+    peer, example = by.get("peer"), by.get("example")
+    lines = [
+        f"{'configuration':<16} {'CPU s/step':>10} {'vs peer':>8} {'vs example':>10} "
+        f"{'wall s/step':>12}"
+    ]
     for r in rows:
-        ratio = f"{r['s_per_step'] / peer['s_per_step']:.2f}x" if peer else "-"
+        vs_peer = f"{r['s_per_step'] / peer['s_per_step']:.2f}x" if peer else "-"
+        vs_example = f"{r['s_per_step'] / example['s_per_step']:.2f}x" if example else "-"
         lines.append(
-            f"{r['name']:<16} {r['s_per_step']:10.4f} {ratio:>8} {r['wall_s_per_step']:12.4f}"
+            f"{r['name']:<16} {r['s_per_step']:10.4f} {vs_peer:>8} {vs_example:>10} "
+            f"{r['wall_s_per_step']:12.4f}"
         )
-    if peer and "defaults" in by:
-        ratio = by["defaults"]["s_per_step"] / peer["s_per_step"]
-        lines.append(
-            f"lorafile at its defaults takes {ratio:.2f}x the peer's time per step (goal <= 0.45x)"
-        )
+    for name, other in (("peer", peer), ("diffusers example", example)):
+        if other and "defaults" in by:
+            ratio = by["defaults"]["s_per_step"] / other["s_per_step"]
+            lines.append(
+                f"lorafile at its defaults takes {ratio:.2f}x the {name}'s time per step "
+                "(goal <= 0.45x the example)"
+            )
     return "\n".join(lines)
 
 
@@ -315,12 +340,21 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds per step by the difference of A- and B-step runs (e.g. 20,80) instead "
         "of steps/s over one run; default configurations: defaults,peer",
     )
+    p.add_argument(
+        "--example",
+        type=Path,
+        metavar="SCRIPT",
+        help="with --diff: also run diffusers' examples/text_to_image/"
+        "train_text_to_image_lora_sdxl.py (a path to it in a diffusers checkout), unmodified",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         child(args.child, args.work, args.steps, profile=args.profile == args.child)
         return 0
+    if args.example and not (args.diff and args.example.is_file()):
+        p.error("--example needs --diff and the path of train_text_to_image_lora_sdxl.py")
     if args.profile:
         if args.profile not in CONFIGS:
             p.error(f"unknown configuration {args.profile!r}; choose from {', '.join(CONFIGS)}")
@@ -340,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare(work)
         if args.diff:
             short, long = (int(n) for n in args.diff.split(","))
-            rows = per_step(names, short, long, work, max(args.repeat, 1))
+            rows = per_step(names, short, long, work, max(args.repeat, 1), args.example)
         else:
             rows = measure(names, args.steps, work, max(args.repeat, 1))
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

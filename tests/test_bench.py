@@ -64,14 +64,16 @@ def test_gpu_bench_dry_run_on_cpu():
 @pytest.mark.slow
 def test_gpu_bench_lever_sweep_dry_run_on_cpu():
     """The lever sweep runs (compile is left out of a CPU dry run: inductor takes minutes);
-    on a CPU the CUDA-only levers report themselves off instead of claiming an effect."""
+    on a CPU the CUDA-only levers report themselves off instead of claiming an effect, and
+    fused AdamW (fused on the CPU too) is on in its own row only."""
     out = _run(["bash", "bench/gpu.sh", "--dry-run", "--levers", "--batches", "1", "--json"])
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads(out.stdout.strip().splitlines()[-1])
     assert [r["label"] for r in rows] == ["NCHW", "default", "fused adamw"]
     assert [r["optimizer"] for r in rows] == ["adamw8bit", "adamw8bit", "adamw"]
     assert all(r["batch"] == 1 and r["checkpointing"] for r in rows)
-    assert not any(r["channels_last"] or r["fused"] or r["compile"] for r in rows)
+    assert not any(r["channels_last"] or r["compile"] for r in rows)
+    assert [r["fused"] for r in rows] == [False, False, True]
     assert all(r["s_per_step"] > 0 and r["tflop_per_step"] > 0 for r in rows)
 
 
@@ -116,7 +118,50 @@ def test_train_cpu_bench_difference_mode_prints_the_ratio_to_the_peer():
     rows = json.loads(out.stdout.strip().splitlines()[-1])
     assert [r["name"] for r in rows] == ["defaults", "peer"]
     assert all(r["steps"] == [1, 2] and len(r["seconds"]) == 2 for r in rows)
-    assert "x the peer's time per step (goal <= 0.45x)" in out.stdout
+    assert "x the peer's time per step (goal <= 0.45x the example)" in out.stdout
+
+
+def _bench_module(name: str):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def test_difference_table_gives_each_row_over_the_example_and_the_goal_line():
+    train_cpu = _bench_module("train_cpu")
+    rows = [
+        {"name": "defaults", "s_per_step": 0.030, "wall_s_per_step": 0.031},
+        {"name": "peer", "s_per_step": 0.040, "wall_s_per_step": 0.041},
+        {"name": "example", "s_per_step": 0.060, "wall_s_per_step": 0.062},
+    ]
+    table = train_cpu.difference_table(rows)
+    assert "0.50x" in table.splitlines()[1] and "0.75x" in table.splitlines()[1]
+    assert "takes 0.50x the diffusers example's time per step" in table
+    assert "takes 0.75x the peer's time per step" in table
+
+
+def test_example_option_needs_the_difference_mode_and_a_script(tmp_path):
+    out = _run([sys.executable, "bench/train_cpu.py", "--example", str(tmp_path / "none.py")])
+    assert out.returncode == 2 and "--example needs --diff" in out.stderr
+
+
+def test_example_dataset_carries_the_same_images_and_captions(tmp_path):
+    """The example reads an imagefolder with metadata.jsonl; lorafile the .txt files: both
+    train on the same pictures and captions."""
+    tiny_run, example = _bench_module("tiny_run"), _bench_module("diffusers_example")
+    tiny_run.make_dataset(tmp_path / "data", count=3)
+    example.prepare(tmp_path)
+    lines = (tmp_path / "example-data" / "metadata.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [r["file_name"] for r in rows] == ["img00.png", "img01.png", "img02.png"]
+    for r in rows:
+        source = tmp_path / "data" / r["file_name"]
+        assert (tmp_path / "example-data" / r["file_name"]).read_bytes() == source.read_bytes()
+        assert r["text"] == source.with_suffix(".txt").read_text().strip()
+    assert (tmp_path / "example-model" / "unet" / "config.json").is_file()
+    assert example.torchvision_pin().startswith("torchvision==0.")
 
 
 def _locked_versions() -> dict[str, str]:

@@ -4,7 +4,7 @@
   run used to mix a device posterior with host noise).
 * The loop reads values back from the device only once per `log_every` steps, yet the NaN
   guard still names the first bad step and stops before a checkpoint is written with it.
-* `--compile` compiles the UNet in place with `dynamic=False`; fused AdamW only on CUDA.
+* `--compile` compiles the UNet in place with `dynamic=False`; fused AdamW on the CPU and on CUDA.
 """
 
 from __future__ import annotations
@@ -87,17 +87,46 @@ def test_startup_line_says_fp32_for_precision_no():
     assert precision_words("bf16") == "bf16 mixed precision"
 
 
-def test_fused_adamw_only_for_cuda_floating_point_parameters():
+def test_fused_adamw_for_floating_point_parameters_on_one_device_type():
     import torch
 
     from lorafile.runtime.train.optim import adamw_implementation, build_optimizer
 
-    cuda = SimpleNamespace(is_cuda=True, is_floating_point=lambda: True)
-    host = SimpleNamespace(is_cuda=False, is_floating_point=lambda: True)
-    assert adamw_implementation([{"params": [cuda, cuda]}]) == {"fused": True}
-    assert adamw_implementation([{"params": [cuda]}, {"params": [host]}]) == {}
+    def fake(device: str, floating: bool = True):
+        return SimpleNamespace(device=torch.device(device), is_floating_point=lambda: floating)
+
+    assert adamw_implementation([{"params": [fake("cuda"), fake("cuda")]}]) == {"fused": True}
+    assert adamw_implementation([{"params": [fake("cpu")]}]) == {"fused": True}
+    assert adamw_implementation([{"params": [fake("cuda")]}, {"params": [fake("cpu")]}]) == {}
+    assert adamw_implementation([{"params": [fake("cpu", floating=False)]}]) == {}
+    assert adamw_implementation([{"params": [fake("mps")]}]) == {}
     opt = build_optimizer("adamw", [{"params": [torch.nn.Parameter(torch.ones(2))]}], {})
-    assert not opt.defaults["fused"]  # CPU: torch's default loop, bit-for-bit as before
+    assert opt.defaults["fused"]
+    loop = build_optimizer("adamw", [{"params": [torch.nn.Parameter(torch.ones(2))]}],
+                           {"fused": False})  # fmt: skip
+    assert not loop.defaults["fused"]  # the recipe's optimizer_args win
+
+
+def test_fused_cpu_adamw_updates_as_the_per_tensor_loop():
+    """The fused CPU kernel is the same AdamW: ten steps on random gradients end within float
+    rounding of torch's per-tensor loop."""
+    import torch
+
+    gen = torch.Generator().manual_seed(3)
+    start = [torch.randn(64, 4, generator=gen), torch.randn(7, generator=gen)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(10)]
+    ends = []
+    for fused in (True, False):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.01, fused=fused)
+        for step in grads:
+            for p, g in zip(params, step, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        ends.append(params)
+    for fused_p, loop_p, first in zip(*ends, start, strict=True):
+        assert not torch.equal(fused_p, first)
+        torch.testing.assert_close(fused_p, loop_p, rtol=1e-6, atol=1e-7)
 
 
 class _SyncCounter:

@@ -66,11 +66,18 @@ def build_optimizer(name: str, groups: list[dict], args: dict):
 
 def adamw_implementation(groups: list[dict]) -> dict:
     """torch AdamW's fastest implementation for these parameters: `fused=True` (one kernel for
-    every tensor's update) when all are floating-point CUDA tensors, else torch's default
-    (`foreach` on CUDA, the per-tensor loop on the CPU, which keeps CPU runs bit-for-bit as
-    before). The recipe's optimizer_args `fused`/`foreach` win over this choice."""
+    every tensor's update) when all are floating-point tensors on the CPU or CUDA, else torch's
+    default. On the CPU the fused kernel took 1.0 ms a step for the tiny model's 264 LoRA
+    tensors, the per-tensor loop 6.4 ms (bench/train_cpu.py, 1 thread). The recipe's
+    optimizer_args `fused`/`foreach` win over this choice."""
     params = [p for group in groups for p in group["params"]]
-    if params and all(p.is_cuda and p.is_floating_point() for p in params):
+    devices = {p.device.type for p in params}
+    # One fused kernel serves one device type: a CPU + CUDA mix keeps torch's default.
+    if (
+        len(devices) == 1
+        and devices <= {"cpu", "cuda"}
+        and all(p.is_floating_point() for p in params)
+    ):
         return {"fused": True}
     return {}
 
