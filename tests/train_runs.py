@@ -1,5 +1,5 @@
 """Helpers shared by the training tests: `tiny_recipe` (a tiny-model recipe to adjust with
-keyword changes) and `plan_for`; for the stop/resume tests one recipe with checkpoints and
+keyword changes), `short_train` (the Train block of a short run) and `plan_for`; for the stop/resume tests one recipe with checkpoints and
 samples, `lorafile train` in a subprocess with fault injection, and the bitwise comparison of
 two runs' adapters."""
 
@@ -106,14 +106,8 @@ def tiny_recipe(base_path: Path, data: Path, out: Path, **changes) -> Recipe:
         ),
         trigger="zqx",
         adapter=Adapter(rank=4),
-        train=Train(
-            steps=8,
-            lr=5e-3,
-            optimizer="adamw",
-            precision="no",
-            checkpointing=False,
-            seed=3,
-            cache=Cache(latents=True, text=True, location="disk"),
+        train=short_train(
+            steps=8, lr=5e-3, seed=3, cache=Cache(latents=True, text=True, location="disk")
         ),
         save=Save(every=Interval(every=3), keep=2),
         sample=Sample(
@@ -127,6 +121,22 @@ def tiny_recipe(base_path: Path, data: Path, out: Path, **changes) -> Recipe:
         log=Log(to="tensorboard"),
     )
     return Recipe(**(fields | changes))
+
+
+def short_train(**changes) -> Train:
+    """The Train block of a short run on the tiny model: 2 AdamW steps at lr 1e-3 in fp32, no
+    gradient checkpointing, seed 1, latents and text cached in memory; `changes` override any
+    field."""
+    fields = dict(
+        steps=2,
+        lr=1e-3,
+        optimizer="adamw",
+        precision="no",
+        checkpointing=False,
+        seed=1,
+        cache=Cache(latents=True, text=True),
+    )
+    return Train(**(fields | changes))
 
 
 def plan_for(recipe: Recipe) -> dict:

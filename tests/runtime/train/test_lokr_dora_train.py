@@ -16,9 +16,9 @@ from lorafile.runtime.lorafiles import convert
 from lorafile.runtime.lorafiles.inspect import inspect_file
 from lorafile.runtime.models.sdxl import load_sdxl
 from lorafile.runtime.train.loop import Trainer, TrainOptions
-from lorafile.spec.models import Adapter, Cache, Log, Save, Train
+from lorafile.spec.models import Adapter, Log, Save
 from lycoris_apply import lycoris_outputs
-from train_runs import plan_for, tiny_recipe
+from train_runs import plan_for, short_train, tiny_recipe
 
 
 @pytest.fixture(autouse=True)
@@ -38,15 +38,7 @@ def _train(tiny_sdxl_dir, tmp_path, adapter: Adapter):
         tmp_path / "data",
         tmp_path / "out",
         adapter=adapter,
-        train=Train(
-            steps=4,
-            lr=1e-2,
-            optimizer="adamw",
-            precision="no",
-            checkpointing=False,
-            seed=2,
-            cache=Cache(latents=True, text=True),
-        ),
+        train=short_train(steps=4, lr=1e-2, seed=2),
         save=Save(precision="fp32"),
         sample=None,
         log=Log(),
