@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 
 from lorafile.runtime.lorafiles import export
+from lorafile.runtime.lorafiles.convert import read_lora
 from lorafile.runtime.lorafiles.keys import COMPONENTS, peft_target_modules
+from lorafile.runtime.lorafiles.lowrank import delta_matrix
 
 CONV = r"(resnets\.\d+\.conv[12]|(down|up)samplers\.0\.conv)"
 
@@ -50,6 +52,16 @@ def lora_file(base, path: Path, **kwargs) -> Path:
     """A kohya-layout file of `adapted(base, **kwargs)`."""
     comp = adapted(base, **kwargs)
     return export.save_adapter(comp, path, metadata={"ss_output_name": path.stem})
+
+
+def modules_by_key(path) -> dict:
+    """The modules of the LoRA file at `path` by (component, path)."""
+    return {(m.component, m.path): m for m in read_lora(path).modules}
+
+
+def deltas(path) -> dict:
+    """(component, path) -> ΔW as a float64 numpy matrix."""
+    return {key: delta_matrix(m).numpy() for key, m in modules_by_key(path).items()}
 
 
 def unet_output(comp):
