@@ -1,7 +1,7 @@
 """Helpers shared by the training tests: `tiny_recipe` (a tiny-model recipe to adjust with
-keyword changes), `short_train` (the Train block of a short run) and `plan_for`; for the stop/resume tests one recipe with checkpoints and
-samples, `lorafile train` in a subprocess with fault injection, and the bitwise comparison of
-two runs' adapters."""
+keyword changes), `short_train` (the Train block of a short run) and `plan_for`; for the
+stop/resume tests one recipe with checkpoints and samples, `lorafile train` in a subprocess with
+fault injection, and the bitwise comparison of two runs' adapters."""
 
 from __future__ import annotations
 
@@ -41,8 +41,6 @@ def checkpointed_plan(model_dir: Path, tmp: Path, **train) -> Path:
         accumulate=2,
         lr=3e-3,
         optimizer="adamw8bit",
-        precision="no",
-        checkpointing=False,
         seed=11,
         cache=Cache(latents=True, text=False),
         scheduler="cosine",
@@ -51,7 +49,7 @@ def checkpointed_plan(model_dir: Path, tmp: Path, **train) -> Path:
         model_dir / "diffusers",
         tmp / "data",
         tmp / "unused",
-        train=Train(**(settings | train)),
+        train=short_train(**(settings | train)),
         save=Save(every=Interval(every=3), layout="diffusers"),
         sample=Sample(
             every=Interval(every=2), steps=1, size=Resolution(width=64, height=64), prompts=("zqx",)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from lorafile.runtime.demo import make_dataset
-from lorafile.spec.models import Cache, Interval, Log, Save, Train
-from train_runs import plan_for, tiny_recipe
+from lorafile.spec.models import Cache, Interval, Log, Save
+from train_runs import plan_for, short_train, tiny_recipe
 
 SUBPROCESS_TIMEOUT = 300
 """Seconds a `lorafile` subprocess may take: a hang (e.g. reading a FIFO) fails the test."""
@@ -36,20 +36,12 @@ def tiny_plan(model_dir: Path, tmp: Path, images: int = 2, save_every=None, **tr
     TensorBoard); `train` overrides fields of the Train block. Returns the plan's path."""
     if not (tmp / "data").exists():
         make_dataset(tmp / "data", images, seed=1)
-    settings = dict(
-        steps=2,
-        lr=1e-3,
-        optimizer="adamw",
-        precision="no",
-        checkpointing=False,
-        seed=5,
-        cache=Cache(latents=True, text=True, location="disk"),
-    )
+    settings = dict(seed=5, cache=Cache(latents=True, text=True, location="disk"))
     recipe = tiny_recipe(
         model_dir / "diffusers",
         tmp / "data",
         tmp / "out",
-        train=Train(**(settings | train)),
+        train=short_train(**(settings | train)),
         save=Save(every=Interval(every=save_every) if save_every else None),
         sample=None,
         log=Log(),
