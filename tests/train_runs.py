@@ -1,5 +1,6 @@
 """Helpers shared by the training tests: `tiny_recipe` (a tiny-model recipe to adjust with
-keyword changes), `short_train` (the Train block of a short run) and `plan_for`; for the
+keyword changes), `short_train` (the Train block of a short run), `plan_for` and the
+autouse fixture `one_thread`; for the
 stop/resume tests one recipe with checkpoints and samples, `lorafile train` in a subprocess with
 fault injection, and the bitwise comparison of two runs' adapters."""
 
@@ -10,6 +11,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from lorafile.compiler.diagnostics import DiagnosticBag
 from lorafile.runtime.demo import make_dataset
@@ -30,6 +33,19 @@ from lorafile.spec.models import (
     Save,
     Train,
 )
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """torch on one thread in each test of a module that imports this autouse fixture
+    (`from train_runs import one_thread as one_thread`): the tiny model is faster on one
+    thread, and the CI machine shares its cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def checkpointed_plan(model_dir: Path, tmp: Path, **train) -> Path:

@@ -10,25 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from lorafile.runtime.demo import make_dataset
 from lorafile.spec.models import Cache, Interval, Log, Save
+from train_runs import one_thread as one_thread  # autouse fixture, for the hardening tests
 from train_runs import plan_for, short_train, tiny_recipe
 
 SUBPROCESS_TIMEOUT = 300
 """Seconds a `lorafile` subprocess may take: a hang (e.g. reading a FIFO) fails the test."""
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model is faster on one thread, and the CI machine shares its cores."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_plan(model_dir: Path, tmp: Path, images: int = 2, save_every=None, **train) -> Path:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import copy
 
-import pytest
-import torch
 from safetensors.torch import load_file
 
 from interop import TOL, _diffusers_outputs, _max_diff, _outputs
@@ -18,15 +16,8 @@ from lorafile.runtime.models.sdxl import load_sdxl
 from lorafile.runtime.train.loop import Trainer, TrainOptions
 from lorafile.spec.models import Adapter, Log, Save
 from lycoris_apply import lycoris_outputs
+from train_runs import one_thread as one_thread  # autouse fixture
 from train_runs import plan_for, short_train, tiny_recipe
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _train(tiny_sdxl_dir, tmp_path, adapter: Adapter):

@@ -23,19 +23,10 @@ from lorafile.spec.models import (
     Save,
     Train,
 )
+from train_runs import one_thread as one_thread  # autouse fixture
 from train_runs import plan_for, short_train, tiny_recipe
 
 TAGS = {"train/loss", "train/lr", "train/grad_norm", "perf/images_per_s", "memory/peak_gib"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny model is faster on one thread, and CI shares its cores
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
