@@ -9,6 +9,7 @@ import copy
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 from lorafile.runtime.lorafiles import export
@@ -102,6 +103,14 @@ def _openblas_setter():
             if hasattr(handle, name):
                 return getattr(handle, name)
     return None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_threaded():
+    """`one_thread` around a whole module that imports this autouse fixture
+    (`from lora_factory import single_threaded as single_threaded`)."""
+    with one_thread():
+        yield
 
 
 @contextlib.contextmanager

@@ -9,18 +9,13 @@ import json
 import numpy as np
 import pytest
 
-from lora_factory import deltas, lora_file, modules_by_key, one_thread
+from lora_factory import deltas, lora_file, modules_by_key
+from lora_factory import single_threaded as single_threaded  # autouse fixture
 from lorafile.cli import main
 from lorafile.compiler.diagnostics import DiagnosticError
 from lorafile.runtime.lorafiles.convert import read_lora
 from lorafile.runtime.lorafiles.resize import Criterion, resize_file
 from lorafile.runtime.models.sdxl import load_sdxl
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_threaded():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")
