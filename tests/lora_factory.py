@@ -9,10 +9,13 @@ import copy
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 from lorafile.runtime.lorafiles import export
+from lorafile.runtime.lorafiles.convert import read_lora
 from lorafile.runtime.lorafiles.keys import COMPONENTS, peft_target_modules
+from lorafile.runtime.lorafiles.lowrank import delta_matrix
 
 CONV = r"(resnets\.\d+\.conv[12]|(down|up)samplers\.0\.conv)"
 
@@ -50,6 +53,16 @@ def lora_file(base, path: Path, **kwargs) -> Path:
     """A kohya-layout file of `adapted(base, **kwargs)`."""
     comp = adapted(base, **kwargs)
     return export.save_adapter(comp, path, metadata={"ss_output_name": path.stem})
+
+
+def modules_by_key(path) -> dict:
+    """The modules of the LoRA file at `path` by (component, path)."""
+    return {(m.component, m.path): m for m in read_lora(path).modules}
+
+
+def deltas(path) -> dict:
+    """(component, path) -> ΔW as a float64 numpy matrix."""
+    return {key: delta_matrix(m).numpy() for key, m in modules_by_key(path).items()}
 
 
 def unet_output(comp):
@@ -90,6 +103,14 @@ def _openblas_setter():
             if hasattr(handle, name):
                 return getattr(handle, name)
     return None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_threaded():
+    """`one_thread` around a whole module that imports this autouse fixture
+    (`from lora_factory import single_threaded as single_threaded`)."""
+    with one_thread():
+        yield
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
 """Helpers shared by the training tests: `tiny_recipe` (a tiny-model recipe to adjust with
-keyword changes) and `plan_for`; for the stop/resume tests one recipe with checkpoints and
-samples, `lorafile train` in a subprocess with fault injection, and the bitwise comparison of
-two runs' adapters."""
+keyword changes), `short_train` (the Train block of a short run), `plan_for` and the
+autouse fixture `one_thread`; for the
+stop/resume tests one recipe with checkpoints and samples, `lorafile train` in a subprocess with
+fault injection, and the bitwise comparison of two runs' adapters."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from lorafile.compiler.diagnostics import DiagnosticBag
 from lorafile.runtime.demo import make_dataset
@@ -32,6 +35,19 @@ from lorafile.spec.models import (
 )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """torch on one thread in each test of a module that imports this autouse fixture
+    (`from train_runs import one_thread as one_thread`): the tiny model is faster on one
+    thread, and the CI machine shares its cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def checkpointed_plan(model_dir: Path, tmp: Path, **train) -> Path:
     """plan.json of a 7-step run saving every 3 steps and sampling every 2 (the data in
     tmp/data); `train` overrides fields of the Train block."""
@@ -41,8 +57,6 @@ def checkpointed_plan(model_dir: Path, tmp: Path, **train) -> Path:
         accumulate=2,
         lr=3e-3,
         optimizer="adamw8bit",
-        precision="no",
-        checkpointing=False,
         seed=11,
         cache=Cache(latents=True, text=False),
         scheduler="cosine",
@@ -51,7 +65,7 @@ def checkpointed_plan(model_dir: Path, tmp: Path, **train) -> Path:
         model_dir / "diffusers",
         tmp / "data",
         tmp / "unused",
-        train=Train(**(settings | train)),
+        train=short_train(**(settings | train)),
         save=Save(every=Interval(every=3), layout="diffusers"),
         sample=Sample(
             every=Interval(every=2), steps=1, size=Resolution(width=64, height=64), prompts=("zqx",)
@@ -106,14 +120,8 @@ def tiny_recipe(base_path: Path, data: Path, out: Path, **changes) -> Recipe:
         ),
         trigger="zqx",
         adapter=Adapter(rank=4),
-        train=Train(
-            steps=8,
-            lr=5e-3,
-            optimizer="adamw",
-            precision="no",
-            checkpointing=False,
-            seed=3,
-            cache=Cache(latents=True, text=True, location="disk"),
+        train=short_train(
+            steps=8, lr=5e-3, seed=3, cache=Cache(latents=True, text=True, location="disk")
         ),
         save=Save(every=Interval(every=3), keep=2),
         sample=Sample(
@@ -127,6 +135,22 @@ def tiny_recipe(base_path: Path, data: Path, out: Path, **changes) -> Recipe:
         log=Log(to="tensorboard"),
     )
     return Recipe(**(fields | changes))
+
+
+def short_train(**changes) -> Train:
+    """The Train block of a short run on the tiny model: 2 AdamW steps at lr 1e-3 in fp32, no
+    gradient checkpointing, seed 1, latents and text cached in memory; `changes` override any
+    field."""
+    fields = dict(
+        steps=2,
+        lr=1e-3,
+        optimizer="adamw",
+        precision="no",
+        checkpointing=False,
+        seed=1,
+        cache=Cache(latents=True, text=True),
+    )
+    return Train(**(fields | changes))
 
 
 def plan_for(recipe: Recipe) -> dict:

@@ -39,6 +39,23 @@ def tiny():
     return build_tiny_sdxl(seed=0)
 
 
+def _lycoris_network(flat: dict, tiny):
+    """The network sd-scripts builds from the config's network_dim, network_alpha and
+    network_args with `--network_module lycoris.kohya`, on the tiny model."""
+    from lycoris.kohya import create_network
+
+    kwargs = dict(arg.split("=", 1) for arg in flat["network_args"])
+    return create_network(
+        1.0,
+        flat["network_dim"],
+        flat["network_alpha"],
+        tiny.vae,
+        [tiny.text_encoder, tiny.text_encoder_2],
+        tiny.unet,
+        **kwargs,
+    )
+
+
 def _assert_covers_native(net, tiny, targets) -> None:
     """LyCORIS adapts every module the native trainer adapts (its attn-mlp preset on a diffusers
     UNet also takes the time/added-condition embedding Linears, which kohya's own UNet names
@@ -54,7 +71,6 @@ class TestKohya(BackendCase):
     backend = "kohya"
 
     def test_lokr_network_args_build_lycoris_lokr(self, tiny):
-        from lycoris.kohya import create_network
         from lycoris.modules.lokr import LokrModule
 
         recipe = _recipe("adapter_lokr_ema", ema=None).model_copy(
@@ -69,16 +85,7 @@ class TestKohya(BackendCase):
         flat = _kohya_args(files)
         assert flat["network_module"] == "lycoris.kohya"
         assert flat["network_args"] == ["algo=lokr", "preset=attn-mlp", "factor=4"]
-        kwargs = dict(arg.split("=", 1) for arg in flat["network_args"])
-        net = create_network(
-            1.0,
-            flat["network_dim"],
-            flat["network_alpha"],
-            tiny.vae,
-            [tiny.text_encoder, tiny.text_encoder_2],
-            tiny.unet,
-            **kwargs,
-        )
+        net = _lycoris_network(flat, tiny)
         assert {type(m) for m in net.unet_loras} == {LokrModule}
         assert {m.lokr_w1.shape[0] for m in net.unet_loras} <= {1, 2, 4}  # factor 4 bounds w1
         _assert_covers_native(net, tiny, ("attention", "ff"))
@@ -86,23 +93,12 @@ class TestKohya(BackendCase):
         assert back == get("kohya").project(recipe) and back.adapter.factor == 4
 
     def test_dora_is_lycoris_dora_wd(self, tiny):
-        from lycoris.kohya import create_network
-
         recipe = _recipe("adapter_dora", ema=None)
         files, _ = self.write(recipe)
         flat = _kohya_args(files)
         assert flat["network_module"] == "lycoris.kohya"
         assert flat["network_args"] == ["algo=locon", "preset=attn-mlp", "dora_wd=True"]
-        kwargs = dict(arg.split("=", 1) for arg in flat["network_args"])
-        net = create_network(
-            1.0,
-            flat["network_dim"],
-            flat["network_alpha"],
-            tiny.vae,
-            [tiny.text_encoder, tiny.text_encoder_2],
-            tiny.unet,
-            **kwargs,
-        )
+        net = _lycoris_network(flat, tiny)
         assert all(m.wd and m.wd_on_out for m in net.unet_loras)  # a magnitude per output row
         _assert_covers_native(net, tiny, ("attention", "ff"))
         back, _ = self.read_files(files)

@@ -10,25 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from lorafile.runtime.demo import make_dataset
-from lorafile.spec.models import Cache, Interval, Log, Save, Train
-from train_runs import plan_for, tiny_recipe
+from lorafile.spec.models import Cache, Interval, Log, Save
+from train_runs import one_thread as one_thread  # autouse fixture, for the hardening tests
+from train_runs import plan_for, short_train, tiny_recipe
 
 SUBPROCESS_TIMEOUT = 300
 """Seconds a `lorafile` subprocess may take: a hang (e.g. reading a FIFO) fails the test."""
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model is faster on one thread, and the CI machine shares its cores."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_plan(model_dir: Path, tmp: Path, images: int = 2, save_every=None, **train) -> Path:
@@ -36,20 +24,12 @@ def tiny_plan(model_dir: Path, tmp: Path, images: int = 2, save_every=None, **tr
     TensorBoard); `train` overrides fields of the Train block. Returns the plan's path."""
     if not (tmp / "data").exists():
         make_dataset(tmp / "data", images, seed=1)
-    settings = dict(
-        steps=2,
-        lr=1e-3,
-        optimizer="adamw",
-        precision="no",
-        checkpointing=False,
-        seed=5,
-        cache=Cache(latents=True, text=True, location="disk"),
-    )
+    settings = dict(seed=5, cache=Cache(latents=True, text=True, location="disk"))
     recipe = tiny_recipe(
         model_dir / "diffusers",
         tmp / "data",
         tmp / "out",
-        train=Train(**(settings | train)),
+        train=short_train(**(settings | train)),
         save=Save(every=Interval(every=save_every) if save_every else None),
         sample=None,
         log=Log(),

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorafile.backends.textio import read_input_text
 from lorafile.compiler.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError
 from lorafile.compiler.parse import SourceMap, parse_into
 from lorafile.files import is_dir
@@ -62,25 +63,15 @@ def load_input(path: str | Path, from_: str | None = None, **options) -> Loaded:
 
 def read_text(path: Path, bag: DiagnosticBag) -> str:
     """The file's text (UTF-8, BOM allowed); R110 when it cannot be read."""
-    try:
-        data = path.read_bytes()
-    except IsADirectoryError:
+    if is_dir(path):
         _fail(bag, f"`{path}` is a folder, not a file.", "pass the recipe or config file itself")
-    except OSError as err:
-        _fail(
-            bag,
-            f"Cannot read `{path}`: {err.strerror or err}.",
-            "check the path and its permissions",
-        )
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        _fail(
-            bag,
-            f"`{path}` is not UTF-8 text (byte {err.start} is invalid).",
-            "save the file as UTF-8, or check that it is the recipe you meant",
-        )
-    raise AssertionError("unreachable")  # pragma: no cover
+    return read_input_text(
+        path,
+        bag,
+        "R110",
+        "check the path and its permissions",
+        utf8_help="save the file as UTF-8, or check that it is the recipe you meant",
+    )
 
 
 def _fail(bag: DiagnosticBag, message: str, help: str) -> None:

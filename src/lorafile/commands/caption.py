@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from lorafile.commands.prep import add_progress_option
 from lorafile.compiler.diagnostics import DiagnosticBag
 
 
@@ -49,12 +50,7 @@ def register(subparsers) -> None:
         help="a recipe: its `captions` extension and its trainer's image listing",
     )
     p.add_argument("--extension", help="caption file extension (default txt, or the recipe's)")
-    p.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar (default: when stderr is a terminal)",
-    )
+    add_progress_option(p)
     p.set_defaults(func=run)
 
 

@@ -53,13 +53,19 @@ def register(subparsers) -> None:
         metavar="OUT",
         help="write a cleaned copy to the new folder OUT (the source is never changed)",
     )
+    add_progress_option(p)
+    p.set_defaults(func=run)
+
+
+def add_progress_option(p: argparse.ArgumentParser) -> None:
+    """`--progress/--no-progress` of the dataset commands (prep, caption); None: when stderr is
+    a terminal."""
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="progress bar (default: when stderr is a terminal)",
     )
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -93,8 +93,8 @@ def test_the_cleaned_copy_trains(tmp_path, tiny_sdxl_dir):
     import torch
 
     from lorafile.runtime.train.loop import TrainOptions, train
-    from lorafile.spec.models import Cache, Train
-    from train_runs import plan_for, tiny_recipe
+    from lorafile.spec.models import Cache
+    from train_runs import plan_for, short_train, tiny_recipe
 
     source = tmp_path / "source"
     clean_set(source, count=3)
@@ -119,15 +119,7 @@ def test_the_cleaned_copy_trains(tmp_path, tiny_sdxl_dir):
             tiny_sdxl_dir / "tiny_sdxl.safetensors",
             tmp_path / "clean",
             tmp_path / "out",
-            train=Train(
-                steps=2,
-                lr=1e-3,
-                optimizer="adamw",
-                precision="no",
-                checkpointing=False,
-                seed=1,
-                cache=Cache(latents=False, text=False),
-            ),
+            train=short_train(cache=Cache(latents=False, text=False)),
             sample=None,
         )
         plan = plan_for(recipe)

@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lora_factory import lora_file, one_thread, text_outputs, unet_output
+from lora_factory import lora_file, text_outputs, unet_output
+from lora_factory import single_threaded as single_threaded  # autouse fixture
 from lorafile.cli import main
 from lorafile.compiler.diagnostics import DiagnosticError
 from lorafile.runtime.lorafiles import export
@@ -19,12 +20,6 @@ from lorafile.runtime.lorafiles.merge import LoraSpec, merge_into_base, parse_lo
 from lorafile.runtime.models.sdxl import load_sdxl
 
 TOL = 1e-4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_threaded():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

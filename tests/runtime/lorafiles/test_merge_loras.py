@@ -8,20 +8,14 @@ import json
 import numpy as np
 import pytest
 
-from lora_factory import lora_file, one_thread
+from lora_factory import deltas, lora_file
+from lora_factory import single_threaded as single_threaded  # autouse fixture
 from lorafile.cli import main
 from lorafile.compiler.diagnostics import DiagnosticError
 from lorafile.runtime.lorafiles.combine import combine_files
 from lorafile.runtime.lorafiles.convert import read_lora
-from lorafile.runtime.lorafiles.lowrank import delta_matrix
 from lorafile.runtime.lorafiles.merge import LoraSpec
 from lorafile.runtime.models.sdxl import load_sdxl
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_threaded():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +25,6 @@ def files(tiny_sdxl_dir, tmp_path_factory):
     b = lora_file(base, folder / "b.safetensors", seed=1, rank=3, alpha=1.5)
     loha = lora_file(base, folder / "loha.safetensors", algo="loha", rank=2, alpha=2)
     return a, b, loha
-
-
-def deltas(path) -> dict:
-    """(component, path) -> ΔW as a float64 numpy matrix."""
-    return {(m.component, m.path): delta_matrix(m).numpy() for m in read_lora(path).modules}
 
 
 def test_concatenation_is_exact(files, tmp_path):

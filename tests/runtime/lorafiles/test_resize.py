@@ -9,19 +9,13 @@ import json
 import numpy as np
 import pytest
 
-from lora_factory import lora_file, one_thread
+from lora_factory import deltas, lora_file, modules_by_key
+from lora_factory import single_threaded as single_threaded  # autouse fixture
 from lorafile.cli import main
 from lorafile.compiler.diagnostics import DiagnosticError
 from lorafile.runtime.lorafiles.convert import read_lora
-from lorafile.runtime.lorafiles.lowrank import delta_matrix
 from lorafile.runtime.lorafiles.resize import Criterion, resize_file
 from lorafile.runtime.models.sdxl import load_sdxl
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_threaded():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +26,6 @@ def files(tiny_sdxl_dir, tmp_path_factory):
     return lora, loha
 
 
-def modules(path) -> dict:
-    return {(m.component, m.path): m for m in read_lora(path).modules}
-
-
-def deltas(path) -> dict:
-    return {key: delta_matrix(m).numpy() for key, m in modules(path).items()}
-
-
 def test_full_rank_is_exact(files, tmp_path):
     lora, _ = files
     result = resize_file(lora, tmp_path / "full.safetensors", Criterion(rank=4))
@@ -47,7 +33,7 @@ def test_full_rank_is_exact(files, tmp_path):
     assert before.keys() == after.keys()
     for key in before:
         np.testing.assert_allclose(after[key], before[key], atol=1e-6)
-    old, new = modules(lora), modules(tmp_path / "full.safetensors")
+    old, new = modules_by_key(lora), modules_by_key(tmp_path / "full.safetensors")
     assert all(
         new[k].rank == old[k].rank and new[k].scale == pytest.approx(old[k].scale) for k in old
     )
@@ -60,9 +46,9 @@ def test_lower_rank_keeps_the_reported_energy(files, tmp_path):
     lora, _ = files
     out = tmp_path / "r2.safetensors"
     result = resize_file(lora, out, Criterion(rank=2))
-    before, after, written = deltas(lora), deltas(out), modules(out)
+    before, after, written = deltas(lora), deltas(out), modules_by_key(out)
     reported = {m.name: m for m in result.modules}
-    old = modules(lora)
+    old = modules_by_key(lora)
     totals = kept = 0.0
     for key, m in old.items():
         s = np.linalg.svd(before[key], compute_uv=False)
@@ -85,7 +71,7 @@ def test_energy_and_ratio_criteria(files, tmp_path):
     lora, _ = files
     result = resize_file(lora, tmp_path / "e.safetensors", Criterion(energy=0.8))
     before = deltas(lora)
-    old = modules(lora)
+    old = modules_by_key(lora)
     by_name = {m.name: m for m in result.modules}
     for key, m in old.items():
         s = np.linalg.svd(before[key], compute_uv=False)
@@ -105,7 +91,7 @@ def test_loha_needs_the_dense_fallback(files, tmp_path):
     out = tmp_path / "dense.safetensors"
     resize_file(loha, out, Criterion(rank=64), dense_fallback=True)
     before, after = deltas(loha), deltas(out)
-    assert {m.algo for m in modules(out).values()} == {"lora"}
+    assert {m.algo for m in modules_by_key(out).values()} == {"lora"}
     for key in before:  # LoHa rank 2 -> ΔW rank <= 4: rank 64 keeps it whole
         np.testing.assert_allclose(after[key], before[key], atol=1e-6)
 
@@ -130,5 +116,5 @@ def test_cli(files, tmp_path, capsys):
     assert "retained energy" in text and "rank 4 -> 2" in text
     assert main(["resize", str(lora), "--energy", "0.9", "-o", str(out), "--format", "json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["bytes_before"] > 0 and len(report["modules"]) == len(modules(lora))
+    assert report["bytes_before"] > 0 and len(report["modules"]) == len(modules_by_key(lora))
     assert json.loads(read_lora(out).metadata["lorafile.resized"])["criterion"] == "--energy 0.9"

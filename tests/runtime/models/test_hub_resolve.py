@@ -272,8 +272,8 @@ def test_a_hub_id_recipe_trains_offline_from_the_cache(hub_cache, tmp_path):
 
     from lorafile.runtime.demo import make_dataset
     from lorafile.runtime.train.loop import TrainOptions, train
-    from lorafile.spec.models import Base, Cache, Train
-    from train_runs import plan_for, tiny_recipe
+    from lorafile.spec.models import Base
+    from train_runs import plan_for, short_train, tiny_recipe
 
     torch.set_num_threads(1)
     make_dataset(tmp_path / "data", 2, seed=2)
@@ -282,15 +282,7 @@ def test_a_hub_id_recipe_trains_offline_from_the_cache(hub_cache, tmp_path):
         tmp_path / "data",
         tmp_path / "out",
         base=Base(path="tiny-org/tiny-sdxl@v2", vae="tiny-org/tiny-sdxl", variant="fp16"),
-        train=Train(
-            steps=2,
-            lr=1e-3,
-            optimizer="adamw",
-            precision="no",
-            checkpointing=False,
-            seed=1,
-            cache=Cache(latents=True, text=True),
-        ),
+        train=short_train(),
         sample=None,
     )
     plan = plan_for(recipe)

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 from PIL import Image
 
 from lorafile.runtime.train import cache, data
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny model is faster on one thread, and CI shares its cores
-    yield
-    torch.set_num_threads(threads)
+from train_runs import one_thread as one_thread  # autouse fixture
 
 
 def _dataset(folder, captions):

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from train_runs import one_thread as one_thread  # autouse fixture
+
 ADAPTER = {
     "algo": "locon",
     "rank": 4,
@@ -19,16 +21,6 @@ ADAPTER = {
     "dropout": 0.0,
     "text_encoder": False,
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # CI shares its cores
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_module_imports_without_torch():

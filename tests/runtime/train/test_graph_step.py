@@ -12,17 +12,8 @@ from lorafile.runtime.demo import make_dataset
 from lorafile.runtime.train import graphs
 from lorafile.runtime.train.loop import Trainer, TrainOptions
 from lorafile.spec.models import Adapter, Cache, Interval, Regularization, Save
+from train_runs import one_thread as one_thread  # autouse fixture
 from train_runs import plan_for, tiny_recipe
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _recipe(model_dir, tmp_path, cache: Cache, **train):

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import copy
 
-import pytest
-import torch
 from safetensors.torch import load_file
 
 from interop import TOL, _diffusers_outputs, _max_diff, _outputs
@@ -16,17 +14,10 @@ from lorafile.runtime.lorafiles import convert
 from lorafile.runtime.lorafiles.inspect import inspect_file
 from lorafile.runtime.models.sdxl import load_sdxl
 from lorafile.runtime.train.loop import Trainer, TrainOptions
-from lorafile.spec.models import Adapter, Cache, Log, Save, Train
+from lorafile.spec.models import Adapter, Log, Save
 from lycoris_apply import lycoris_outputs
-from train_runs import plan_for, tiny_recipe
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from train_runs import one_thread as one_thread  # autouse fixture
+from train_runs import plan_for, short_train, tiny_recipe
 
 
 def _train(tiny_sdxl_dir, tmp_path, adapter: Adapter):
@@ -38,15 +29,7 @@ def _train(tiny_sdxl_dir, tmp_path, adapter: Adapter):
         tmp_path / "data",
         tmp_path / "out",
         adapter=adapter,
-        train=Train(
-            steps=4,
-            lr=1e-2,
-            optimizer="adamw",
-            precision="no",
-            checkpointing=False,
-            seed=2,
-            cache=Cache(latents=True, text=True),
-        ),
+        train=short_train(steps=4, lr=1e-2, seed=2),
         save=Save(precision="fp32"),
         sample=None,
         log=Log(),

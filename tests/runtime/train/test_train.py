@@ -14,7 +14,6 @@ from lorafile.runtime.train.loop import TrainOptions, prepare_output, train
 from lorafile.spec.models import (
     Adapter,
     Base,
-    Cache,
     Dataset,
     Interval,
     Log,
@@ -24,19 +23,10 @@ from lorafile.spec.models import (
     Save,
     Train,
 )
-from train_runs import plan_for, tiny_recipe
+from train_runs import one_thread as one_thread  # autouse fixture
+from train_runs import plan_for, short_train, tiny_recipe
 
 TAGS = {"train/loss", "train/lr", "train/grad_norm", "perf/images_per_s", "memory/peak_gib"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny model is faster on one thread, and CI shares its cores
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -232,14 +222,11 @@ def test_bf16_with_memory_measures_trains_and_samples(tiny_sdxl_dir, tmp_path, c
         tmp_path / "data",
         tmp_path / "out",
         base=Base(path=str(tiny_sdxl_dir / "diffusers"), prediction="v"),
-        train=Train(
+        train=short_train(
             steps=3,
-            lr=1e-3,
             optimizer="adamw8bit",
             precision="bf16",
             checkpointing=True,
-            seed=1,
-            cache=Cache(latents=True, text=True),
             min_snr_gamma=5.0,
             noise_offset=0.05,
         ),

@@ -100,8 +100,8 @@ def test_samples_use_trailing_timesteps_from_the_last_step():
 def test_a_vpred_zero_snr_recipe_trains_and_samples(tiny_sdxl_dir, tmp_path):
     from lorafile.runtime.demo import make_dataset
     from lorafile.runtime.train.loop import TrainOptions, train
-    from lorafile.spec.models import Base, Cache, Interval, Resolution, Sample, Train
-    from train_runs import plan_for, tiny_recipe
+    from lorafile.spec.models import Base, Interval, Resolution, Sample
+    from train_runs import plan_for, short_train, tiny_recipe
 
     torch.set_num_threads(1)
     make_dataset(tmp_path / "data", 2, seed=3)
@@ -114,16 +114,7 @@ def test_a_vpred_zero_snr_recipe_trains_and_samples(tiny_sdxl_dir, tmp_path):
             prediction="v",
             zero_terminal_snr=True,
         ),
-        train=Train(
-            steps=2,
-            lr=1e-3,
-            optimizer="adamw",
-            precision="no",
-            checkpointing=False,
-            seed=1,
-            min_snr_gamma=5,
-            cache=Cache(latents=True, text=True),
-        ),
+        train=short_train(min_snr_gamma=5),
         sample=Sample(
             every=Interval(every=2),
             steps=2,

@@ -82,17 +82,9 @@ def _network(args: dict) -> dict:
 
 def _optimizer(args: dict) -> dict:
     family = str(args.get("optimizer_type") or "").lower()
-    values = {}
-    for item in args.get("optimizer_args") or []:
-        key, _, text = str(item).partition("=")
-        values[key.strip()] = schema.literal(text.strip())
+    values = {key: schema.literal(text) for key, text in schema.optimizer_args(args).items()}
     if family == "adafactor":
-        for key, default in {
-            "scale_parameter": True,
-            "relative_step": True,
-            "warmup_init": False,
-        }.items():
-            values.setdefault(key, default)
+        values = schema.ADAFACTOR_DEFAULTS | values
     return values
 
 

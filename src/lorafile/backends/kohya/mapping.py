@@ -264,17 +264,12 @@ def optimizer(ctx: Context) -> tuple[str, dict]:
 
 def optimizer_arguments(ctx: Context, family: str) -> dict:
     values: dict = {}
-    for item in ctx.args.get("optimizer_args") or []:
-        key, _, text = str(item).partition("=")
-        value = schema.literal(text.strip())
-        values[key.strip()] = value if isinstance(value, str | int | float | bool) else text.strip()
+    for key, text in schema.optimizer_args(ctx.args).items():
+        value = schema.literal(text)
+        values[key] = value if isinstance(value, str | int | float | bool) else text
     if family == "adafactor":
         # transformers' Adafactor defaults; the writer adds the fixed-LR trio by itself.
-        for key, default in {
-            "scale_parameter": True,
-            "relative_step": True,
-            "warmup_init": False,
-        }.items():
+        for key, default in schema.ADAFACTOR_DEFAULTS.items():
             values.setdefault(key, default)
             if values[key] == kw.ADAFACTOR_FIXED_LR[key]:
                 del values[key]

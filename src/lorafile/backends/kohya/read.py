@@ -21,6 +21,7 @@ from lorafile.backends import yamlio
 from lorafile.backends.kohya import schema as schema
 from lorafile.backends.kohya import write as kw
 from lorafile.backends.kohya.options import OPTIONS
+from lorafile.backends.textio import read_input_text
 from lorafile.backends.tomlio import key_lines
 from lorafile.compiler.diagnostics import (
     DiagnosticBag,
@@ -171,22 +172,19 @@ def load_source(path: Path, bag: DiagnosticBag) -> tuple[Source, dict]:
 
 
 def _read_text(path: Path, bag: DiagnosticBag) -> str:
-    """The file's text; R110 when it is not UTF-8 (as for `migrate`), I600 when unreadable."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        reason = err.strerror or str(err)
-        bag.error("I600", f"Cannot read `{path}`: {reason}.", "check the path and try again")
-        raise DiagnosticError(bag.items) from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        bag.error(
-            "R110",
-            f"`{path}` is not UTF-8 text (byte {err.start} is invalid).",
-            "save the config as UTF-8 (sd-scripts reads it as UTF-8 too)",
-        )
-        raise DiagnosticError(bag.items) from None
+    """The file's text; R110 when it is not UTF-8 (as for `migrate`), I600 when unreadable.
+
+    Decoded as plain UTF-8: sd-scripts' `toml` keeps a BOM in the first key, so a BOM is not
+    silently dropped here (tomllib reports it as I600).
+    """
+    return read_input_text(
+        path,
+        bag,
+        "I600",
+        "check the path and try again",
+        utf8_help="save the config as UTF-8 (sd-scripts reads it as UTF-8 too)",
+        encoding="utf-8",
+    )
 
 
 def read_meta(text: str) -> dict:

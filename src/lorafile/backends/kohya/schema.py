@@ -80,6 +80,10 @@ DATACLASS_DEFAULTS: dict[str, object] = {
     "metadata_file": None,
     "conditioning_data_dir": None,
 }
+# transformers' Adafactor defaults: what sd-scripts' Adafactor gets for a key that
+# `optimizer_args` leaves out.
+ADAFACTOR_DEFAULTS = {"scale_parameter": True, "relative_step": True, "warmup_init": False}
+
 FOLDER = re.compile(r"^(\d+)_(.*)$")
 
 
@@ -196,6 +200,15 @@ def _subdirs(root: str, base: Path | None) -> list[str] | None:
             except OSError:
                 return None
     return None
+
+
+def optimizer_args(args: dict[str, object]) -> dict[str, str]:
+    """`optimizer_args` as key -> value text: each item split at its first `=`, stripped."""
+    values = {}
+    for item in args.get("optimizer_args") or []:
+        key, _, text = str(item).partition("=")
+        values[key.strip()] = text.strip()
+    return values
 
 
 def literal(text: str) -> object:

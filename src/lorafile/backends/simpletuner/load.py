@@ -18,6 +18,7 @@ from pathlib import Path
 from lorafile.backends import yamlio
 from lorafile.backends.simpletuner import mapping as m
 from lorafile.backends.simpletuner import options as opts
+from lorafile.backends.textio import read_input_text
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, Suggester
 from lorafile.files import exists, is_dir, is_file
 
@@ -82,20 +83,9 @@ def load_config(path: Path, bag: DiagnosticBag) -> Loaded:
 
 def read_text(file: Path, bag: DiagnosticBag) -> str:
     """A config file's text; R110 when it is not UTF-8, I651 when it cannot be read."""
-    try:
-        data = file.read_bytes()
-    except OSError as err:
-        bag.error("I651", f"Cannot read `{file}`: {err.strerror or err}.", "check the path")
-        raise DiagnosticError(bag.items) from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        bag.error(
-            "R110",
-            f"`{file}` is not UTF-8 text (byte {err.start} is invalid).",
-            "save the config as UTF-8",
-        )
-        raise DiagnosticError(bag.items) from None
+    return read_input_text(
+        file, bag, "I651", "check the path", utf8_help="save the config as UTF-8"
+    )
 
 
 def _parsed(file: Path, bag: DiagnosticBag, parse) -> dict:
