@@ -12,6 +12,8 @@ dataset, and the table's ratios come from this one run:
   defaults            `lorafile train` at its defaults: checkpointing and caches `auto`
                       (on a CPU: checkpointing off, latents and text cached), adamw8bit,
                       graphs on (the static-buffer step), fp32 (CPU)
+  defaults adamw       the same with `optimizer adamw` (torch's fused AdamW, the example's
+                      optimizer) instead of bitsandbytes' 8-bit AdamW
   lorafile            latents and text cached, checkpointing on, adamw8bit, fp32 (CPU)
   -cache latents      the VAE encodes every step
   -cache text         both text encoders run every step
@@ -56,6 +58,7 @@ sys.path.insert(0, str(HERE))
 
 CONFIGS = {
     "defaults": {"defaults": True},
+    "defaults adamw": {"defaults": True, "optimizer": "adamw"},
     "lorafile": {},
     "-cache latents": {"cache_latents": False},
     "-cache text": {"cache_text": False},
@@ -82,8 +85,8 @@ def _recipe_settings(change: dict) -> dict:
     if change.get("defaults"):
         # `lorafile train` at its defaults: checkpointing and caches `auto`, adamw8bit, graphs
         # on; fp32 as the example script's default (`--mixed_precision no`) on a CPU.
-        return {"cache": Cache(), "checkpointing": "auto", "optimizer": "adamw8bit",
-                "precision": "no"}  # fmt: skip
+        return {"cache": Cache(), "checkpointing": "auto",
+                "optimizer": change.get("optimizer", "adamw8bit"), "precision": "no"}  # fmt: skip
     latents = change.get("cache_latents", True)
     text = change.get("cache_text", True)
     return {
@@ -221,31 +224,29 @@ def measure(names: list[str], steps: int, work: Path, repeat: int = 1) -> list[d
     """Each configuration `repeat` times, interleaved; the fastest run of each is kept."""
     best: dict[str, dict] = {}
     for _ in range(repeat):
-        for row in _measure_once(names, steps, work):
+        for row in (run_child(name, steps, work) for name in names):
             if row["name"] not in best or row["steps_per_s"] > best[row["name"]]["steps_per_s"]:
                 best[row["name"]] = row
     return [best[name] for name in names]
 
 
-def _measure_once(names: list[str], steps: int, work: Path) -> list[dict]:
-    rows = []
-    for name in names:
-        cmd = [
-            sys.executable,
-            __file__,
-            f"--child={name}",  # `=`: names such as -checkpointing start with a dash
-            "--work",
-            str(work),
-            "--steps",
-            str(steps),
-        ]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
-        if line is None:
-            raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
-        rows.append(json.loads(line[6:]))
-    return rows
+def run_child(name: str, steps: int, work: Path) -> dict:
+    """One configuration for `steps` steps in its own process: its BENCH row."""
+    cmd = [
+        sys.executable,
+        __file__,
+        f"--child={name}",  # `=`: names such as -checkpointing start with a dash
+        "--work",
+        str(work),
+        "--steps",
+        str(steps),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
+    if line is None:
+        raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line[6:])
 
 
 def per_step(
@@ -253,29 +254,31 @@ def per_step(
 ) -> list[dict]:
     """Seconds per step by difference: (time of `long` steps - time of `short`) / (long - short).
 
-    Whatever a run pays once (the first step's allocations, lazy initialisation) cancels out.
-    The time is the process's CPU time (one thread): on a shared machine, other processes'
-    load does not count; wall-clock figures are kept in the rows too."""
-    a = {r["name"]: r for r in measure(names, short, work, repeat)}
-    b = {r["name"]: r for r in measure(names, long, work, repeat)}
+    Whatever a run pays once (start-up, the first step's allocations) cancels out. The time is
+    the process's CPU time (one thread): on a shared machine, other processes' load counts
+    less; wall-clock figures are kept in the rows too. Each round runs every configuration's
+    short and long run back to back (so both see the same load), the example too; of `repeat`
+    rounds each configuration keeps its smallest difference (the least disturbed)."""
+    runners = {name: (lambda n, name=name: run_child(name, n, work)) for name in names}
     if example is not None:
         import diffusers_example
 
         diffusers_example.prepare(work)
-        a["example"] = _fastest(lambda: diffusers_example.run(example, work, short, RANK), repeat)
-        b["example"] = _fastest(lambda: diffusers_example.run(example, work, long, RANK), repeat)
-        names = [*names, "example"]
-    return [
-        {"name": n, "s_per_step": (b[n]["cpu_seconds"] - a[n]["cpu_seconds"]) / (long - short),
-         "wall_s_per_step": (b[n]["seconds"] - a[n]["seconds"]) / (long - short),
-         "seconds": [a[n]["seconds"], b[n]["seconds"]], "steps": [short, long],
-         "peak_rss_mib": b[n].get("peak_rss_mib")}
-        for n in names
-    ]  # fmt: skip
+        runners["example"] = lambda n: diffusers_example.run(example, work, n, RANK)
+    best: dict[str, dict] = {}
+    for _ in range(max(repeat, 1)):
+        for name, run in runners.items():
+            row = _difference(name, run(short), run(long), short, long)
+            if name not in best or row["s_per_step"] < best[name]["s_per_step"]:
+                best[name] = row
+    return list(best.values())
 
 
-def _fastest(run, repeat: int) -> dict:
-    return min((run() for _ in range(max(repeat, 1))), key=lambda r: r["cpu_seconds"])
+def _difference(name: str, a: dict, b: dict, short: int, long: int) -> dict:
+    return {"name": name, "s_per_step": (b["cpu_seconds"] - a["cpu_seconds"]) / (long - short),
+            "wall_s_per_step": (b["seconds"] - a["seconds"]) / (long - short),
+            "seconds": [a["seconds"], b["seconds"]], "steps": [short, long],
+            "peak_rss_mib": b.get("peak_rss_mib")}  # fmt: skip
 
 
 def difference_table(rows: list[dict]) -> str:
@@ -374,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare(work)
         if args.diff:
             short, long = (int(n) for n in args.diff.split(","))
-            rows = per_step(names, short, long, work, max(args.repeat, 1), args.example)
+            rows = per_step(names, short, long, work, args.repeat, args.example)
         else:
             rows = measure(names, args.steps, work, max(args.repeat, 1))
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

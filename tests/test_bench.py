@@ -205,3 +205,12 @@ def test_environment_is_installed_from_the_lock():
         if installed != pinned:
             drift[name] = (pinned, installed)
     assert not drift, f"installed versions differ from requirements/lock.txt: {drift}"
+
+
+def test_step_parts_bench_prints_every_part_against_the_bare_step():
+    out = _run([sys.executable, "bench/step_parts.py", "--steps", "1"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()[1:]
+    assert len(lines) == 8 and all("ms" in line for line in lines)
+    assert "1.00x the bare forward + backward" in lines[1]
+    assert sum("optimizer step" in line for line in lines) == 4
