@@ -94,6 +94,24 @@ def train_extra_missing(packages: list[str], command: str = "train") -> Diagnost
     )
 
 
+def choice_needs_package(
+    code: str, what: str, name: str, package: str, instead: str, why: str = ""
+) -> DiagnosticError:
+    """T570 / T575: a recipe choice (`what` `name`: "optimizer prodigy", "sampler dpm_sde")
+    needs `package`, which is not installed; `instead` is a choice that needs nothing more."""
+    detail = f" ({why})" if why else ""
+    return DiagnosticError(
+        [
+            Diagnostic(
+                code=code,
+                message=f"The {what} `{name}` needs the package `{package}`, which is not "
+                f"installed{detail}.",
+                help=f"install it with `pip install {package}`, or choose `{what} {instead}`",
+            )
+        ]
+    )
+
+
 def require_train_extra(command: str = "train") -> None:
     """Raise T569 when a package of the `train` extra is missing (imports them all: the
     trainer needs them next anyway)."""

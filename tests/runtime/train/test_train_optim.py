@@ -32,8 +32,12 @@ def test_every_optimizer_takes_a_step(name):
 
 def test_missing_package_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "prodigyopt", None)  # import now raises ImportError
-    with pytest.raises(DiagnosticError, match="pip install prodigyopt"):
+    with pytest.raises(DiagnosticError, match="pip install prodigyopt") as err:
         build_optimizer("prodigy", [{"params": _params(), "lr": 1.0}], {})
+    found = err.value.diagnostics[0]
+    assert found.code == "T570"
+    assert found.message.startswith("The optimizer `prodigy` needs the package `prodigyopt`")
+    assert found.help.endswith("or choose `optimizer adamw`")
 
 
 def test_optimizer_args_parse_betas():

@@ -40,6 +40,23 @@ def test_sampler_steps(name):
     assert torch.isfinite(sample).all()
 
 
+def test_a_sampler_whose_package_is_missing_is_t575(monkeypatch):
+    import importlib.util
+
+    from lorafile.compiler.diagnostics import DiagnosticError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else real(name, *a)
+    )
+    with pytest.raises(DiagnosticError) as err:
+        make_scheduler("lms", TINY_SCHEDULER_CONFIG)
+    found = err.value.diagnostics[0]
+    assert found.code == "T575"
+    assert found.message == "The sampler `lms` needs the package `scipy`, which is not installed."
+    assert found.help == "install it with `pip install scipy`, or choose `sampler euler_a`"
+
+
 def test_karras_and_sde_options():
     assert make_scheduler("dpmpp_2m_karras", dict(TINY_SCHEDULER_CONFIG)).config.use_karras_sigmas
     assert (

@@ -8,7 +8,8 @@ bitsandbytes 0.50), Adafactor about none (factored second moment), Lion 4, Prodi
 
 from __future__ import annotations
 
-from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
+from lorafile.compiler.diagnostics import DiagnosticError
+from lorafile.runtime.environment import choice_needs_package
 
 PACKAGES = {
     "adamw8bit": "bitsandbytes",
@@ -20,13 +21,7 @@ PACKAGES = {
 
 
 def _missing(name: str, err: ImportError) -> DiagnosticError:
-    bag = DiagnosticBag()
-    bag.error(
-        "T570",
-        f"The optimizer `{name}` needs the package `{PACKAGES[name]}`, which is not installed ({err}).",
-        f"install it with `pip install {PACKAGES[name]}`, or choose `optimizer adamw`",
-    )
-    return DiagnosticError(bag.items)
+    return choice_needs_package("T570", "optimizer", name, PACKAGES[name], "adamw", str(err))
 
 
 def build_optimizer(name: str, groups: list[dict], args: dict):

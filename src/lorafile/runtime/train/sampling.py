@@ -59,15 +59,9 @@ def make_scheduler(name: str, base_config, **overrides):
 
     package = NEEDS.get(name)
     if package and importlib.util.find_spec(package) is None:
-        from lorafile.compiler.diagnostics import DiagnosticBag
+        from lorafile.runtime.environment import choice_needs_package
 
-        bag = DiagnosticBag()
-        bag.error(
-            "T575",
-            f"The sampler `{name}` needs the package `{package}`, which is not installed.",
-            f"install it with `pip install {package}`, or choose `sampler euler_a`",
-        )
-        bag.raise_if_errors()
+        raise choice_needs_package("T575", "sampler", name, package, "euler_a")
     cls_name, options = SAMPLERS[name]
     return getattr(diffusers, cls_name).from_config(base_config, **options, **overrides)
 
