@@ -44,12 +44,12 @@ def listening_sdxl(tmp_path_factory):
     UNet fine-tuned on "a red circle", ...), built on one thread and saved once per session as
     one `.safetensors` file in the original SDXL layout; returns its path."""
     import torch
-    from listening_model import build_listening_model
 
+    from listening_model import build_listening_model
     from lorafile.runtime.models.tiny import save_tiny_sdxl
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same float sums, so the same model, on every machine
+    torch.set_num_threads(1)  # one thread: the same float sums, so the same model, every run
     try:
         models = build_listening_model(seed=0)
     finally:

@@ -14,8 +14,9 @@ opposite picture). bench/bleeding.py prints these figures for more seeds and bas
 
 from __future__ import annotations
 
-import listening_model as lm
 import pytest
+
+import listening_model as lm
 
 SEED = 7
 """The LoRAs' training seed and the prompt seed of their evaluation."""
