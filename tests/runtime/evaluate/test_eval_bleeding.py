@@ -68,9 +68,10 @@ def test_the_listening_model_depends_on_its_prompt_more_than_the_plain_one(
 
 
 def test_a_lora_trained_with_its_trigger_bleeds_less_than_one_trained_without(scores):
-    """At both checkpoints (step 60 and the final 120), and by 0.1 at the end: across 3 base
-    models x 3 seeds, bench/bleeding.py measured the trigger run 0.14-0.42 lower at step 60 and
-    0.24-0.50 lower at the end (docs/eval.md, "Limits")."""
+    """At both checkpoints (step 60 and the final 120), and by 0.1 at the end: bench/bleeding.py
+    measured the trigger run 0.09-0.42 lower at step 60 and 0.24-0.57 lower at the end, in 12
+    comparisons out of 12 (3 base models x seeds 7-9, and seeds 10-12 on base model 0; this
+    test is base 0, seed 7: 0.883 against 1.024, then 0.631 against 0.999)."""
     assert scores["trigger"].keys() == scores["plain"].keys() == {"step-000060", "final"}
     for checkpoint in ("step-000060", "final"):
         trigger, plain = scores["trigger"][checkpoint], scores["plain"][checkpoint]
