@@ -36,3 +36,24 @@ def tiny_sdxl(tiny_sdxl_dir):
     from lorafile.runtime.models.sdxl import load_sdxl
 
     return load_sdxl(tiny_sdxl_dir / "diffusers")
+
+
+@pytest.fixture(scope="session")
+def listening_sdxl(tmp_path_factory):
+    """The tiny model taught to follow its prompt (tests/listening_model.py: deterministic VAE,
+    UNet fine-tuned on "a red circle", ...), built on one thread and saved once per session as
+    one `.safetensors` file in the original SDXL layout; returns its path."""
+    import torch
+
+    from listening_model import build_listening_model
+    from lorafile.runtime.models.tiny import save_tiny_sdxl
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the same float sums, so the same model, every run
+    try:
+        models = build_listening_model(seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    path = tmp_path_factory.mktemp("listening_sdxl") / "listening_sdxl.safetensors"
+    save_tiny_sdxl(path, as_single_file=True, model=models)
+    return path

@@ -246,9 +246,10 @@ def test_a_non_empty_output_folder_is_refused(runs, tmp_path, capsys):
 def test_a_lora_trained_without_the_trigger_bleeds(runs):
     """The trigger-less LoRA changes trigger-free prompts about as much as trigger prompts:
     bleeding near 1 (0 would mean free prompts untouched; test_eval_scores.py checks the
-    formula). On this tiny model the LoRA trained WITH the trigger bleeds as much (see
-    docs/eval.md, "Limits"): its random UNet barely listens to the prompt, so no short run can
-    tie the concept to a word, and the two runs are not compared here."""
+    formula). On this tiny model the LoRA trained WITH the trigger bleeds as much (docs/eval.md,
+    "Limits"): its random UNet barely listens to the prompt, and its VAE's posterior noise
+    swamps the images, so no run can tie the concept to a word. The comparison of the two runs
+    is test_eval_bleeding.py's, on a tiny model built to listen to its prompt."""
     out = runs["root"] / "E-plain"
     data = evaluate(runs["plain"].out, out, runs["prompts"], "--strengths", "0,1")
     for checkpoint in data["checkpoints"]:
