@@ -17,19 +17,10 @@ from __future__ import annotations
 import pytest
 
 import listening_model as lm
+from train_runs import one_thread as one_thread  # autouse fixture
 
 SEED = 7
 """The LoRAs' training seed and the prompt seed of their evaluation."""
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny model is faster on one thread, and CI shares its cores
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
