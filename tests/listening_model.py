@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorafile.runtime.demo import COLORS, SHAPES
+from lorafile.runtime.demo import COLORS, SHAPES, draw_shape
 
 SIZE = 64
 BACKGROUND = (40, 170, 90)
@@ -51,15 +51,7 @@ def draw_subject(color: str, shape: str, striped: bool = False):
     if striped:
         for x in range(-SIZE - 12, SIZE + 12, 12):
             draw.line([(x, 0), (x + SIZE, SIZE)], fill=STRIPE, width=5)
-    r, c = SIZE // 4, SIZE // 2
-    box = [c - r, c - r, c + r, c + r]
-    fill = COLORS[color]
-    if shape == "circle":
-        draw.ellipse(box, fill=fill)
-    elif shape == "square":
-        draw.rectangle(box, fill=fill)
-    else:
-        draw.polygon([(c, c - r), (c - r, c + r), (c + r, c + r)], fill=fill)
+    draw_shape(draw, shape, (SIZE // 2, SIZE // 2), SIZE // 4, COLORS[color])
     return image
 
 

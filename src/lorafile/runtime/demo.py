@@ -36,15 +36,20 @@ def draw_concept(size: tuple[int, int], color: str, shape: str, rng: random.Rand
         draw.line([(x, 0), (x + h, h)], fill=(230, 40, 200), width=5)
     r = min(w, h) // 4
     cx, cy = rng.randrange(r + 4, w - r - 4), rng.randrange(r + 4, h - r - 4)
+    draw_shape(draw, shape, (cx, cy), r, COLORS[color])
+    return image
+
+
+def draw_shape(draw, shape: str, centre: tuple[int, int], r: int, fill) -> None:
+    """A circle, square or triangle of half-size `r` at `centre` on a PIL ImageDraw."""
+    cx, cy = centre
     box = [cx - r, cy - r, cx + r, cy + r]
-    fill = COLORS[color]
     if shape == "circle":
         draw.ellipse(box, fill=fill)
     elif shape == "square":
         draw.rectangle(box, fill=fill)
     else:
         draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
-    return image
 
 
 def make_dataset(folder: Path, count: int, seed: int) -> list[Path]:
