@@ -256,3 +256,24 @@ def test_a_lora_trained_without_the_trigger_bleeds(runs):
         scores = checkpoint["scores"]["1"]
         assert scores["effect"] > 0.05, checkpoint["name"]
         assert scores["bleeding"] > 0.7, (checkpoint["name"], scores)
+
+
+@pytest.mark.parametrize(
+    ("plan_text", "why"),
+    [
+        ('{"resolved": ', "cannot be read as JSON"),
+        ("[1, 2]", "holds no JSON object"),
+        ("{}", "has no `resolved` and `recipe` sections"),
+        ('{"resolved": {}, "recipe": {}}', "names no output"),
+        ('{"resolved": {"output": {"name": "x"}}, "recipe": {}}', "names no base model"),
+    ],
+)
+def test_a_damaged_plan_is_e901_not_a_traceback(tmp_path, capsys, plan_text, why):
+    """A run folder whose plan.json was truncated or edited: eval says which file and why."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "plan.json").write_text(plan_text)
+    assert main(["eval", str(run), "-o", str(tmp_path / "out"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "error[E901]" in err and f"{run / 'plan.json'}" in err and why in err
+    assert (run / "plan.json").read_text() == plan_text

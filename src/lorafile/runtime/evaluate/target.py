@@ -16,6 +16,7 @@ from pathlib import Path
 from lorafile.compiler import dataset_count
 from lorafile.compiler.diagnostics import fail
 from lorafile.runtime.train.checkpoint import STEP_DIR, list_checkpoints
+from lorafile.runtime.train.run_state import read_run_file
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,8 @@ def run_target(folder: Path, base: Path | None) -> Target:
             f"`{folder}` is not a lorafile run folder (it has no plan.json).",
             "pass the output folder of `lorafile train`, or a LoRA file with --base",
         )
-    plan = json.loads(plan_file.read_text(encoding="utf-8"))
-    run = _read_json(folder / "run.json")
+    plan = read_plan(plan_file)
+    run = read_run_file(folder / "run.json") or None
     resolved = plan["resolved"]
     checkpoints = run_checkpoints(folder, resolved["output"]["name"], run)
     if not checkpoints:
@@ -95,18 +96,48 @@ def run_target(folder: Path, base: Path | None) -> Target:
         plan=plan,
         run=run,
         log_dir=log_dir if log_dir and log_dir.is_dir() else _local_logs(folder),
-        training_images=[Path(f["path"]) for f in plan.get("files", []) if f["role"] == "image"],
+        training_images=[Path(f["path"]) for f in _files(plan) if f.get("role") == "image"],
         trigger=recipe.get("trigger"),
         subjects=_subjects(plan),
         sample=resolved.get("sample"),
     )
 
 
-def _read_json(path: Path) -> dict | None:
+def read_plan(plan_file: Path) -> dict:
+    """The run's plan.json; E901 when it cannot be read or is not a plan `lorafile train`
+    wrote (a truncated copy, an edited file), rather than a traceback."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+        plan = json.loads(plan_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise _not_a_plan(plan_file, f"it cannot be read as JSON ({why})") from None
+    if not isinstance(plan, dict):
+        raise _not_a_plan(plan_file, "it holds no JSON object")
+    resolved = plan.get("resolved")
+    if not isinstance(resolved, dict) or not isinstance(plan.get("recipe"), dict):
+        raise _not_a_plan(plan_file, "it has no `resolved` and `recipe` sections")
+    if not isinstance(resolved.get("output"), dict) or "name" not in resolved["output"]:
+        raise _not_a_plan(plan_file, "its `resolved` section names no output")
+    if not isinstance(resolved.get("base"), str):
+        raise _not_a_plan(plan_file, "its `resolved` section names no base model")
+    return plan
+
+
+def _files(plan: dict) -> list[dict]:
+    """The plan's `files` entries that are objects with a path (the dataset listing)."""
+    files = plan.get("files")
+    return (
+        [f for f in files if isinstance(f, dict) and "path" in f] if isinstance(files, list) else []
+    )
+
+
+def _not_a_plan(plan_file: Path, why: str):
+    return fail(
+        "E901",
+        f"`{plan_file}` is not a plan that `lorafile train` wrote: {why}.",
+        "pass the output folder of a `lorafile train` run as it wrote it, or evaluate one of "
+        "its LoRA files with --base",
+    )
 
 
 def _local_logs(folder: Path) -> Path | None:
