@@ -131,6 +131,37 @@ def test_missing_path_and_not_sdxl(tmp_path):
         sdxl.load_sdxl(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("damage", "whole", "vae_alone"),
+    [
+        (lambda text: text[:-10], "is not valid JSON", "is not valid JSON"),
+        (
+            lambda text: '{"unet": {}}',
+            "has no config for text_encoder, text_encoder_2, vae",
+            "has no config for",
+        ),
+    ],
+)
+def test_damaged_config_metadata_is_f703(tiny_sdxl_dir, tmp_path, damage, whole, vae_alone):
+    """A lorafile single file whose `lorafile.configs` metadata another tool cut or edited:
+    loading it (whole, or its VAE alone) says so as F703 instead of a JSON traceback."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(tiny_sdxl_dir / "tiny_sdxl.safetensors"), "pt") as f:
+        metadata = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    metadata[sdxl.CONFIG_METADATA_KEY] = damage(metadata[sdxl.CONFIG_METADATA_KEY])
+    damaged = tmp_path / "damaged.safetensors"
+    save_file(state, str(damaged), metadata=metadata)
+    for load, why in ((sdxl.load_sdxl, whole), (sdxl.load_vae, vae_alone)):
+        with pytest.raises(DiagnosticError) as err:
+            load(damaged)
+        found = err.value.diagnostics[0]
+        assert found.code == "F703" and "`damaged.safetensors`" in found.message
+        assert why in found.message
+
+
 def test_full_size_meta_architecture():
     full = sdxl.build_sdxl_meta()
     assert full.unet.conv_in.weight.device.type == "meta"

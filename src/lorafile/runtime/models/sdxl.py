@@ -281,7 +281,7 @@ def _has_unet(p: Path) -> bool:
 def _vae_from_state(state: dict, metadata: dict, name: str):
     state = {k.removeprefix(sgm_keys.VAE_PREFIX): v for k, v in state.items()}
     if CONFIG_METADATA_KEY in metadata:
-        config = json.loads(metadata[CONFIG_METADATA_KEY])["vae"]
+        config = metadata_configs(metadata, f"`{name}`", parts=("vae",))["vae"]
     else:
         config = sdxl_config("vae")
         probe = state.get("encoder.conv_in.weight")
@@ -438,11 +438,37 @@ def _read_single_file(p: Path, prefixes=("",), dtype=None) -> tuple[dict, dict]:
     return state, metadata
 
 
+def metadata_configs(metadata: dict, name: str, parts=MODEL_PARTS) -> dict[str, dict]:
+    """The configs lorafile wrote into a single file's metadata (`save_single_file`); F703
+    when that entry was damaged (edited or truncated by another tool), not a JSON traceback.
+    `name` is how messages name the file ("`model.safetensors`", "the file")."""
+    try:
+        configs = json.loads(metadata[CONFIG_METADATA_KEY])
+    except ValueError as err:
+        configs, why = None, f"is not valid JSON ({err})"
+    else:
+        missing = [
+            p
+            for p in parts
+            if not isinstance(configs, dict) or not isinstance(configs.get(p), dict)
+        ]
+        why = f"has no config for {', '.join(missing)}" if missing else ""
+    if why:
+        raise fail(
+            "F703",
+            f"The `{CONFIG_METADATA_KEY}` metadata of {name} {why}: the model's configs cannot "
+            "be read.",
+            "Save the model again with lorafile (`lorafile demo` writes the tiny one), or use a file "
+            "whose metadata no other tool has edited.",
+        )
+    return configs
+
+
 def single_file_configs(state: dict, metadata: dict, name: str = "the file") -> dict[str, dict]:
     """The configs for a single-file state dict: lorafile's own metadata, else SDXL base 1.0
     when the tensor shapes are SDXL's; DiagnosticError otherwise."""
     if CONFIG_METADATA_KEY in metadata:
-        return json.loads(metadata[CONFIG_METADATA_KEY])
+        return metadata_configs(metadata, name)
     probe = state.get(sgm_keys.UNET_PREFIX + "input_blocks.0.0.weight")
     te2 = state.get(sgm_keys.TE2_PREFIX + "token_embedding.weight")
     if probe is None:
@@ -474,7 +500,9 @@ def _load_single_file(p: Path, dtype, parts, tokenizer_path) -> SDXLComponents:
         model.load_state_dict(split[part], strict=True, assign=True)
         setattr(out, part, model.eval())
     if "scheduler" in parts:
-        out.scheduler = EulerDiscreteScheduler.from_config(configs["scheduler"])
+        # A file saved without a scheduler takes SDXL base 1.0's, as a file without metadata does.
+        schedule = configs.get("scheduler") or sdxl_config("scheduler")
+        out.scheduler = EulerDiscreteScheduler.from_config(schedule)
     if "tokenizer" in parts or "tokenizer_2" in parts:
         out.tokenizer, out.tokenizer_2 = _single_file_tokenizers(p, metadata, tokenizer_path)
     return out
