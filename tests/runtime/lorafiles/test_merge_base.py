@@ -154,6 +154,28 @@ def test_refusals(tiny_sdxl_dir, loras, tmp_path):
     assert not out.exists()  # nothing half-written
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        b"",
+        b"\x01\x02",
+        (10**12).to_bytes(8, "little") + b"{}",
+        (5).to_bytes(8, "little") + b"[1, 2",
+    ],
+    ids=["empty", "short", "header-too-large", "header-not-json"],
+)
+def test_base_that_is_not_safetensors_is_f703(loras, tmp_path, damage):
+    a, _ = loras
+    base = tmp_path / "damaged.safetensors"
+    base.write_bytes(damage)
+    out = tmp_path / "never.safetensors"
+    with pytest.raises(DiagnosticError) as err:
+        merge_into_base(base, [LoraSpec(a)], out)
+    assert err.value.diagnostics[0].code == "F703"
+    assert "damaged.safetensors" in err.value.diagnostics[0].message
+    assert not out.exists()
+
+
 def test_cli(tiny_sdxl_dir, loras, tmp_path, capsys):
     a, _ = loras
     out = tmp_path / "cli.safetensors"

@@ -208,8 +208,6 @@ def merge_into_base(base, specs: list[LoraSpec], out, dtype=None) -> MergeResult
 
     `dtype`: fp16/bf16/fp32 (or a torch dtype) for the output's float tensors; default: each
     tensor keeps the base's dtype. Raises DiagnosticError (F70x, F713, F72x)."""
-    from safetensors import safe_open
-
     from lorafile.files import atomic_path
     from lorafile.runtime.models.sdxl import check_model_path
 
@@ -226,7 +224,7 @@ def merge_into_base(base, specs: list[LoraSpec], out, dtype=None) -> MergeResult
     loras = load_loras(specs, bag)
     bag.raise_if_errors()
     out_dtype = parse_dtype(dtype)
-    with safe_open(str(base), framework="pt") as f:  # the header only
+    with _open_base(base) as f:  # the header only
         keys = list(f.keys())
         entries = _entries(f, keys, out_dtype)
         unet_config = _unet_config(f, base)
@@ -238,6 +236,20 @@ def merge_into_base(base, specs: list[LoraSpec], out, dtype=None) -> MergeResult
         size = write_streaming(tmp, entries, tensors, meta)
     records = [lora.record() for lora in loras]
     return MergeResult(Path(out), records, len(targets), len(keys), size, bag)
+
+
+def _open_base(base: Path):
+    """`safe_open` on the base; F703 when its header is not safetensors (truncated, damaged)."""
+    from safetensors import safe_open
+
+    try:
+        return safe_open(str(base), framework="pt")
+    except Exception as err:  # safetensors raises its own error types for a bad header
+        raise fail(
+            "F703",
+            f"`{base.name}` could not be read as safetensors: {err}.",
+            "Check that the download finished; the file may be truncated or not safetensors.",
+        ) from err
 
 
 def _entries(f, keys: list[str], out_dtype) -> list[Entry]:
