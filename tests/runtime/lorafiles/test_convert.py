@@ -413,3 +413,55 @@ def test_full_size_file_round_trips_and_inspects(tmp_path):
     convert.convert_file(tmp_path / "full.safetensors", tmp_path / "d.safetensors", "diffusers")
     convert.convert_file(tmp_path / "d.safetensors", tmp_path / "k.safetensors", "kohya")
     _same_files(tmp_path / "full.safetensors", tmp_path / "k.safetensors")
+
+
+def _damaged_file(path, damage: str):
+    """A two-module kohya file whose first module is damaged the way `damage` names."""
+    g = torch.Generator().manual_seed(0)
+    name = "lora_unet_input_blocks_4_1_proj_in"
+    tensors = {
+        f"{name}.lora_down.weight": torch.randn(4, 64, generator=g),
+        f"{name}.lora_up.weight": torch.randn(64, 4, generator=g),
+        f"{name}.alpha": torch.tensor(2.0),
+        "lora_unet_input_blocks_4_1_proj_out.lora_down.weight": torch.randn(4, 64, generator=g),
+        "lora_unet_input_blocks_4_1_proj_out.lora_up.weight": torch.randn(64, 4, generator=g),
+    }
+    if damage == "rank":
+        tensors[f"{name}.lora_down.weight"] = torch.randn(5, 64, generator=g)
+    elif damage == "alpha":
+        tensors[f"{name}.alpha"] = torch.ones(3)
+    elif damage == "no-up":
+        del tensors[f"{name}.lora_up.weight"]
+    elif damage == "1d":
+        tensors[f"{name}.lora_down.weight"] = torch.randn(4, generator=g)
+    save_file(tensors, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        ("rank", "lora_down has rank 5 but lora_up rank 4"),
+        ("alpha", "its alpha holds 3 values, not one number"),
+        ("no-up", "lora_down has no lora_up beside it"),
+        ("1d", "lora_down has shape [4] and lora_up [64, 4]"),
+    ],
+)
+def test_damaged_module_is_named_not_a_traceback(tmp_path, capsys, damage, why):
+    """Factors that cannot make one weight change: inspect lists the module as a problem;
+    convert (F711), resize and merge (F720) refuse it by name and write nothing."""
+    from lorafile.cli import main
+    from lorafile.runtime.lorafiles.inspect import inspect_file
+
+    src = _damaged_file(tmp_path / "damaged.safetensors", damage)
+    assert any(why in p for p in inspect_file(src)["problems"])
+    out = tmp_path / "out.safetensors"
+    for args, code in (
+        (["convert", str(src), "--to", "diffusers", "-o", str(out)], "F711"),
+        (["resize", str(src), "--rank", "2", "-o", str(out)], "F720"),
+        (["merge", str(src), str(src), "-o", str(out)], "F720"),
+    ):
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert f"error[{code}]" in err and why in err and "proj_in" in err, err
+        assert not out.exists()

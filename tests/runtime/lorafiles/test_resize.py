@@ -118,3 +118,24 @@ def test_cli(files, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["bytes_before"] > 0 and len(report["modules"]) == len(modules_by_key(lora))
     assert json.loads(read_lora(out).metadata["lorafile.resized"])["criterion"] == "--energy 0.9"
+
+
+def test_nan_module_is_refused_not_an_svd_traceback(files, tmp_path, capsys):
+    """A diverged run's file (NaN factors): resize and merge refuse it by name (F720)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    lora, _ = files
+    tensors = load_file(str(lora))
+    key = next(k for k in tensors if k.endswith("lora_down.weight"))
+    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    save_file(tensors, str(tmp_path / "nan.safetensors"))
+    out = tmp_path / "out.safetensors"
+    for args in (
+        ["resize", str(tmp_path / "nan.safetensors"), "--rank", "2", "-o", str(out)],
+        ["merge", str(tmp_path / "nan.safetensors"), str(lora), "-o", str(out)],
+    ):
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert "error[F720]" in err and "NaN or inf" in err and key.split(".")[0] in err, err
+        assert not out.exists()

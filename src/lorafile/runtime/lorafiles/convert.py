@@ -88,6 +88,9 @@ class AdapterModule:
     alpha_source: str = "none"
     kind: str | None = None
     """The layer's kind in the key map (linear, conv1x1, conv3x3) when the file was read."""
+    damage: str = ""
+    """Why the file's tensors for this module are not one adapter ('' when they are); set
+    when the file was read (an alpha that is not one number), see `damage_of`."""
 
     @property
     def algo(self) -> str:
@@ -264,7 +267,9 @@ def parse_lora(tensors: dict, metadata: dict, keymap: KeyMap | None = None, path
         if found:
             module.kind = keymap.modules[found].kind
         alpha = params.pop("alpha", None)
-        if alpha is not None:
+        if alpha is not None and alpha.numel() != 1:
+            module.damage = f"its alpha holds {alpha.numel()} values, not one number"
+        elif alpha is not None:
             module.alpha, module.alpha_source = float(alpha), "tensor"
         modules.append(module)
     modules += [AdapterModule(None, key, key, {key: tensors[key]}) for key in stray]
@@ -383,9 +388,49 @@ WRITABLE = {
 }
 
 
+def damage_of(m: AdapterModule) -> str:
+    """Why a LoRA or LoHa module's factors cannot make one weight change ('' when they can):
+    a factor missing, or shapes that disagree (a damaged or hand-edited file). Loaders would
+    fail on it with a shape error, and merge or resize would compute nothing meaningful."""
+    if m.damage:
+        return m.damage
+    t = m.tensors
+    if m.algo == "lora" and "lora_mid.weight" not in t:
+        return _lora_damage(t)
+    if m.algo == "loha" and "hada_t1" not in t:
+        return _loha_damage(t)
+    return ""
+
+
+def _lora_damage(t: dict) -> str:
+    down, up = t["lora_down.weight"], t.get("lora_up.weight")
+    if up is None:
+        return "lora_down has no lora_up beside it"
+    if down.dim() not in (2, 4) or up.dim() != down.dim():
+        return f"lora_down has shape {list(down.shape)} and lora_up {list(up.shape)}"
+    if up.shape[1] != down.shape[0]:
+        return f"lora_down has rank {down.shape[0]} but lora_up rank {up.shape[1]}"
+    return ""
+
+
+def _loha_damage(t: dict) -> str:
+    missing = [k for k in LOHA_KEYS if k not in t]
+    if missing:
+        return f"LoHa factor {', '.join(missing)} missing"
+    w1a, w1b, w2a, w2b = (t[k] for k in LOHA_KEYS)
+    if w1a.dim() != 2 or w2a.dim() != 2 or w1a.shape[1] != w1b.shape[0] or (
+        w2a.shape[1] != w2b.shape[0] or w1a.shape[0] != w2a.shape[0]
+    ) or w1b[0].numel() != w2b[0].numel():  # fmt: skip
+        shapes = ", ".join(f"{k} {list(t[k].shape)}" for k in LOHA_KEYS)
+        return f"LoHa factors whose shapes disagree ({shapes})"
+    return ""
+
+
 def _cannot_write(m: AdapterModule, to: str) -> str:
     if m.component is None:
         return "matches no SDXL module"
+    if damage_of(m):
+        return f"damaged: {damage_of(m)}"
     if m.algo not in WRITABLE:
         return f"{m.display_algo} is not supported by the converter"
     if m.algo == "lokr" and to == "diffusers":

@@ -17,6 +17,7 @@ from lorafile.runtime.lorafiles.convert import (
     DIFFUSERS_METADATA_KEY,
     LAYOUTS,
     AdapterModule,
+    damage_of,
     read_lora,
 )
 
@@ -129,6 +130,10 @@ def problems(modules: list[AdapterModule]) -> list[str]:
     if unmatched:
         out.append(f"{len(unmatched)} key(s) match no SDXL module (loaders skip or reject them), "
                    f"e.g. `{unmatched[0]}`.")  # fmt: skip
+    damaged = [(m.source, why) for m in modules if (why := damage_of(m))]
+    if damaged:
+        out.append(f"{len(damaged)} module(s) are damaged, so loaders fail on them, e.g. "
+                   f"`{damaged[0][0]}` ({damaged[0][1]}).")  # fmt: skip
     matched = [m for m in modules if m.component is not None]
     no_alpha = [m.source for m in matched if m.alpha is None and m.rank is not None]
     if no_alpha:

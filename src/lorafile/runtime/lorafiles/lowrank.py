@@ -49,7 +49,15 @@ def cannot_factor(module: AdapterModule) -> str:
         return "LoKr's Kronecker product is not merged or resized here"
     if "dora_scale" in module.tensors:
         return "DoRA's magnitude rescales the whole weight, not a low-rank change"
+    if not all(_finite(t) for t in module.tensors.values()):
+        return "it holds NaN or inf values, as a diverged training run writes"
     return ""
+
+
+def _finite(tensor) -> bool:
+    import torch
+
+    return not tensor.is_floating_point() or bool(torch.isfinite(tensor).all())
 
 
 def refuse_unfactorable(modules: list[AdapterModule], bag, name: str, verb: str, help: str) -> bool:
