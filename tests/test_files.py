@@ -41,3 +41,14 @@ def test_writes_go_through_a_symlink(tmp_path):
     with atomic_path(link) as tmp:
         tmp.write_text("new")
     assert link.is_symlink() and real.read_text() == "new"
+
+
+def test_real_path_follows_links_and_leaves_a_loop(tmp_path):
+    from lorafile.files import real_path
+
+    (tmp_path / "target").write_text("x")
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    assert real_path(tmp_path / "link") == (tmp_path / "target").resolve()
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    assert real_path(tmp_path / "a").name in ("a", "b")  # no RuntimeError: the caller decides

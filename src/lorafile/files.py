@@ -107,3 +107,10 @@ def is_file(path: str | os.PathLike) -> bool:
 def exists(path: str | os.PathLike) -> bool:
     """True when `path` names something; False when it cannot be looked up."""
     return _mode(path) is not None
+
+
+def real_path(path: str | os.PathLike) -> Path:
+    """`path` made absolute with its symlinks followed, like `Path.resolve()`, except that a
+    symlink loop is left as it is instead of raising RuntimeError (Python < 3.13): the caller
+    then finds that the path does not exist, and says so with its own diagnostic."""
+    return Path(os.path.realpath(path))

@@ -17,7 +17,7 @@ from pathlib import Path
 from lorafile.backends import base
 from lorafile.backends.load import load_input
 from lorafile.compiler.diagnostics import Diagnostic, DiagnosticBag, DiagnosticError
-from lorafile.files import is_dir
+from lorafile.files import is_dir, real_path
 from lorafile.spec.models import Recipe
 
 TRAINERS = {"kohya": "kohya sd-scripts", "simpletuner": "SimpleTuner"}
@@ -202,7 +202,7 @@ def _target_options(options: dict | None, source: Path) -> dict:
     # Relative dataset paths are counted next to the source config, as `compile` counts them
     # next to its input: an epoch-counted warmup % becomes steps for SimpleTuner (T550).
     folder = source if is_dir(source) else source.parent
-    return {"base_dir": folder.resolve(), **(options or {})}
+    return {"base_dir": real_path(folder), **(options or {})}
 
 
 def _backend(name: str, allow_lossy: bool, options: dict | None):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lorafile.backends.base import Backend, Compiled, register
 from lorafile.compiler.diagnostics import DiagnosticBag
-from lorafile.files import is_dir, is_file
+from lorafile.files import is_dir, is_file, real_path
 from lorafile.spec import Recipe
 
 PLAN_FILE = "plan.json"
@@ -38,7 +38,7 @@ class Native(Backend):
         base_dir = self.base_dir
         if base_dir is None and bag.file and is_file(bag.file):
             # Relative recipe paths mean "next to the recipe", as for `lorafile train R.recipe`.
-            base_dir = Path(bag.file).resolve().parent
+            base_dir = real_path(bag.file).parent
         plan = build_plan(recipe, bag, base_dir)
         return Compiled(files={PLAN_FILE: json.dumps(plan, indent=2) + "\n"})
 

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from lorafile.files import real_path
+
 TRIGGER = "zqx"
 RECIPE = """\
 # The lorafile demo: a tiny SDXL-shaped model learns what "{trigger}" means
@@ -210,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
 
     require_train_extra("demo")  # T569 names the extra to install
     start = time.perf_counter()
-    root = args.output.resolve()
+    root = real_path(args.output)
     if root.exists() and any(root.iterdir()) and not args.force:
         bag = DiagnosticBag()
         bag.error(

@@ -7,6 +7,8 @@ import argparse
 import re
 from pathlib import Path
 
+from lorafile.files import real_path
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -96,7 +98,7 @@ def run_folder_of(target: Path) -> Path:
     from lorafile.compiler.diagnostics import fail
 
     recipe = _load_recipe(target)
-    out = resolve(recipe.output.path, target.resolve().parent)  # as the trainer resolves it
+    out = resolve(recipe.output.path, real_path(target).parent)  # as the trainer resolves it
     if not (out / "plan.json").is_file():
         raise fail(
             "E907",

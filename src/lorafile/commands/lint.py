@@ -8,6 +8,7 @@ from pathlib import Path
 from lorafile.compiler.dataset_count import summarize_datasets
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, printable
 from lorafile.compiler.vram import TRAINERS
+from lorafile.files import real_path
 
 KIND_TRAINER = {"recipe": "native", "kohya": "kohya", "simpletuner": "simpletuner"}
 
@@ -78,9 +79,9 @@ def run(args) -> int:
         budget=budget,
         gpus_count=args.gpus,
         bag=bag,
-        base_dir=None if str(args.file) == "-" else Path(args.file).resolve().parent,
+        base_dir=None if str(args.file) == "-" else real_path(args.file).parent,
     )
-    datasets = summarize_datasets(loaded.recipe, args.file.resolve().parent)
+    datasets = summarize_datasets(loaded.recipe, real_path(args.file).parent)
     if args.format == "json":
         data = lint.to_json(report)
         if datasets:  # only folders that exist here: configs elsewhere keep their output

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from lorafile.files import real_path
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -38,7 +40,7 @@ def load_plan(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     recipe = _load_recipe(path)
     bag = DiagnosticBag(file=str(path))
-    plan = build_plan(recipe, bag, base_dir=path.resolve().parent)
+    plan = build_plan(recipe, bag, base_dir=real_path(path).parent)
     bag.raise_if_errors()  # the command line prints every diagnostic, warnings included
     if bag.items:
         print(render_all(bag.items), file=sys.stderr)

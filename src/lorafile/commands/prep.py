@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from lorafile.compiler.diagnostics import DiagnosticBag
+from lorafile.files import real_path
 
 TRAINERS = ("native", "kohya", "simpletuner")
 KIND_TRAINER = {"recipe": "native", "kohya": "kohya", "simpletuner": "simpletuner"}
@@ -137,7 +138,7 @@ def from_recipe(path: Path, from_: str | None, folder: Path) -> dict:
     bag.raise_if_errors()
     recipe = loaded.recipe
     base = path.parent
-    matching = [d for d in recipe.datasets if resolve(d.path, base).resolve() == folder.resolve()]
+    matching = [d for d in recipe.datasets if real_path(resolve(d.path, base)) == real_path(folder)]
     if not matching:
         print(
             f"note: `{folder}` is not a dataset of `{path}`; using its first dataset's settings",

@@ -25,7 +25,7 @@ from lorafile.backends.simpletuner import write as w
 from lorafile.backends.simpletuner.read import read_recipe
 from lorafile.backends.tomlio import IntOutOfRange
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, Severity
-from lorafile.files import is_file
+from lorafile.files import is_file, real_path
 from lorafile.spec import Recipe
 
 FORMATS = ("json", "toml")
@@ -114,7 +114,7 @@ class SimpleTuner(Backend):
         if self.options.get("base_dir") is not None:
             return Path(self.options["base_dir"])
         if bag is not None and bag.file and is_file(bag.file):
-            return Path(bag.file).resolve().parent  # relative paths mean "next to the recipe"
+            return real_path(bag.file).parent  # relative paths mean "next to the recipe"
         return None
 
     def _reporter(self, bag: DiagnosticBag):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
-from lorafile.files import atomic_path, write_text_atomic
+from lorafile.files import atomic_path, real_path, write_text_atomic
 from lorafile.runtime.dataprep.caption_checks import starts_with_trigger
 from lorafile.runtime.dataprep.images import SIXTEEN_BIT_MODES, to_8bit
 from lorafile.runtime.dataprep.prep import PrepReport
@@ -49,7 +49,7 @@ class FixResult:
 def check_output(source: Path, out: Path) -> None:
     """OUT must be a new (or empty) folder outside the source: nothing is overwritten."""
     bag = DiagnosticBag(file=str(out))
-    src, dst = source.resolve(), out.resolve()
+    src, dst = real_path(source), real_path(out)
     if dst == src or src in dst.parents:
         bag.error(
             "D831",

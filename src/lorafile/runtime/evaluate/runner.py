@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorafile.compiler.diagnostics import fail
+from lorafile.files import real_path
 from lorafile.runtime.evaluate import scores as S
 from lorafile.runtime.evaluate.prompts import (
     PromptSet,
@@ -159,7 +160,7 @@ class Evaluation:
         import torch
 
         self.target, self.options = target, options
-        self.out = Path(options.out).resolve()
+        self.out = real_path(options.out)
         self.device = torch.device(
             options.device or ("cuda" if torch.cuda.is_available() else "cpu")
         )

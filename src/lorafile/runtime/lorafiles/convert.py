@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lorafile.compiler.diagnostics import DiagnosticBag, fail
-from lorafile.files import exists, is_dir, is_file
+from lorafile.files import exists, is_dir, is_file, real_path
 from lorafile.runtime.lorafiles.keys import COMPONENTS, KeyMap, peft_name, sdxl_keymap
 
 # Parameter suffixes, longest first so `lokr_w1_a` wins over `lokr_w1`.
@@ -599,7 +599,7 @@ def convert_file(src, dst, to: str, dtype=None, alpha: float | None = None,
     Returns the file read and the warnings; raises DiagnosticError on errors.
     """
     bag = DiagnosticBag(file=str(src))
-    if Path(dst).resolve() == Path(src).resolve():
+    if real_path(dst) == real_path(src):
         raise fail("F713", "The output would overwrite the input file.", "Choose another -o.")
     lora = read_lora(src)
     modules = check_writable(lora.modules, to, allow_lossy, bag)

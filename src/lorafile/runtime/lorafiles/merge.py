@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorafile.compiler.diagnostics import DiagnosticBag, fail
+from lorafile.files import real_path
 from lorafile.runtime.lorafiles.convert import (
     AdapterModule,
     LoraFile,
@@ -112,9 +113,9 @@ def load_loras(specs: list[LoraSpec], bag: DiagnosticBag) -> list[LoadedLora]:
 
 def check_outputs(out: Path, inputs: list[Path]) -> None:
     """F713 if `out` is one of the inputs (merging into the base in place loses the base)."""
-    target = Path(out).resolve()
+    target = real_path(out)
     for path in inputs:
-        if Path(path).resolve() == target:
+        if real_path(path) == target:
             raise fail(
                 "F713",
                 f"The output `{out}` would overwrite the input `{path}`.",

@@ -45,6 +45,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from lorafile.files import real_path
 from lorafile.runtime.train.defaults import DEFAULT_LOG_EVERY
 from lorafile.runtime.train.interrupt import StopRequest
 
@@ -145,7 +146,7 @@ def worker_args(args: argparse.Namespace) -> list[str]:
     """The `lorafile train` options a worker needs (the input is replaced by the plan file)."""
     out: list[str] = []
     if getattr(args, "output", None):
-        out += ["-o", str(Path(args.output).resolve())]
+        out += ["-o", str(real_path(args.output))]
     if args.resume:
         out += ["--resume"] + ([] if args.resume is True else [str(args.resume)])
     for flag in ("force", "allow_pickle", "quiet", "cpu", "compile"):
@@ -165,7 +166,7 @@ def worker_args(args: argparse.Namespace) -> list[str]:
 def prepare_plan(plan: dict, input_path: Path, world: World) -> dict:
     """The plan every process trains: built for this many processes (steps per epoch and the
     effective batch depend on it) and with the seed fixed (all ranks must draw the same)."""
-    base_dir = Path(plan.get("base_dir") or input_path.resolve().parent)
+    base_dir = Path(plan.get("base_dir") or real_path(input_path).parent)
     hw = plan["recipe"].get("hardware") or {}
     wanted = {"gpus": world.gpus, "machines": world.machines}
     if any(hw.get(k, 1) != v for k, v in wanted.items()):

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from lorafile.compiler.diagnostics import DiagnosticError, fail
-from lorafile.files import write_text_atomic
+from lorafile.files import real_path, write_text_atomic
 from lorafile.runtime.lorafiles.metadata import kohya_metadata
 from lorafile.runtime.train import checkpoint as ckpt
 from lorafile.runtime.train import choices, data, interrupt, run_state
@@ -103,7 +103,7 @@ class Trainer(TrainerSetup):
         self.plan, self.options = copy.deepcopy(plan), options or TrainOptions()
         self.recipe = recipe_of(plan)
         self.r = plan["resolved"]
-        self.out = Path(self.options.out or self.r["output"]["path"]).resolve()
+        self.out = real_path(self.options.out or self.r["output"]["path"])
         self.total, self.accumulate = self.r["steps"], self.recipe.train.accumulate
         self.step, self.position, self.last_loss = 0, (0, 0), math.nan
         self.samples: list[Path] = []
