@@ -52,3 +52,15 @@ def test_real_path_follows_links_and_leaves_a_loop(tmp_path):
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")
     assert real_path(tmp_path / "a").name in ("a", "b")  # no RuntimeError: the caller decides
+
+
+def test_file_in_the_way_of_a_folder(tmp_path):
+    from lorafile.files import file_in_the_way
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    assert file_in_the_way(tmp_path / "new" / "deeper") is None
+    assert file_in_the_way(tmp_path) is None
+    assert file_in_the_way(tmp_path / "file") == tmp_path / "file"
+    assert file_in_the_way(tmp_path / "file" / "sub" / "x") == tmp_path / "file"
+    assert file_in_the_way(tmp_path / "loop") == tmp_path / "loop"

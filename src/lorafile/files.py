@@ -114,3 +114,13 @@ def real_path(path: str | os.PathLike) -> Path:
     symlink loop is left as it is instead of raising RuntimeError (Python < 3.13): the caller
     then finds that the path does not exist, and says so with its own diagnostic."""
     return Path(os.path.realpath(path))
+
+
+def file_in_the_way(folder: str | os.PathLike) -> Path | None:
+    """What stops `folder` from being created or used as a folder: `folder` itself, or the
+    nearest part of the path above it that exists, when that is not a folder (a file, a
+    broken or looping symlink); None when `folder` is a folder or can be made with mkdir -p."""
+    path = Path(os.path.abspath(folder))
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return None if is_dir(path) else path

@@ -33,3 +33,36 @@ def test_lora_input_that_is_a_symlink_loop_is_f710(tmp_path, capsys, command):
     err = capsys.readouterr().err
     assert "error[F710]" in err and "loop.safetensors" in err and "does not exist" in err, err
     assert not out.exists()
+
+
+def test_train_output_folder_that_is_a_file_is_t576(tiny_sdxl_dir, tmp_path, capsys):
+    from hardening_runs import tiny_plan
+
+    plan = tiny_plan(tiny_sdxl_dir, tmp_path)
+    (tmp_path / "file").write_text("mine")
+    for out, blocker in ((tmp_path / "file", "it is a file"),
+                         (tmp_path / "file" / "run", f"`{tmp_path / 'file'}` is a file")):  # fmt: skip
+        assert main(["train", str(plan), "-o", str(out), "-q"]) == 1
+        err = capsys.readouterr().err
+        assert "error[T576]" in err and blocker in err and "Traceback" not in err, err
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_eval_output_under_a_file_is_e906(tmp_path):
+    from lorafile.compiler.diagnostics import DiagnosticError
+    from lorafile.runtime.evaluate.runner import prepare_out
+
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(DiagnosticError) as err:
+        prepare_out(tmp_path / "file" / "eval", force=False)
+    assert err.value.diagnostics[0].code == "E906"
+    assert f"`{tmp_path / 'file'}` is a file" in err.value.diagnostics[0].message
+
+
+def test_demo_folder_that_is_a_file_is_t576(tmp_path, capsys):
+    (tmp_path / "file").write_text("mine")
+    for out in (tmp_path / "file", tmp_path / "file" / "demo"):
+        assert main(["demo", "-o", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert "error[T576]" in err and "is a file, not a folder" in err, err
+    assert (tmp_path / "file").read_text() == "mine"

@@ -88,6 +88,19 @@ def test_fix_never_overwrites_or_writes_inside_the_source(tmp_path):
     assert not (tmp_path / "src" / "clean").exists()
 
 
+def test_fix_under_a_file_or_onto_a_symlink_loop_is_d831(tmp_path):
+    clean_set(tmp_path / "src", count=1)
+    report = run_prep(PrepSettings(tmp_path / "src"), progress=False)
+    (tmp_path / "file").write_text("mine")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for out, says in ((tmp_path / "file" / "clean", "is a file, not a folder"),
+                      (tmp_path / "loop", "already exists")):  # fmt: skip
+        with pytest.raises(DiagnosticError) as err:
+            write_fixed(report, out)
+        assert err.value.diagnostics[0].code == "D831" and says in err.value.diagnostics[0].message
+    assert (tmp_path / "file").read_text() == "mine"
+
+
 @pytest.mark.slow
 def test_the_cleaned_copy_trains(tmp_path, tiny_sdxl_dir):
     import torch

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
-from lorafile.files import atomic_path, real_path, write_text_atomic
+from lorafile.files import atomic_path, file_in_the_way, real_path, write_text_atomic
 from lorafile.runtime.dataprep.caption_checks import starts_with_trigger
 from lorafile.runtime.dataprep.images import SIXTEEN_BIT_MODES, to_8bit
 from lorafile.runtime.dataprep.prep import PrepReport
@@ -57,7 +57,13 @@ def check_output(source: Path, out: Path) -> None:
             "part of the dataset.",
             "write the cleaned copy to a folder outside the dataset",
         )
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+    elif (blocker := file_in_the_way(out)) is not None and blocker.name != out.name:
+        bag.error(
+            "D831",
+            f"`--fix {out}` cannot be created: `{blocker}` is a file, not a folder.",
+            "name a new folder whose parent folders exist or can be created",
+        )
+    elif blocker is not None or (out.is_dir() and any(out.iterdir())):
         bag.error(
             "D831",
             f"`--fix {out}` already exists and is not an empty folder; prep never overwrites.",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorafile.compiler.diagnostics import fail
-from lorafile.files import real_path
+from lorafile.files import file_in_the_way, real_path
 from lorafile.runtime.evaluate import scores as S
 from lorafile.runtime.evaluate.prompts import (
     PromptSet,
@@ -56,8 +56,9 @@ class EvalOptions:
 
 def prepare_out(out: Path, force: bool) -> None:
     """Refuse a non-empty folder (E906) unless --force; --force removes only eval's outputs."""
-    if out.exists() and not out.is_dir():
-        raise fail("E906", f"`{out}` is a file, not a folder.", "choose another folder with -o")
+    blocker = file_in_the_way(out)  # the folder itself, or a part of its path
+    if blocker is not None:
+        raise fail("E906", f"`{blocker}` is a file, not a folder.", "choose another folder with -o")
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise fail(

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lorafile.compiler.diagnostics import DiagnosticError, fail
+from lorafile.files import file_in_the_way
 from lorafile.runtime.train import checkpoint as ckpt
 
 RUN_FILE = "run.json"
@@ -67,6 +68,21 @@ def _open_lock_file(path: Path) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 
 
+def refuse_file_in_the_way(out: Path) -> None:
+    """T576 when the output folder, or a part of its path, is a file: mkdir would fail."""
+    blocker = file_in_the_way(out)
+    if blocker is not None:
+        where = (
+            "it is a file" if blocker == Path(os.path.abspath(out)) else f"`{blocker}` is a file"
+        )
+        raise fail(
+            "T576",
+            f"Cannot create the output folder `{out}`: {where}, not a folder.",
+            "choose another output folder with -o (or the recipe's `output`); the file is "
+            "left as it is",
+        )
+
+
 class FolderLock:
     """An exclusive lock on an output folder for the life of one run (see the module doc)."""
 
@@ -80,6 +96,7 @@ class FolderLock:
             import fcntl
         except ImportError:  # Windows: no flock; the T571 check still guards the folder
             return self
+        refuse_file_in_the_way(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         fd = _open_lock_file(self.out / LOCK_FILE)
         try:
