@@ -90,6 +90,25 @@ class TestKohyaRead(BackendCase):
         assert all(d.file.endswith("bad_dataset.dataset.toml") for d in bad)
         assert "caption_extension" in bad[3].help  # did you mean
 
+    @pytest.mark.parametrize(
+        ("dataset", "says"),
+        [
+            ("datasets = 3\n", "`datasets = 3` must be a list of tables"),
+            ("datasets = [3]\n", "`datasets = [3]` must be a list of tables"),
+            ("[[datasets]]\nsubsets = 3\n", "`subsets = 3` must be a list of tables"),
+            ("general = 3\n", "`general = 3` must be a table"),
+            (
+                "[[datasets]]\nresolution = [1, 2]\nbatch_size = [1, 2]\n"
+                "[[datasets.subsets]]\nimage_dir = 'x'\nnum_repeats = 'ten'\n",
+                '`num_repeats = "ten"` must be int',
+            ),
+        ],
+    )
+    def test_dataset_config_of_the_wrong_shape_is_i609_not_a_traceback(self, dataset, says):
+        config = "learning_rate = 1e-4\ndataset_config = 'd.toml'\n"
+        _, diags = self.read_files({"config.toml": config, "d.toml": dataset})
+        assert any(d.code == "I609" and says in d.message for d in diags), diags
+
     def test_prompt_file_problems(self):
         recipe, diags = self.read(BROKEN / "sample_bad.toml")
         assert [

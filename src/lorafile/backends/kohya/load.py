@@ -160,6 +160,8 @@ def _from_dataset_config(ctx: kr.Context, path: Path, bag: DiagnosticBag) -> lis
     sub = source.bag()
     check_dataset_schema(doc, source, sub)
     bag.extend(sub.items)
+    if sub.has_errors:  # sd-scripts stops at its schema too; a blueprint would misread types
+        return []
     return schema.blueprint(ctx.args, doc)
 
 
@@ -177,13 +179,33 @@ def check_dataset_schema(doc: dict, source: kr.Source, bag: DiagnosticBag) -> No
                 suggest(key, ("general", "datasets")),
             )
     _check_level(doc.get("general") or {}, "g", ("general",), source, bag, suggest)
-    for i, dataset in enumerate(doc.get("datasets") or []):
+    for i, dataset in enumerate(_tables(doc, "datasets", ("datasets",), source, bag)):
         _check_level(dataset, "d", ("datasets", i), source, bag, suggest)
-        for j, subset in enumerate(dataset.get("subsets") or []):
-            _check_level(subset, "s", ("datasets", i, "subsets", j), source, bag, suggest)
+        where = ("datasets", i, "subsets")
+        for j, subset in enumerate(_tables(dataset, "subsets", where, source, bag)):
+            _check_level(subset, "s", (*where, j), source, bag, suggest)
+
+
+def _tables(parent: dict, key: str, path: tuple, source: kr.Source, bag) -> list:
+    """`parent[key]` when it is a list of tables (`[[datasets]]`, `[[datasets.subsets]]`);
+    else an I609 error and no tables."""
+    value = parent.get(key) or []
+    if isinstance(value, list) and all(isinstance(item, dict) for item in value):
+        return value
+    _schema_error(
+        bag,
+        source,
+        path,
+        f"`{key} = {kr._toml(value)}` must be a list of tables (`[[{'.'.join(p for p in path if isinstance(p, str))}]]`); sd-scripts rejects it.",
+    )
+    return []
 
 
 def _check_level(table: dict, level: str, path: tuple, source: kr.Source, bag, suggest) -> None:
+    if not isinstance(table, dict):
+        message = f"`{path[-1]} = {kr._toml(table)}` must be a table; sd-scripts rejects it."
+        _schema_error(bag, source, path, message)
+        return
     for key, value in table.items():
         if key == "subsets" and level == "d":
             continue
