@@ -134,3 +134,11 @@ def test_relative_paths_are_counted_next_to_the_recipe(tmp_path):
 def test_steps_counted_runs_need_no_count(tmp_path):
     r = recipe(tmp_path, steps=100, epochs=None)
     assert dc.simpletuner_steps(r, dc.count_recipe(r, dc.SIMPLETUNER)) is None
+
+
+def test_an_image_name_that_is_a_symlink_loop_is_not_listed(tmp_path):
+    """DirEntry.is_file raises ELOOP for a looping link; no trainer can read it: not an image."""
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    for rule in (dc.NATIVE, dc.KOHYA, dc.SIMPLETUNER):
+        assert [p.name for p in dc.list_images(tmp_path, rule)] == ["a.png"]

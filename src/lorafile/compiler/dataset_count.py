@@ -90,6 +90,15 @@ RULES = {rule.trainer: rule for rule in (NATIVE, KOHYA, SIMPLETUNER)}
 """Each trainer's listing rule by the trainer's name."""
 
 
+def _is_file(entry: os.DirEntry) -> bool:
+    """DirEntry.is_file, False for a link the OS cannot follow (a symlink loop raises ELOOP),
+    as for a broken link: no trainer can read it either."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
 def list_images(folder: Path, rule: ImageRule = NATIVE, limit: int | None = None) -> list[Path]:
     """The image files `rule`'s trainer would find in `folder`, sorted (names only, no decoding).
 
@@ -101,7 +110,7 @@ def list_images(folder: Path, rule: ImageRule = NATIVE, limit: int | None = None
     if not rule.recursive:
         with os.scandir(folder) as entries:
             # DirEntry.is_file: the type from the directory listing, a stat only for links
-            return sorted(Path(e.path) for e in entries if rule.matches(e.name) and e.is_file())
+            return sorted(Path(e.path) for e in entries if rule.matches(e.name) and _is_file(e))
     found: list[Path] = []
     seen: set[str] = set()
     visited = 0
