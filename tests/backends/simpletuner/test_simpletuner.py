@@ -609,6 +609,9 @@ def test_imported_recipe_text_parses_back(name):
           "m.json": '[{"id": "a", "instance_data_dir": "/x", "repeats": "lots"}]'}, "I652"),
         ({"config.yaml": "a: [b\n"}, "I651"),
         ({"config.json": "{not json"}, "I651"),
+        ({"config.json": '{"model_family": "sdxl", "max_train_steps": Infinity}'}, "I652"),
+        ({"config.json": '{"model_family": "sdxl", "data_backend_config": "m.json"}',
+          "m.json": '[{"id": "a", "instance_data_dir": "/x", "resolution": Infinity}]'}, "I652"),
     ],
 )  # fmt: skip
 def test_malformed_input_is_a_diagnostic(tmp_path, files, code):

@@ -41,7 +41,8 @@ def read_recipe(path: Path, bag: DiagnosticBag) -> Recipe:
     loaded = load_config(Path(path), bag)
     try:
         return _interpret(loaded, bag)
-    except (TypeError, ValueError, AttributeError) as err:  # malformed values, not a bug here
+    # Malformed values, not a bug here; OverflowError: int() of a JSON `Infinity`.
+    except (TypeError, ValueError, AttributeError, OverflowError) as err:
         bag.error(
             "I652",
             f"The SimpleTuner config has a value of the wrong kind: {err}.",
