@@ -95,3 +95,25 @@ def test_lora_file_alone_and_refusals(run_dir, tmp_path, capsys):
     with pytest.raises(DiagnosticError) as err:
         write_card(tmp_path / "empty_dir_missing", tmp_path / "x.md")
     assert err.value.diagnostics[0].code == "F726"
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"recipe": "x"}, "no `resolved` and `recipe` sections"),
+        ({"resolved": [1]}, "no `resolved` and `recipe` sections"),
+        ({"recipe": {"adapter": 5}}, "`recipe.adapter` is not a section"),
+        ({"recipe": {"datasets": {"a": 1}}}, "`recipe.datasets` is not a list of sections"),
+    ],
+)
+def test_plan_of_the_wrong_shape_is_left_out_with_f727(run_dir, tmp_path, change, why):
+    """A plan.json edited into the wrong shape: the card is written from the LoRA file alone,
+    with an F727 warning, not an AttributeError traceback."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "tiny.safetensors").write_bytes((run_dir / "tiny.safetensors").read_bytes())
+    plan = json.loads((run_dir / "plan.json").read_text())
+    (folder / "plan.json").write_text(json.dumps({**plan, **change}))
+    result = write_card(folder, tmp_path / "README.md")
+    assert any(d.code == "F727" and why in d.message for d in result.warnings), result.warnings
+    assert (tmp_path / "README.md").is_file()

@@ -100,17 +100,51 @@ def read_json(path: Path, bag: DiagnosticBag, what: str) -> dict | None:
     return data
 
 
+def read_plan(path: Path, bag: DiagnosticBag) -> dict | None:
+    """The run's plan.json, or None with an F727 warning when it is not one `lorafile train`
+    wrote (not JSON, or sections of the wrong kind: an edited or damaged file)."""
+    plan = read_json(path, bag, "plan")
+    why = _plan_shape_problem(plan) if plan is not None else ""
+    if why:
+        bag.warning(
+            "F727",
+            f"The plan `{path}` is not one `lorafile train` wrote: {why}; its section is left out.",
+            "Re-run `lorafile train` (or `lorafile compile --target native`) to write it again.",
+        )
+        return None
+    return plan
+
+
+def _plan_shape_problem(plan: dict) -> str:
+    """What is not as the card reads it ('' when all is): the sections and their kinds."""
+    res, recipe = plan.get("resolved"), plan.get("recipe")
+    if not isinstance(res, dict) or not isinstance(recipe, dict):
+        return "it has no `resolved` and `recipe` sections"
+    for name, value in (
+        ("resolved.output", res.get("output", {})),
+        ("resolved.sample", res.get("sample") or {}),
+        ("recipe.adapter", recipe.get("adapter", {})),
+        ("recipe.train", recipe.get("train", {})),
+    ):
+        if not isinstance(value, dict):
+            return f"`{name}` is not a section"
+    datasets = recipe.get("datasets") or []
+    if not isinstance(datasets, list) or not all(isinstance(d, dict) for d in datasets):
+        return "`recipe.datasets` is not a list of sections"
+    return ""
+
+
 def find_run(target: str | os.PathLike, bag: DiagnosticBag) -> RunFiles:
     """The adapter and plan for TARGET (run folder or LoRA file); F726 when there is none."""
     target = Path(target)
     if target.is_file():
         folder = target.parent
         plan_path = folder / "plan.json"
-        plan = read_json(plan_path, bag, "plan") if plan_path.is_file() else None
+        plan = read_plan(plan_path, bag) if plan_path.is_file() else None
         return RunFiles(target, folder, plan, _run_json(folder, bag))
     plan_path = target / "plan.json"
     if target.is_dir() and plan_path.is_file():
-        plan = read_json(plan_path, bag, "plan")
+        plan = read_plan(plan_path, bag)
         name = (resolved(plan).get("output") or {}).get("name")
         adapter = target / f"{name}.safetensors" if name else None
         if adapter is not None and adapter.is_file():
