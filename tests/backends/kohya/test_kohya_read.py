@@ -109,6 +109,12 @@ class TestKohyaRead(BackendCase):
         _, diags = self.read_files({"config.toml": config, "d.toml": dataset})
         assert any(d.code == "I609" and says in d.message for d in diags), diags
 
+    def test_unusable_dataset_resolution_is_i623_not_a_traceback(self):
+        config = "learning_rate = 1e-4\ndataset_config = 'd.toml'\n"
+        dataset = "[[datasets]]\nresolution = -1\n[[datasets.subsets]]\nimage_dir = 'x'\n"
+        _, diags = self.read_files({"config.toml": config, "d.toml": dataset})
+        assert any(d.code == "I623" and "(-1)" in d.message for d in diags), diags
+
     def test_prompt_file_problems(self):
         recipe, diags = self.read(BROKEN / "sample_bad.toml")
         assert [

@@ -417,11 +417,8 @@ def _diff_subset(ctx, prefix: str, subset, entry: dict, written_args: dict, out:
         old = effective.get(key)
         if old is None or same_dataset_value(key, old, new):
             continue
-        if key == "resolution":
-            old = list(
-                (km.resolution(old) and (km.resolution(old).width, km.resolution(old).height))
-                or old
-            )
+        if key == "resolution" and (size := km.resolution(old)):
+            old = [size.width, size.height]  # an unusable one (-1) is I623 already: kept as is
         if isinstance(old, dict):
             ctx.warning(
                 "I621",
