@@ -20,6 +20,8 @@ import re
 import shutil
 from pathlib import Path
 
+from lorafile.compiler.diagnostics import fail
+
 CHECKPOINTS = "checkpoints"
 TEMP_SUFFIX = ".tmp"
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
@@ -90,14 +92,37 @@ def _prune(out: Path, keep: int | None) -> None:
         shutil.rmtree(old)
 
 
+STATE_KEYS = ("step", "seed", "optimizer", "scheduler", "rng", "position")
+"""What `--resume` reads from state.pt; a file without them is not one a run saved."""
+
+
 def load_checkpoint(folder: Path) -> tuple[dict, dict]:
-    """(adapter weights, training state) of a checkpoint folder."""
+    """(adapter weights, training state) of a checkpoint folder; T572 naming the folder when
+    either file cannot be read (a copy cut short, a disk error), not a torch traceback."""
     import torch
     from safetensors.torch import load_file
 
-    adapter = load_file(folder / "adapter.safetensors")
-    state = torch.load(folder / "state.pt", weights_only=True)  # no code runs on load
+    try:
+        adapter = load_file(folder / "adapter.safetensors")
+    except Exception as err:  # safetensors raises its own error types for a bad header
+        why = f"adapter.safetensors is not readable safetensors ({str(err).splitlines()[0]})"
+        raise _damaged(folder, why) from err
+    try:
+        state = torch.load(folder / "state.pt", weights_only=True)  # no code runs on load
+    except Exception as err:  # torch's message talks of weights_only, not of the file
+        raise _damaged(folder, "state.pt is cut short or not a state lorafile saved") from err
+    if not isinstance(state, dict) or any(key not in state for key in STATE_KEYS):
+        raise _damaged(folder, "state.pt holds no training state lorafile saved")
     return adapter, state
+
+
+def _damaged(folder: Path, why: str):
+    return fail(
+        "T572",
+        f"The checkpoint `{folder}` cannot be read: {why}.",
+        "resume from an earlier checkpoint with --resume PATH, or start again with --force "
+        "(which removes the run's checkpoints)",
+    )
 
 
 def rng_state() -> dict:
