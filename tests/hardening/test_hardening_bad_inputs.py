@@ -66,3 +66,17 @@ def test_demo_folder_that_is_a_file_is_t576(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "error[T576]" in err and "is a file, not a folder" in err, err
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_folder_named_run_json_in_a_resumed_run_is_t576(tiny_sdxl_dir, tmp_path, capsys):
+    from hardening_runs import tiny_plan
+
+    plan, out = tiny_plan(tiny_sdxl_dir, tmp_path, save_every=1), tmp_path / "out"
+    assert main(["train", str(plan), "-o", str(out), "-q"]) == 0
+    (out / "run.json").unlink()
+    (out / "run.json").mkdir()
+    (out / "run.json" / "mine.txt").write_text("mine")
+    assert main(["train", str(plan), "-o", str(out), "--resume", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "error[T576]" in err and "run.json` is a folder" in err and "Traceback" not in err, err
+    assert (out / "run.json" / "mine.txt").read_text() == "mine"

@@ -250,6 +250,8 @@ def write_failure(
     read of the base model, say) and is left alone.
     """
     os_err = os_error_of(err)
+    if os_err is not None and os_err.errno == errno.EISDIR and _under(os_err, where):
+        return _folder_in_the_way(os_err, what, then)
     if os_err is None or os_err.errno not in NO_SPACE + NOT_WRITABLE:
         return None
     if only_under and os_err.errno in (errno.EACCES, errno.EPERM) and not _under(os_err, where):
@@ -266,6 +268,18 @@ def write_failure(
         "T576",
         f"Cannot write {what}: {reason} (`{where}`).",
         f"choose a writable output folder with -o, or fix the folder's permissions{after}",
+    )
+
+
+def _folder_in_the_way(err: OSError, what: str, then: str) -> DiagnosticError:
+    """T576 for a folder where the run writes a file (`run.json/`, `plan.json/`): os.replace
+    names the temporary file first, the folder second."""
+    folder = err.filename2 or err.filename
+    after = f"; {then}" if then else ""
+    return fail(
+        "T576",
+        f"Cannot write {what}: `{folder}` is a folder where the run writes a file.",
+        f"remove or rename that folder, or choose another output folder with -o{after}",
     )
 
 
