@@ -33,11 +33,19 @@ def load_plan(path: Path) -> dict:
 
     Warnings are printed to stderr; errors raise DiagnosticError.
     """
-    from lorafile.compiler.diagnostics import DiagnosticBag, render_all
-    from lorafile.runtime.train.plan import build_plan
+    from lorafile.compiler.diagnostics import DiagnosticBag, fail, render_all
+    from lorafile.runtime.train.plan import build_plan, plan_problem
 
     if path.suffix == ".json" and _is_plan(path):
-        return json.loads(path.read_text(encoding="utf-8"))
+        plan = json.loads(path.read_text(encoding="utf-8"))
+        why = plan_problem(plan)
+        if why:
+            raise fail(
+                "R110",
+                f"`{path}` is not a plan that lorafile wrote: {why}.",
+                "write it again with `lorafile compile --target native`, or give the recipe",
+            )
+        return plan
     recipe = _load_recipe(path)
     bag = DiagnosticBag(file=str(path))
     plan = build_plan(recipe, bag, base_dir=real_path(path).parent)
@@ -49,9 +57,10 @@ def load_plan(path: Path) -> dict:
 
 def _is_plan(path: Path) -> bool:
     try:
-        return "lorafile_plan" in json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+    return isinstance(data, dict) and "lorafile_plan" in data
 
 
 def _load_recipe(path: Path):

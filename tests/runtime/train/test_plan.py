@@ -64,3 +64,41 @@ def test_plan_of_missing_dataset_with_epochs_fails(tmp_path, capsys):
     (tmp_path / "p.recipe").write_text(RECIPE)
     assert main(["plan", str(tmp_path / "p.recipe")]) == 1
     assert "T563" in capsys.readouterr().err
+
+
+def _edit(plan: dict, change: str) -> dict:
+    """`plan` damaged the way `change` names (a hand edit, a bad merge of two files)."""
+    edited = json.loads(json.dumps(plan))
+    if change == "memory":
+        edited["memory"] = "x"
+    elif change == "datasets":
+        edited["datasets"] = [1]
+    elif change == "steps":
+        edited["resolved"]["steps"] = "many"
+    elif change == "rank":
+        edited["recipe"]["adapter"]["rank"] = "eight"
+    elif change == "recipe":
+        edited["recipe"] = {}
+    return edited
+
+
+def test_damaged_plan_json_is_r110_naming_what_is_wrong(tmp_path, capsys):
+    recipe = _project(tmp_path)
+    assert main(["plan", str(recipe), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    for change, says in (
+        ("memory", "`memory` not a section"),
+        ("datasets", "`datasets` is not a list of sections"),
+        ("steps", "`resolved.steps` is not a number"),
+        ("rank", "`recipe.adapter.rank` is not valid"),
+        ("recipe", "`recipe.name` is not valid"),
+    ):
+        path = tmp_path / f"{change}.json"
+        path.write_text(json.dumps(_edit(plan, change)))
+        assert main(["plan", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert "error[R110]" in err and "not a plan that lorafile wrote" in err, err
+        assert says in err, err
+    (tmp_path / "number.json").write_text("5")  # `in` on an int was a TypeError
+    assert main(["plan", str(tmp_path / "number.json")]) == 1
+    assert "Traceback" not in capsys.readouterr().err

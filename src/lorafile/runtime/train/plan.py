@@ -354,6 +354,44 @@ def build_plan(recipe: Recipe, bag: DiagnosticBag, base_dir: Path | None = None)
     }
 
 
+def plan_problem(plan: object) -> str:
+    """What makes `plan` (a parsed plan.json) not one `build_plan` wrote ('' when nothing):
+    the sections the trainer and `describe_plan` read, and their kinds (an edited or damaged
+    file), and the recipe in it."""
+    if not isinstance(plan, dict) or "lorafile_plan" not in plan:
+        return "it holds no JSON object with `lorafile_plan`"
+    resolved = plan.get("resolved")
+    if not isinstance(resolved, dict) or not isinstance(plan.get("recipe"), dict):
+        return "it has no `resolved` and `recipe` sections"
+    output = resolved.get("output")
+    if not isinstance(output, dict) or not all(isinstance(output.get(k), str) for k in OUTPUT):
+        return "its `resolved.output` names no output folder and name"
+    if not isinstance(resolved.get("base"), str):
+        return "its `resolved` section names no base model"
+    if not isinstance(resolved.get("steps"), int) or not isinstance(plan.get("memory"), dict):
+        return "its `resolved.steps` is not a number or its `memory` not a section"
+    for key in ("datasets", "buckets", "files"):
+        items = plan.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            return f"its `{key}` is not a list of sections"
+    return _recipe_problem(plan["recipe"])
+
+
+OUTPUT = ("path", "name")
+
+
+def _recipe_problem(recipe: dict) -> str:
+    from pydantic import ValidationError
+
+    try:
+        Recipe.model_validate(recipe)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return f"its `recipe.{where}` is not valid ({first['msg']})"
+    return ""
+
+
 def recipe_of(plan: dict) -> Recipe:
     """The Recipe a plan was built from."""
     return Recipe.model_validate(plan["recipe"])
