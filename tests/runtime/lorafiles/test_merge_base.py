@@ -122,6 +122,15 @@ def test_parse_strength_suffix():
     assert err.value.diagnostics[0].code == "F723"
 
 
+@pytest.mark.parametrize("strength", ["nan", "inf", "-inf"])
+def test_strength_that_is_not_finite_is_f723(strength):
+    """float() reads `nan`: merged, it would turn every weight it touches into NaN."""
+    with pytest.raises(DiagnosticError) as err:
+        parse_lora_spec(f"a.safetensors:{strength}")
+    assert err.value.diagnostics[0].code == "F723"
+    assert "not a finite number" in err.value.diagnostics[0].message
+
+
 def _code(call) -> str:
     with pytest.raises(DiagnosticError) as err:
         call()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,14 +62,23 @@ def parse_lora_spec(text: str) -> LoraSpec:
     head, sep, tail = text.rpartition(":")
     if sep and head and not tail.startswith(("/", "\\")):
         try:
-            return LoraSpec(Path(head), float(tail))
+            strength = float(tail)
         except ValueError:
-            if Path(text).suffix.lower() != ".safetensors" and not Path(text).exists():
-                raise fail(
-                    "F723",
-                    f"`{text}`: the strength `{tail}` is not a number.",
-                    "Write LORA.safetensors:0.8 (or no suffix for strength 1).",
-                ) from None
+            strength = None
+        if strength is not None and not math.isfinite(strength):  # NaN would spoil every weight
+            raise fail(
+                "F723",
+                f"`{text}`: the strength `{tail}` is not a finite number.",
+                "Write LORA.safetensors:0.8 (or no suffix for strength 1).",
+            )
+        if strength is not None:
+            return LoraSpec(Path(head), strength)
+        if Path(text).suffix.lower() != ".safetensors" and not Path(text).exists():
+            raise fail(
+                "F723",
+                f"`{text}`: the strength `{tail}` is not a number.",
+                "Write LORA.safetensors:0.8 (or no suffix for strength 1).",
+            )
     return LoraSpec(Path(text), 1.0)
 
 
