@@ -115,6 +115,14 @@ class TestKohyaRead(BackendCase):
         _, diags = self.read_files({"config.toml": config, "d.toml": dataset})
         assert any(d.code == "I623" and "(-1)" in d.message for d in diags), diags
 
+    def test_sample_prompts_file_that_is_not_utf8_is_i618(self, tmp_path):
+        (tmp_path / "config.toml").write_text(
+            "learning_rate = 1e-4\nsample_every_n_steps = 10\nsample_prompts = 'p.txt'\n"
+        )
+        (tmp_path / "p.txt").write_bytes(b"\xc0\x01 a prompt")
+        _, diags = self.read(tmp_path / "config.toml")
+        assert any(d.code == "I618" and "not UTF-8 text" in d.message for d in diags), diags
+
     def test_prompt_file_problems(self):
         recipe, diags = self.read(BROKEN / "sample_bad.toml")
         assert [

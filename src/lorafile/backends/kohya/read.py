@@ -384,7 +384,15 @@ def load_prompts(path: Path, bag: DiagnosticBag) -> list[dict] | None:
         return None
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError:
+    except OSError:  # the caller's I618 says the prompts were not read
+        return None
+    except UnicodeDecodeError as err:
+        bag.warning(
+            "I618",
+            f"The sample prompts file `{path}` is not UTF-8 text (byte {err.start} is invalid); "
+            "its prompts are not read.",
+            "save it as UTF-8 text, or pass --sample-prompts with the right file",
+        )
         return None
     sub = DiagnosticBag(file=str(path), source=text)
     prompts = []
