@@ -38,7 +38,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tiny_sdxl_dir, tmp_path):
     [
         (b"garbage", None, "adapter.safetensors is not readable safetensors"),
         (None, b"garbage", "state.pt is cut short or not a state lorafile saved"),
-        (None, {"step": 3}, "state.pt holds no training state lorafile saved"),
+        (None, {"epoch": 3}, "state.pt holds no training state lorafile saved"),
     ],
 )
 def test_damaged_checkpoint_is_t572_naming_it(tmp_path, adapter, state, says):
