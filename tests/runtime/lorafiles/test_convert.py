@@ -465,3 +465,12 @@ def test_damaged_module_is_named_not_a_traceback(tmp_path, capsys, damage, why):
         err = capsys.readouterr().err
         assert f"error[{code}]" in err and why in err and "proj_in" in err, err
         assert not out.exists()
+
+
+@pytest.mark.parametrize("alpha", ["nan", "inf", "0", "-4"])
+def test_alpha_option_that_is_not_a_positive_number_is_f712(trained, tmp_path, capsys, alpha):
+    from lorafile.cli import main
+
+    out, src = tmp_path / "out.safetensors", trained[2]
+    assert main(["convert", str(src), "--to", "kohya", "--alpha", alpha, "-o", str(out)]) == 1
+    assert "error[F712]" in capsys.readouterr().err and not out.exists()

@@ -599,6 +599,8 @@ def convert_file(src, dst, to: str, dtype=None, alpha: float | None = None,
     Returns the file read and the warnings; raises DiagnosticError on errors.
     """
     bag = DiagnosticBag(file=str(src))
+    if alpha is not None and not (math.isfinite(alpha) and alpha > 0):  # float() reads "nan"
+        raise fail("F712", f"--alpha {alpha} is not a positive number.", "e.g. --alpha 8")
     if real_path(dst) == real_path(src):
         raise fail("F713", "The output would overwrite the input file.", "Choose another -o.")
     lora = read_lora(src)
