@@ -253,14 +253,12 @@ def _open_base(base: Path):
     """`safe_open` on the base; F703 when its header is not safetensors (truncated, damaged)."""
     from safetensors import safe_open
 
+    from lorafile.runtime.models.sdxl import unreadable_safetensors
+
     try:
         return safe_open(str(base), framework="pt")
     except Exception as err:  # safetensors raises its own error types for a bad header
-        raise fail(
-            "F703",
-            f"`{base.name}` could not be read as safetensors: {err}.",
-            "Check that the download finished; the file may be truncated or not safetensors.",
-        ) from err
+        raise unreadable_safetensors(base, err) from err
 
 
 def _entries(f, keys: list[str], out_dtype) -> list[Entry]:

@@ -430,12 +430,17 @@ def _read_single_file(p: Path, prefixes=("",), dtype=None) -> tuple[dict, dict]:
             metadata = f.metadata() or {}
             state = {k: cast(f.get_tensor(k)) for k in f.keys() if keep(k)}  # noqa: SIM118
     except Exception as err:  # safetensors raises its own error types for a bad header
-        raise fail(
-            "F703",
-            f"`{p.name}` could not be read as safetensors: {err}.",
-            "Check that the download finished; the file may be truncated or not safetensors.",
-        ) from err
+        raise unreadable_safetensors(p, err) from err
     return state, metadata
+
+
+def unreadable_safetensors(path: Path, err: Exception):
+    """F703 for a base model whose safetensors header cannot be read (truncated, damaged)."""
+    return fail(
+        "F703",
+        f"`{path.name}` could not be read as safetensors: {err}.",
+        "Check that the download finished; the file may be truncated or not safetensors.",
+    )
 
 
 def metadata_configs(metadata: dict, name: str, parts=MODEL_PARTS) -> dict[str, dict]:
