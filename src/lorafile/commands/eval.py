@@ -118,9 +118,11 @@ def check_sampler(name: str | None) -> None:
 def run(args: argparse.Namespace) -> int:
     from lorafile.commands.train import _quiet_libraries
     from lorafile.runtime.evaluate.runner import EvalOptions, Evaluation
-    from lorafile.runtime.evaluate.target import resolve_target
+    from lorafile.runtime.evaluate.target import list_images, resolve_target
 
     check_sampler(args.sampler)
+    if args.dataset is not None:
+        list_images(args.dataset)  # a missing --dataset is E901 before minutes of rendering
     target = args.target
     if target.is_file() and target.suffix != ".safetensors":
         target = run_folder_of(target)

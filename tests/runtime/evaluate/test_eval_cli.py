@@ -277,3 +277,11 @@ def test_a_damaged_plan_is_e901_not_a_traceback(tmp_path, capsys, plan_text, why
     err = capsys.readouterr().err
     assert "error[E901]" in err and f"{run / 'plan.json'}" in err and why in err
     assert (run / "plan.json").read_text() == plan_text
+
+
+def test_a_missing_dataset_is_refused_before_anything_renders(runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["eval", str(runs["trigger"].out), "--dataset", str(tmp_path / "nope"), "-o", str(out)]
+    assert main([*argv, "-q"]) == 1
+    assert "error[E901]" in capsys.readouterr().err
+    assert not out.exists() or not any(out.rglob("*.png"))
