@@ -26,7 +26,7 @@ from lorafile.compiler.diagnostics import DiagnosticBag, fail
 from lorafile.runtime.lorafiles import lowrank
 from lorafile.runtime.lorafiles.convert import AdapterModule, parse_dtype, write_lora
 from lorafile.runtime.lorafiles.merge import LoadedLora, LoraSpec, check_outputs, load_loras
-from lorafile.runtime.lorafiles.resize import ModuleChange
+from lorafile.runtime.lorafiles.resize import ModuleChange, file_energy
 
 
 @dataclass
@@ -39,8 +39,7 @@ class CombineResult:
 
     @property
     def energy(self) -> float:
-        total = sum(m.total for m in self.modules)
-        return 1.0 if total == 0 else sum(m.total * m.energy for m in self.modules) / total
+        return file_energy(self.modules)
 
     def to_dict(self) -> dict:
         return {

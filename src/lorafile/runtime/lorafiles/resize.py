@@ -91,6 +91,13 @@ class ModuleChange:
         }
 
 
+def file_energy(modules: list[ModuleChange]) -> float:
+    """Share of the whole file's Σ‖ΔW‖²_F kept (modules weighted by their own energy)."""
+    total = sum(m.total for m in modules)
+    kept = sum(m.total * m.energy for m in modules)
+    return 1.0 if total == 0 else kept / total
+
+
 @dataclass
 class ResizeResult:
     path: Path
@@ -101,10 +108,7 @@ class ResizeResult:
 
     @property
     def energy(self) -> float:
-        """Share of the whole file's Σ‖ΔW‖²_F kept (modules weighted by their own energy)."""
-        total = sum(m.total for m in self.modules)
-        kept = sum(m.total * m.energy for m in self.modules)
-        return 1.0 if total == 0 else kept / total
+        return file_energy(self.modules)
 
     def to_dict(self) -> dict:
         return {
