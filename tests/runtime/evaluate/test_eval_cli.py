@@ -263,9 +263,13 @@ def test_a_lora_trained_without_the_trigger_bleeds(runs):
     [
         ('{"resolved": ', "cannot be read as JSON"),
         ("[1, 2]", "holds no JSON object"),
-        ("{}", "has no `resolved` and `recipe` sections"),
-        ('{"resolved": {}, "recipe": {}}', "names no output"),
-        ('{"resolved": {"output": {"name": "x"}}, "recipe": {}}', "names no base model"),
+        ('{"lorafile_plan": 1}', "has no `resolved` and `recipe` sections"),
+        ('{"lorafile_plan": 1, "resolved": {}, "recipe": {}}', "names no output"),
+        (
+            '{"lorafile_plan": 1, "resolved": {"output": {"path": "/o", "name": "x"}}, '
+            '"recipe": {}}',
+            "names no base model",
+        ),
     ],
 )
 def test_a_damaged_plan_is_e901_not_a_traceback(tmp_path, capsys, plan_text, why):

@@ -16,6 +16,7 @@ from pathlib import Path
 from lorafile.compiler import dataset_count
 from lorafile.compiler.diagnostics import fail
 from lorafile.runtime.train.checkpoint import STEP_DIR, list_checkpoints
+from lorafile.runtime.train.plan import plan_problem
 from lorafile.runtime.train.run_state import read_run_file
 
 
@@ -96,7 +97,11 @@ def run_target(folder: Path, base: Path | None) -> Target:
         plan=plan,
         run=run,
         log_dir=log_dir if log_dir and log_dir.is_dir() else _local_logs(folder),
-        training_images=[Path(f["path"]) for f in _files(plan) if f.get("role") == "image"],
+        training_images=[
+            Path(f["path"])
+            for f in plan.get("files", [])
+            if f.get("role") == "image" and "path" in f
+        ],
         trigger=recipe.get("trigger"),
         subjects=_subjects(plan),
         sample=resolved.get("sample"),
@@ -111,24 +116,10 @@ def read_plan(plan_file: Path) -> dict:
     except (OSError, ValueError) as err:
         why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise _not_a_plan(plan_file, f"it cannot be read as JSON ({why})") from None
-    if not isinstance(plan, dict):
-        raise _not_a_plan(plan_file, "it holds no JSON object")
-    resolved = plan.get("resolved")
-    if not isinstance(resolved, dict) or not isinstance(plan.get("recipe"), dict):
-        raise _not_a_plan(plan_file, "it has no `resolved` and `recipe` sections")
-    if not isinstance(resolved.get("output"), dict) or "name" not in resolved["output"]:
-        raise _not_a_plan(plan_file, "its `resolved` section names no output")
-    if not isinstance(resolved.get("base"), str):
-        raise _not_a_plan(plan_file, "its `resolved` section names no base model")
+    why = plan_problem(plan)  # the same check `lorafile plan` and `train PLAN.json` make
+    if why:
+        raise _not_a_plan(plan_file, why)
     return plan
-
-
-def _files(plan: dict) -> list[dict]:
-    """The plan's `files` entries that are objects with a path (the dataset listing)."""
-    files = plan.get("files")
-    return (
-        [f for f in files if isinstance(f, dict) and "path" in f] if isinstance(files, list) else []
-    )
 
 
 def _not_a_plan(plan_file: Path, why: str):
