@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from lorafile.files import file_in_the_way, real_path
+from lorafile.files import real_path
 
 TRIGGER = "zqx"
 RECIPE = """\
@@ -209,21 +209,12 @@ def run_demo(root: Path, steps: int = 100) -> dict:
 def run(args: argparse.Namespace) -> int:
     from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
     from lorafile.runtime.environment import require_train_extra
+    from lorafile.runtime.train.run_state import refuse_file_in_the_way
 
     require_train_extra("demo")  # T569 names the extra to install
     start = time.perf_counter()
     root = real_path(args.output)
-    blocker = file_in_the_way(root)
-    if blocker is not None:
-        bag = DiagnosticBag()
-        bag.error(
-            "T576",
-            f"Cannot create the demo folder `{root}`: "
-            + ("it" if blocker == root else f"`{blocker}`")
-            + " is a file, not a folder.",
-            "choose another folder with -o; the file is left as it is",
-        )
-        raise DiagnosticError(bag.items)
+    refuse_file_in_the_way(root)  # T576, as `train -o` says it
     if root.exists() and any(root.iterdir()) and not args.force:
         bag = DiagnosticBag()
         bag.error(
