@@ -11,12 +11,18 @@ Torch-free: the compile path imports this module.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+NO_SPACE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+"""A write the disk cannot hold: full, over quota, or over the largest file it allows."""
+NOT_WRITABLE_ERRORS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+"""A write the file system refuses: a read-only mount, or no permission."""
 
 
 @contextmanager

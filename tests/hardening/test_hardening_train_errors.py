@@ -247,3 +247,18 @@ def test_a_permission_error_on_a_file_outside_the_output_folder_is_no_write_fail
     found = write_failure(inside, "into the output folder", tmp_path, only_under=True)
     assert found is not None and found.diagnostics[0].code == "T576"
     assert write_failure(os_error(errno.EIO), "x", tmp_path) is None  # not a disk-space matter
+
+
+@pytest.mark.parametrize(
+    ("err", "code"),
+    [(errno.ENOSPC, "T577"), (errno.EDQUOT, "T577"), (errno.EFBIG, "T577"), (errno.EROFS, "T576")],
+)
+def test_the_trainer_and_the_commands_agree_on_what_a_full_disk_is(tmp_path, err, code):
+    """One table (lorafile.files) decides "no space" for train's T577 and the commands' F731."""
+    from lorafile.commands._output import write_failure as command_write_failure
+    from lorafile.runtime.train.run_state import write_failure
+
+    found = write_failure(os_error(err, str(tmp_path / "a")), "the adapter", tmp_path)
+    assert found is not None and found.diagnostics[0].code == code
+    command_code = command_write_failure(tmp_path / "a", os_error(err, str(tmp_path))).code
+    assert command_code == ("F731" if code == "T577" else "F730")

@@ -16,9 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lorafile.compiler.diagnostics import Diagnostic, DiagnosticError
-from lorafile.files import exists, is_dir
+from lorafile.files import NO_SPACE_ERRORS, exists, is_dir
 
-NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 REASONS = {
     errno.EROFS: "the file system is read-only",
     errno.EACCES: "permission denied",
@@ -42,7 +41,7 @@ def reporting_write_errors(target: str | os.PathLike) -> Iterator[None]:
 def write_failure(target: str | os.PathLike, err: OSError) -> Diagnostic:
     """The diagnostic for an OSError raised while writing `target`."""
     where = err.filename if err.filename is not None else target
-    if err.errno in NO_SPACE:
+    if err.errno in NO_SPACE_ERRORS:
         return Diagnostic(
             "F731",
             f"No space left on the disk while writing `{where}`; nothing was replaced.",

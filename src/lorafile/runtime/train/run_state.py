@@ -8,7 +8,7 @@
   pid of the process, and for a failure the diagnostic (`error`: code, message, help). A
   `running` record on this host whose pid is gone (kill -9, a crash) is stale (`stale_reason`).
 * A full disk or a read-only / forbidden folder while the run writes is a diagnostic
-  (`writing`): T577 for ENOSPC/EDQUOT, T576 for EROFS/EACCES/EPERM, saying what was being
+  (`writing`): T577 for ENOSPC/EDQUOT/EFBIG, T576 for EROFS/EACCES/EPERM, saying what was being
   written and where, instead of a traceback. safetensors reports these as its own error type
   ("... (os error 28)"): `os_error_of` reads the errno back out of it.
 
@@ -27,15 +27,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lorafile.compiler.diagnostics import DiagnosticError, fail
-from lorafile.files import file_in_the_way
+from lorafile.files import NO_SPACE_ERRORS, NOT_WRITABLE_ERRORS, file_in_the_way
 from lorafile.runtime.train import checkpoint as ckpt
 
 RUN_FILE = "run.json"
 RUN_ARTIFACTS = (RUN_FILE, ckpt.CHECKPOINTS, "samples", "logs")
 """What a run writes into its output folder (caches are keyed, so they are never stale)."""
 LOCK_FILE = ".lorafile.lock"
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 REPLACEABLE = ("failed", "aborted")
 """Statuses of an earlier run that a new run may replace without --force (when it left no
 checkpoint): nothing it wrote is worth keeping."""
@@ -252,13 +250,13 @@ def write_failure(
     os_err = os_error_of(err)
     if os_err is not None and os_err.errno == errno.EISDIR and _under(os_err, where):
         return _folder_in_the_way(os_err, what, then)
-    if os_err is None or os_err.errno not in NO_SPACE + NOT_WRITABLE:
+    if os_err is None or os_err.errno not in NO_SPACE_ERRORS | NOT_WRITABLE_ERRORS:
         return None
     if only_under and os_err.errno in (errno.EACCES, errno.EPERM) and not _under(os_err, where):
         return None
     reason = os.strerror(os_err.errno).lower()
     after = f"; {then}" if then else ""
-    if os_err.errno in NO_SPACE:
+    if os_err.errno in NO_SPACE_ERRORS:
         return fail(
             "T577",
             f"Writing {what} failed: {reason} (`{where}`).",
