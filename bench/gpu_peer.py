@@ -7,9 +7,8 @@
              optimizer step. The same cached-style inputs as lorafile's cases.
   graphs     lorafile's static-buffer step (runtime/train/graphs.py, the class the trainer
              uses), captured as one CUDA graph per shape; clip and optimizer after the replay.
-  regional   torch.compile of each repeated block (diffusers' `compile_repeated_blocks`,
-             BasicTransformerBlock; per-block `torch.compile` where diffusers lacks it), alone
-             and with the static-buffer step's graph.
+  (regional  bench/gpu_train.py compiles each repeated block with the trainer's own
+             `diffusion.compile_unet(scope="blocks")`, alone and inside this graph.)
 
 Each maker returns `step(i)`, a function running one optimizer step without a host sync.
 """
@@ -99,19 +98,3 @@ def static_step(unet, params, opt, sched, latents, cond, device, channels_last: 
 
     step.static = static
     return step
-
-
-def compile_regions(unet) -> str:
-    """Compile each repeated block; returns how ("compile_repeated_blocks" or "per block")."""
-    import torch
-
-    if hasattr(unet, "compile_repeated_blocks"):
-        unet.compile_repeated_blocks(dynamic=False)  # graph breaks allowed: peft layers inside
-        return "compile_repeated_blocks"
-    from diffusers.models.attention import BasicTransformerBlock
-
-    for module in unet.modules():
-        if isinstance(module, BasicTransformerBlock):
-            module.compile(dynamic=False)
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    return "per block"

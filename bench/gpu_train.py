@@ -58,7 +58,7 @@ class Case:
     kind: str = "lorafile"
     """lorafile (the eager step), peer (diffusers' example step), graphs (lorafile's
     static-buffer step captured per shape), regional / regional+graphs (per-block
-    torch.compile, without and with the captured step): bench/gpu_peer.py."""
+    torch.compile with the trainer's `compile_unet`, without and with the captured step)."""
 
 
 def main_cases(size: int, batches: list[int]) -> list[Case]:
@@ -158,7 +158,7 @@ def setup_case(case: Case, device, tiny: bool):
     if case.compile:
         from lorafile.runtime.train.diffusion import compile_unet
 
-        compile_unet(unet, buckets=1, mode=case.compile_mode)
+        compile_unet(unet, buckets=1, mode=case.compile_mode, scope="unet")  # the whole UNet
     opt = optim.build_optimizer(case.optimizer, [{"params": params, "lr": 1e-4}], {})
     sched = DDPMScheduler.from_config(sdxl.sdxl_config("scheduler"))
     return unet, params, opt, sched
@@ -214,7 +214,10 @@ def make_step(case: Case, device, tiny: bool):
     unet, params, opt, sched = setup_case(plain, device, tiny)
     latents, cond = make_inputs(unet, case, device, tiny)
     cl = case.channels_last and device.type == "cuda"
-    how = gpu_peer.compile_regions(unet) if regional else ""
+    how = ""
+    if regional:  # the trainer's `--compile`: each repeated transformer block
+        diffusion.compile_unet(unet, buckets=1, mode="default", scope="blocks")
+        how = "compile_unet blocks"
     if case.kind in ("graphs", "regional+graphs"):
         step = gpu_peer.static_step(unet, params, opt, sched, latents, cond, device, cl, True)
         return step, opt, cl, how

@@ -14,6 +14,9 @@ dataset, and the table's ratios come from this one run:
                       graphs on (the static-buffer step), fp32 (CPU)
   defaults adamw       the same with `optimizer adamw` (torch's fused AdamW, the example's
                       optimizer) instead of bitsandbytes' 8-bit AdamW
+  defaults compile    `lorafile train --compile` (the repeated transformer blocks compiled;
+                      an empty inductor cache per run, so the compile cancels in `--diff`)
+  defaults adamw compile   both of the above
   lorafile            latents and text cached, checkpointing on, adamw8bit, fp32 (CPU)
   -cache latents      the VAE encodes every step
   -cache text         both text encoders run every step
@@ -59,6 +62,8 @@ sys.path.insert(0, str(HERE))
 CONFIGS = {
     "defaults": {"defaults": True},
     "defaults adamw": {"defaults": True, "optimizer": "adamw"},
+    "defaults compile": {"defaults": True, "compile": "blocks"},
+    "defaults adamw compile": {"defaults": True, "optimizer": "adamw", "compile": "blocks"},
     "lorafile": {},
     "-cache latents": {"cache_latents": False},
     "-cache text": {"cache_text": False},
@@ -108,7 +113,9 @@ def run_lorafile(work: Path, change: dict, steps: int) -> dict:
         work / "model.safetensors", work / "data", work / "out", steps=steps, **settings
     )
     plan = tiny_run.tiny_plan(recipe, work)
-    opts = TrainOptions(out=work / f"out-{os.getpid()}", device="cpu", quiet=True, force=True)
+    opts = TrainOptions(out=work / f"out-{os.getpid()}", device="cpu", quiet=True, force=True,
+                        compile=bool(change.get("compile")),
+                        compile_scope=change.get("compile", "blocks"))  # fmt: skip
     trainer = Trainer(plan, opts).setup()
     cpu = time.process_time()
     result = trainer.train()
@@ -241,8 +248,11 @@ def run_child(name: str, steps: int, work: Path) -> dict:
         "--steps",
         str(steps),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    # An empty inductor cache per run: a compiling configuration pays its compile in the short
+    # and the long run alike, so the difference of the two cancels it.
+    with tempfile.TemporaryDirectory(prefix="lorafile-inductor-") as cache:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": cache}
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
     if line is None:
         raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")

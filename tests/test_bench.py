@@ -214,3 +214,26 @@ def test_step_parts_bench_prints_every_part_against_the_bare_step():
     assert len(lines) == 8 and all("ms" in line for line in lines)
     assert "1.00x the bare forward + backward" in lines[1]
     assert sum("optimizer step" in line for line in lines) == 4
+
+
+@pytest.mark.slow
+def test_compile_bench_times_the_eager_and_the_compiled_blocks():
+    """A real compile of the tiny UNet's blocks in a fresh inductor cache (about 30 s)."""
+    out = _run([sys.executable, "bench/compile_cpu.py", "--only", "eager,blocks", "--steps", "1"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    header, eager, blocks = out.stdout.splitlines()
+    assert "first step s" in header and "vs eager" in header
+    assert eager.split()[0] == "eager" and eager.endswith("1.00x")
+    assert blocks.split()[0] == "blocks" and float(blocks.split()[1]) > float(eager.split()[1])
+
+
+def test_compile_bench_table_divides_each_scope_by_the_eager_step():
+    compile_cpu = _bench_module("compile_cpu")
+    rows = [
+        {"scope": "eager", "first_s": 0.1, "step_s": 0.040},
+        {"scope": "unet", "first_s": 90.0, "step_s": 0.018},
+    ]
+    lines = compile_cpu.table(rows, sdxl=False).splitlines()
+    assert lines[1].split() == ["eager", "0.1", "40.00", "1.00x"]
+    assert lines[2].split() == ["unet", "90.0", "18.00", "0.45x"]
+    assert "s/step wall" in compile_cpu.table(rows, sdxl=True)

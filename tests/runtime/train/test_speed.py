@@ -150,7 +150,7 @@ def test_loop_syncs_once_per_log_interval_and_compiles_in_place(
     import torch
 
     compiled = []
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append(kw))
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append((self, kw)))
     make_dataset(tmp_path / "data", 2, seed=5)
     recipe = tiny_recipe(
         tiny_sdxl_dir / "tiny_sdxl.safetensors",
@@ -166,8 +166,39 @@ def test_loop_syncs_once_per_log_interval_and_compiles_in_place(
     assert result.steps == 8 and math.isfinite(result.last_loss)
     # 8 steps, log_every 4: one read-back at step 4 and one at step 8, whatever the step count.
     assert counter.calls == ["tolist in loop.py"] * 2
-    assert compiled == [{"dynamic": False}]
+    # The default scope compiles each repeated transformer block, not the UNet: every one.
+    blocks = [
+        m for m in trainer.models.unet.modules() if type(m).__name__ == "BasicTransformerBlock"
+    ]
+    assert [m for m, _ in compiled] == blocks and len(blocks) > 1
+    assert {str(kw) for _, kw in compiled} == {str({"dynamic": False})}
     assert trainer.cuda_graphs is False  # the default mode records no CUDA graphs
+    assert trainer.static is not None  # ... so the trainer's static step keeps running them
+
+
+def test_compile_scope_unet_compiles_the_whole_unet_and_reaches_the_workers(
+    tiny_sdxl_dir, tmp_path, monkeypatch
+):
+    import torch
+
+    from lorafile.cli import build_parser
+    from lorafile.runtime.train import launch
+
+    args = build_parser().parse_args(["train", "r.recipe", "--compile-scope", "unet"])
+    worker = launch.worker_args(args)
+    assert worker[worker.index("--compile-scope") + 1] == "unet"
+    with pytest.raises(SystemExit):  # argparse refuses a scope that does not exist
+        build_parser().parse_args(["train", "r.recipe", "--compile-scope", "vae"])
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append(self))
+    make_dataset(tmp_path / "data", 2, seed=5)
+    recipe = tiny_recipe(tiny_sdxl_dir / "tiny_sdxl.safetensors", tmp_path / "data",
+                         tmp_path / "out", sample=None, save=Save())  # fmt: skip
+    options = TrainOptions(quiet=True, compile=True, compile_scope="unet")
+    trainer = Trainer(plan_for(recipe), options).setup()
+    assert compiled == [trainer.models.unet]
+    with pytest.raises(ValueError, match=r"unknown compile scope"):
+        diffusion.compile_unet(trainer.models.unet, 1, "default", "vae")
 
 
 def test_compile_mode_reaches_torch_compile_and_cuda_graphs_only_on_cuda(
@@ -193,8 +224,9 @@ def test_compile_mode_reaches_torch_compile_and_cuda_graphs_only_on_cuda(
                          tmp_path / "out", sample=None, save=Save())  # fmt: skip
     trainer = Trainer(plan_for(recipe), TrainOptions(quiet=True, compile="reduce-overhead"))
     trainer.setup()
-    assert compiled == [{"dynamic": False, "mode": "reduce-overhead"}]
+    assert compiled and all(kw == {"dynamic": False, "mode": "reduce-overhead"} for kw in compiled)
     assert trainer.cuda_graphs is False  # CPU: inductor records no CUDA graphs
+    assert trainer.static is None  # torch records its own graphs: the trainer's stand aside
     trainer.loss_step(0, 0, [data.Sample(0)])
     assert marks == []
     trainer.cuda_graphs = True  # as on a GPU: every micro-batch starts a new graph iteration

@@ -33,14 +33,16 @@ def choose_checkpointing(trainer) -> None:
 def choose_step_form(trainer):
     """The StaticStep that runs the micro-batches, or None for the eager step.
 
-    `graphs on` (the default): the static-buffer step, captured per bucket shape on CUDA;
-    `graphs off` (recipe or `--graphs off`), `--compile` (torch.compile brings its own graphs),
-    or a step that cannot take the static form (said once, T579): the eager step."""
+    `graphs on` (the default): the static-buffer step, captured per bucket shape on CUDA, with
+    `--compile`'s compiled blocks or UNet inside it; `graphs off` (recipe or `--graphs off`), a
+    compile mode that records its own CUDA graphs (`reduce-overhead`, `max-autotune`), or a
+    step that cannot take the static form (said once, T579): the eager step."""
     from lorafile.runtime.train import graphs
+    from lorafile.runtime.train.diffusion import CUDA_GRAPH_MODES
 
     options = trainer.options
     wanted = trainer.recipe.train.graphs if options.graphs is None else options.graphs
-    if not wanted or options.compile:
+    if not wanted or options.compile in CUDA_GRAPH_MODES:
         return None
     why = graphs.ineligible(trainer)
     if why:

@@ -344,21 +344,49 @@ of thousands of kernel launches; they keep a static copy of each shape's inputs 
 CUDA_GRAPH_MODES = frozenset({"reduce-overhead", "max-autotune"})
 
 
-def compile_unet(unet, buckets: int, mode: str = "default") -> bool:
-    """`torch.compile` the UNet in place (`Module.compile`: parameter names, hence the
-    adapter's state dict and export, stay the same). `dynamic=False` specialises one graph per
-    input shape: each bucket shape (and sampling's batch) compiles once, on its first step,
-    which takes minutes for SDXL; the cache limit is raised so no bucket falls back to eager.
-    Returns whether the mode uses CUDA graphs (the loop then marks each step's start)."""
+COMPILE_SCOPES = ("blocks", "unet")
+"""What `--compile` compiles. `blocks` (the default): each of the UNet's repeated transformer
+blocks, diffusers' regional compilation (`compile_repeated_blocks`). The blocks of one width
+share one compiled graph, so SDXL compiles a few graphs instead of one huge one. `unet`: the
+whole UNet as one graph: faster steps on a small model, and a much longer first step
+(docs/performance.md, "Compile")."""
+
+BLOCK_VARIANTS_PER_SHAPE = 8
+"""Compiled variants one block's code may need per input shape: a few block widths (SDXL's
+are 640 and 1280), with and without gradients (training and sampling). The recompile limit is
+raised to this many per shape so that no block silently falls back to eager."""
+
+
+def compile_unet(unet, buckets: int, mode: str = "default", scope: str = "blocks") -> bool:
+    """`torch.compile` the UNet, or each of its repeated blocks, in place (`Module.compile`:
+    parameter names, hence the adapter's state dict and export, stay the same).
+    `dynamic=False` specialises one graph per input shape: each bucket shape (and sampling's
+    batch) compiles once, on its first step; the recompile limit is raised so that no bucket
+    falls back to eager. Returns whether the mode uses CUDA graphs (the loop then marks each
+    step's start, and the trainer's own captured step stands aside)."""
     import torch
 
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown torch.compile mode {mode!r}; use one of {COMPILE_MODES}")
-    config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    setattr(config, name, max(getattr(config, name), 2 * buckets + 4))  # train + sample shapes
-    if mode == "default":
-        unet.compile(dynamic=False)
+    if scope not in COMPILE_SCOPES:
+        raise ValueError(f"unknown compile scope {scope!r}; use one of {COMPILE_SCOPES}")
+    shapes = buckets + 2  # the training buckets, plus sampling's batch with and without CFG
+    per_code = shapes * (BLOCK_VARIANTS_PER_SHAPE if scope == "blocks" else 1)
+    _raise_recompile_limits(torch._dynamo.config, per_code)
+    options = {"dynamic": False} | ({} if mode == "default" else {"mode": mode})
+    if scope == "blocks":
+        unet.compile_repeated_blocks(**options)
     else:
-        unet.compile(dynamic=False, mode=mode)
+        unet.compile(**options)
     return mode in CUDA_GRAPH_MODES
+
+
+def _raise_recompile_limits(config, per_code: int) -> None:
+    """Raise dynamo's recompile limits (per code object, and over all of them) to at least
+    `per_code` variants; the names changed in torch 2.6 (`cache_size_limit` before)."""
+    for new, old, needed in (
+        ("recompile_limit", "cache_size_limit", per_code),
+        ("accumulated_recompile_limit", "accumulated_cache_size_limit", 4 * per_code),
+    ):
+        name = new if hasattr(config, new) else old
+        setattr(config, name, max(getattr(config, name), needed))

@@ -156,6 +156,8 @@ def worker_args(args: argparse.Namespace) -> list[str]:
         out += ["--format", args.format]
     if getattr(args, "compile_mode", None):
         out += ["--compile-mode", args.compile_mode]
+    if getattr(args, "compile_scope", None):
+        out += ["--compile-scope", args.compile_scope]
     if getattr(args, "graphs", None):
         out += ["--graphs", args.graphs]
     if getattr(args, "log_every", None):

@@ -73,9 +73,12 @@ class TrainOptions:
     graphs: bool | None = None
     """`--graphs on|off`; None: the recipe's `train { graphs }`."""
     compile: bool | str = False
-    """torch.compile the UNet (dynamic=False: one graph per bucket shape; the first step of
-    each shape compiles, which takes minutes for SDXL). True or a `torch.compile` mode from
-    `diffusion.COMPILE_MODES`; "reduce-overhead" also replays each shape as a CUDA graph."""
+    """torch.compile (dynamic=False: one graph per bucket shape; the first step of each shape
+    compiles). True or a `torch.compile` mode from `diffusion.COMPILE_MODES`; "reduce-overhead"
+    also replays each shape as a CUDA graph."""
+    compile_scope: str = "blocks"
+    """What is compiled: `blocks` (each repeated transformer block) or `unet` (the whole UNet);
+    `diffusion.COMPILE_SCOPES`."""
     sample_scorer: Callable[..., Any] | None = None
     """Scores each set of samples against the base model (TensorBoard `eval/*`): a factory
     `(log_dir, sample settings, trigger, training images) -> scorer` with

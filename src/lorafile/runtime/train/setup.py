@@ -179,7 +179,9 @@ class TrainerSetup:
 
             mode = "default" if self.options.compile is True else self.options.compile
             buckets = len({i.bucket for i in self.items})
-            self.cuda_graphs = compile_unet(unet, buckets, mode) and self.device.type == "cuda"
+            scope = self.options.compile_scope
+            cuda_graphs = compile_unet(unet, buckets, mode, scope)
+            self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
 
     def _make_accelerator(self) -> None:
         from accelerate import Accelerator
