@@ -151,6 +151,8 @@ def test_loop_syncs_once_per_log_interval_and_compiles_in_place(
 
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append((self, kw)))
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)  # restored after the test
+    monkeypatch.setattr(torch._dynamo.config, "accumulated_recompile_limit", 256)
     make_dataset(tmp_path / "data", 2, seed=5)
     recipe = tiny_recipe(
         tiny_sdxl_dir / "tiny_sdxl.safetensors",
@@ -174,6 +176,10 @@ def test_loop_syncs_once_per_log_interval_and_compiles_in_place(
     assert {str(kw) for _, kw in compiled} == {str({"dynamic": False})}
     assert trainer.cuda_graphs is False  # the default mode records no CUDA graphs
     assert trainer.static is not None  # ... so the trainer's static step keeps running them
+    # Every bucket shape and sampling's two batches, with and without gradients, at a few block
+    # widths, compile without hitting the limit (past it, dynamo would run a block eagerly).
+    buckets = len({i.bucket for i in trainer.items})
+    assert torch._dynamo.config.recompile_limit >= (buckets + 2) * 2 * 4
 
 
 def test_compile_scope_unet_compiles_the_whole_unet_and_reaches_the_workers(

@@ -351,10 +351,12 @@ share one compiled graph, so SDXL compiles a few graphs instead of one huge one.
 whole UNet as one graph: faster steps on a small model, and a much longer first step
 (docs/performance.md, "Compile")."""
 
-BLOCK_VARIANTS_PER_SHAPE = 8
-"""Compiled variants one block's code may need per input shape: a few block widths (SDXL's
-are 640 and 1280), with and without gradients (training and sampling). The recompile limit is
-raised to this many per shape so that no block silently falls back to eager."""
+GRAD_MODES = 2
+"""Each input shape compiles with gradients (training) and without (sampling)."""
+BLOCK_WIDTHS = 4
+"""The widths one block's compiled code may meet: SDXL's blocks have two (640 and 1280
+channels); room for derivatives. With GRAD_MODES it sets the recompile limit, so that no block
+silently falls back to eager."""
 
 
 def compile_unet(unet, buckets: int, mode: str = "default", scope: str = "blocks") -> bool:
@@ -371,7 +373,7 @@ def compile_unet(unet, buckets: int, mode: str = "default", scope: str = "blocks
     if scope not in COMPILE_SCOPES:
         raise ValueError(f"unknown compile scope {scope!r}; use one of {COMPILE_SCOPES}")
     shapes = buckets + 2  # the training buckets, plus sampling's batch with and without CFG
-    per_code = shapes * (BLOCK_VARIANTS_PER_SHAPE if scope == "blocks" else 1)
+    per_code = shapes * GRAD_MODES * (BLOCK_WIDTHS if scope == "blocks" else 1)
     _raise_recompile_limits(torch._dynamo.config, per_code)
     options = {"dynamic": False} | ({} if mode == "default" else {"mode": mode})
     if scope == "blocks":
