@@ -144,15 +144,22 @@ class _SyncCounter:
         return counted
 
 
+@pytest.fixture
+def dynamo_limits():
+    """torch's own recompile limits during the test, put back after it (compile raises them)."""
+    import torch
+
+    with torch._dynamo.config.patch(recompile_limit=8, accumulated_recompile_limit=256):
+        yield
+
+
 def test_loop_syncs_once_per_log_interval_and_compiles_in_place(
-    tiny_sdxl_dir, tmp_path, monkeypatch
+    tiny_sdxl_dir, tmp_path, monkeypatch, dynamo_limits
 ):
     import torch
 
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append((self, kw)))
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)  # restored after the test
-    monkeypatch.setattr(torch._dynamo.config, "accumulated_recompile_limit", 256)
     make_dataset(tmp_path / "data", 2, seed=5)
     recipe = tiny_recipe(
         tiny_sdxl_dir / "tiny_sdxl.safetensors",
@@ -183,7 +190,7 @@ def test_loop_syncs_once_per_log_interval_and_compiles_in_place(
 
 
 def test_compile_scope_unet_compiles_the_whole_unet_and_reaches_the_workers(
-    tiny_sdxl_dir, tmp_path, monkeypatch
+    tiny_sdxl_dir, tmp_path, monkeypatch, dynamo_limits
 ):
     import torch
 
@@ -208,7 +215,7 @@ def test_compile_scope_unet_compiles_the_whole_unet_and_reaches_the_workers(
 
 
 def test_compile_mode_reaches_torch_compile_and_cuda_graphs_only_on_cuda(
-    tiny_sdxl_dir, tmp_path, monkeypatch
+    tiny_sdxl_dir, tmp_path, monkeypatch, dynamo_limits
 ):
     """`--compile-mode reduce-overhead` (CUDA graphs) from the command line to
     `Module.compile`, through the DDP worker arguments too; on a CPU no step is marked."""
