@@ -17,6 +17,7 @@ dataset, and the table's ratios come from this one run:
   defaults compile    `lorafile train --compile` (the repeated transformer blocks compiled;
                       an empty inductor cache per run, so the compile cancels in `--diff`)
   defaults adamw compile   both of the above
+  defaults adamw compile unet   the same with `--compile-scope unet` (the whole UNet)
   lorafile            latents and text cached, checkpointing on, adamw8bit, fp32 (CPU)
   -cache latents      the VAE encodes every step
   -cache text         both text encoders run every step
@@ -64,6 +65,7 @@ CONFIGS = {
     "defaults adamw": {"defaults": True, "optimizer": "adamw"},
     "defaults compile": {"defaults": True, "compile": "blocks"},
     "defaults adamw compile": {"defaults": True, "optimizer": "adamw", "compile": "blocks"},
+    "defaults adamw compile unet": {"defaults": True, "optimizer": "adamw", "compile": "unet"},
     "lorafile": {},
     "-cache latents": {"cache_latents": False},
     "-cache text": {"cache_text": False},

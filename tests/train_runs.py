@@ -137,6 +137,14 @@ def tiny_recipe(base_path: Path, data: Path, out: Path, **changes) -> Recipe:
     return Recipe(**(fields | changes))
 
 
+def bare_recipe(model_dir: Path, tmp_path: Path, **changes) -> Recipe:
+    """`tiny_recipe` for the tiny model in `model_dir`, on `tmp_path/data`, into
+    `tmp_path/out`, with no samples and no checkpoints; `changes` override any field."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    fields = dict(sample=None, save=Save()) | changes
+    return tiny_recipe(model_dir / "tiny_sdxl.safetensors", data, out, **fields)
+
+
 def short_train(**changes) -> Train:
     """The Train block of a short run on the tiny model: 2 AdamW steps at lr 1e-3 in fp32, no
     gradient checkpointing, seed 1, latents and text cached in memory; `changes` override any

@@ -10,9 +10,9 @@ import math
 
 from lorafile.runtime.demo import make_dataset
 from lorafile.runtime.train.loop import Trainer, TrainOptions
-from lorafile.spec.models import Adapter, Save
+from lorafile.spec.models import Adapter
+from train_runs import bare_recipe, plan_for, short_train
 from train_runs import one_thread as one_thread  # autouse fixture
-from train_runs import plan_for, short_train, tiny_recipe
 
 
 def _train(recipe, out, **options):
@@ -28,12 +28,9 @@ def test_compiled_blocks_train_what_the_eager_step_trains(tiny_sdxl_dir, tmp_pat
     import torch
 
     make_dataset(tmp_path / "data", 1, seed=5)  # one image: one bucket shape to compile
-    recipe = tiny_recipe(
-        tiny_sdxl_dir / "tiny_sdxl.safetensors",
-        tmp_path / "data",
-        tmp_path / "out",
-        sample=None,
-        save=Save(),
+    recipe = bare_recipe(
+        tiny_sdxl_dir,
+        tmp_path,
         adapter=Adapter(rank=4, dropout=0.0),  # inductor draws its own dropout masks
         # SGD keeps the comparison linear in the gradients (Adam magnifies last-bit
         # differences of near-zero gradients); checkpointing recomputes the compiled blocks.

@@ -21,8 +21,8 @@ from lorafile.runtime.demo import make_dataset
 from lorafile.runtime.train import data, diffusion
 from lorafile.runtime.train.loop import Trainer, TrainOptions, train
 from lorafile.spec.models import Interval, Save
+from train_runs import bare_recipe, plan_for, tiny_recipe
 from train_runs import one_thread as one_thread  # autouse fixture
-from train_runs import plan_for, tiny_recipe
 
 
 def _stub_trainer(device):
@@ -161,13 +161,7 @@ def test_loop_syncs_once_per_log_interval_and_compiles_in_place(
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append((self, kw)))
     make_dataset(tmp_path / "data", 2, seed=5)
-    recipe = tiny_recipe(
-        tiny_sdxl_dir / "tiny_sdxl.safetensors",
-        tmp_path / "data",
-        tmp_path / "out",
-        sample=None,
-        save=Save(),
-    )
+    recipe = bare_recipe(tiny_sdxl_dir, tmp_path)
     trainer = Trainer(plan_for(recipe), TrainOptions(quiet=True, log_every=4, compile=True))
     trainer.setup()
     counter = _SyncCounter(monkeypatch)
@@ -205,8 +199,7 @@ def test_compile_scope_unet_compiles_the_whole_unet_and_reaches_the_workers(
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append(self))
     make_dataset(tmp_path / "data", 2, seed=5)
-    recipe = tiny_recipe(tiny_sdxl_dir / "tiny_sdxl.safetensors", tmp_path / "data",
-                         tmp_path / "out", sample=None, save=Save())  # fmt: skip
+    recipe = bare_recipe(tiny_sdxl_dir, tmp_path)
     options = TrainOptions(quiet=True, compile=True, compile_scope="unet")
     trainer = Trainer(plan_for(recipe), options).setup()
     assert compiled == [trainer.models.unet]
