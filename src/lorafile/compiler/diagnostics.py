@@ -245,6 +245,13 @@ def fail(code: str, message: str, help: str = "") -> DiagnosticError:
     return DiagnosticError([Diagnostic(code=code, message=message, help=help)])
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's message up to its first line break, or its type's name when it has no
+    message: what a diagnostic quotes of a library's error (they run to many lines)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean `x`?' for the closest choice, or '' when nothing is close."""
     return hint(closest(word, choices))

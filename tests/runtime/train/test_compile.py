@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from lorafile.runtime.demo import make_dataset
 from lorafile.runtime.train.loop import Trainer, TrainOptions
 from lorafile.spec.models import Adapter
@@ -59,3 +61,58 @@ def test_compiled_blocks_train_what_the_eager_step_trains(tiny_sdxl_dir, tmp_pat
     # 3 SGD steps at lr 0.5 in fp32: the two runs differed by 1.6e-5 of the change; a wrong
     # gradient, or a block that missed an update, differs by the order of the change itself.
     assert float((trained - reference).norm()) <= 1e-2 * change
+
+
+@pytest.fixture
+def no_cpp_compiler():
+    """Inductor looks for a C++ compiler by a name no machine has."""
+    from torch._inductor import config
+
+    with config.patch({"cpp.cxx": (None, "no-such-cxx-compiler")}):
+        yield
+
+
+def test_no_compiler_for_the_device_is_t585_and_the_run_goes_on_uncompiled(
+    tiny_sdxl_dir, tmp_path, capsys, no_cpp_compiler
+):
+    make_dataset(tmp_path / "data", 1, seed=5)
+    recipe = bare_recipe(tiny_sdxl_dir, tmp_path, train=short_train(steps=2))
+    trainer, _ = _train(recipe, tmp_path / "out", compile=True)
+    out = capsys.readouterr().out
+    assert "warning[T585]" in out and "no-such-cxx-compiler" in out and "set CXX" in out
+    assert trainer.compile_mode is None
+    assert all(m._compiled_call_impl is None for m in trainer.models.unet.modules())
+
+
+def test_a_compiler_failure_during_the_run_is_t586_in_run_json(
+    tiny_sdxl_dir, tmp_path, monkeypatch
+):
+    """Past the check, the compiler fails on this code (a backend that raises, as inductor
+    does on an op it cannot build): the run stops at the first step with T586 saying how to
+    go on, and run.json records it."""
+    import json
+
+    from lorafile.compiler.diagnostics import DiagnosticError
+    from lorafile.runtime.train import diffusion
+
+    def failing_backend(graph, example_inputs):
+        raise RuntimeError("cannot build this kernel\n(a long compiler log)")
+
+    def compile_unet(unet, buckets, mode, scope):
+        unet.compile_repeated_blocks(dynamic=False, backend=failing_backend)
+        return False
+
+    monkeypatch.setattr(diffusion, "compile_unet", compile_unet)
+    make_dataset(tmp_path / "data", 1, seed=5)
+    recipe = bare_recipe(tiny_sdxl_dir, tmp_path, train=short_train(steps=2))
+    options = TrainOptions(out=tmp_path / "out", quiet=True, compile=True)
+    trainer = Trainer(plan_for(recipe), options).setup()
+    with pytest.raises(DiagnosticError) as caught:
+        trainer.train()
+    found = caught.value.diagnostics[0]
+    assert found.code == "T586" and "at step 1:" in found.message
+    assert "RuntimeError: cannot build this kernel" in found.message
+    assert "compiler log" not in found.message  # the first line only
+    assert "without --compile" in found.help
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["status"] == "failed" and record["error"]["code"] == "T586"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorafile.compiler.dataset_count import NATIVE, ImageRule, list_images
-from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError
+from lorafile.compiler.diagnostics import DiagnosticBag, DiagnosticError, first_line
 from lorafile.files import write_text_atomic
 from lorafile.runtime.train.data import with_trigger
 
@@ -191,7 +191,7 @@ def load_captioner(name: str) -> Captioner:
     try:
         return _load(source, local.exists(), device, torch.bfloat16 if bf16 else torch.float32)
     except (OSError, ValueError, KeyError, ImportError) as err:
-        _fail(name, str(err).splitlines()[0] if str(err) else type(err).__name__,
+        _fail(name, first_line(err),
               "pass a folder saved by transformers' save_pretrained (model and processor), "
               "or a hub name of an image-to-text model")  # fmt: skip
 

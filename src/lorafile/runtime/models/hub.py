@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorafile.compiler.dataset_count import resolve
-from lorafile.compiler.diagnostics import DiagnosticError, fail
+from lorafile.compiler.diagnostics import DiagnosticError, fail, first_line
 from lorafile.compiler.hub import HubRef, hub_cache_dir, hub_offline, is_hub_ref, parse_hub_ref
 
 MODEL_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2")
@@ -252,10 +252,9 @@ def _fetch(ref: HubRef, variant: str | None) -> Path:
 
 
 def _hub_refused(ref: HubRef, what: str, err: Exception) -> DiagnosticError:
-    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return fail(
         "F706",
-        f"The hub model `{ref}` {what}: {first_line}",
+        f"The hub model `{ref}` {what}: {first_line(err)}",
         "check the id and revision on huggingface.co; for gated or private models accept the "
         "licence there and log in (`hf auth login` or HF_TOKEN)",
     )

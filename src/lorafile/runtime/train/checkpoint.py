@@ -20,7 +20,7 @@ import re
 import shutil
 from pathlib import Path
 
-from lorafile.compiler.diagnostics import fail
+from lorafile.compiler.diagnostics import fail, first_line
 
 CHECKPOINTS = "checkpoints"
 TEMP_SUFFIX = ".tmp"
@@ -101,7 +101,7 @@ def load_checkpoint(folder: Path) -> tuple[dict, dict]:
     try:
         adapter = load_file(folder / "adapter.safetensors")
     except Exception as err:  # safetensors raises its own error types for a bad header
-        why = f"adapter.safetensors is not readable safetensors ({str(err).splitlines()[0]})"
+        why = f"adapter.safetensors is not readable safetensors ({first_line(err)})"
         raise _damaged(folder, why) from err
     try:
         state = torch.load(folder / "state.pt", weights_only=True)  # no code runs on load

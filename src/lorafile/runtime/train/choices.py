@@ -42,7 +42,7 @@ def choose_step_form(trainer):
 
     options = trainer.options
     wanted = trainer.recipe.train.graphs if options.graphs is None else options.graphs
-    if not wanted or options.compile in CUDA_GRAPH_MODES:
+    if not wanted or trainer.compile_mode in CUDA_GRAPH_MODES:
         return None
     why = graphs.ineligible(trainer)
     if why:

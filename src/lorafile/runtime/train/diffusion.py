@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lorafile.compiler.diagnostics import fail, first_line
+
 
 def to_device(tensor, device):
     """Move a host tensor to `device` without making the host wait for the GPU.
@@ -381,6 +383,49 @@ def compile_unet(unet, buckets: int, mode: str = "default", scope: str = "blocks
     else:
         unet.compile(**options)
     return mode in CUDA_GRAPH_MODES
+
+
+def compile_blocker(device_type: str) -> str | None:
+    """Why torch.compile cannot compile for this device here (None: it can). Inductor writes
+    C++ for the CPU and Triton for CUDA; without their compilers the first step would fail
+    after the tracing, so `train` checks first (T585) and runs uncompiled."""
+    if device_type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return (
+                "inductor writes Triton kernels for a GPU, and Triton is not installed "
+                "(pip install triton)"
+            )
+        return None
+    from torch._inductor import config, cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception:  # InvalidCxxCompiler: none of the names in config.cpp.cxx works
+        tried = ", ".join(str(name) for name in config.cpp.cxx if name)
+        return (
+            f"inductor writes C++ for the CPU and found no working C++ compiler (it tried "
+            f"{tried}); install one, or set CXX to one"
+        )
+    return None
+
+
+def compile_failure(err: BaseException, step: int, saved_step: int | None):
+    """T586 for an error torch.compile raised while compiling (dynamo or inductor), else None.
+    A bucket shape compiles on its first step, so this can come late in a run."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    if not isinstance(err, TorchDynamoException):
+        return None
+    inner = getattr(err, "inner_exception", None) or err
+    resume = f" from the step-{saved_step} checkpoint" if saved_step else ""
+    return fail(
+        "T586",
+        f"torch.compile failed at step {step}: {type(inner).__name__}: {first_line(inner)}",
+        f"run the same command without --compile (add --resume to go on{resume}), "
+        "or try the other --compile-scope",
+    )
 
 
 def _raise_recompile_limits(config, per_code: int) -> None:

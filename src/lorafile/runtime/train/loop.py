@@ -121,6 +121,8 @@ class Trainer(TrainerSetup):
         """Scores each sample against the base model's images (evaluate/during.py)."""
         self.static = None
         """The static-buffer step (runtime/train/graphs.py); None: the eager step."""
+        self.compile_mode: str | None = None
+        """The torch.compile mode in effect (`--compile`), None when nothing is compiled."""
 
     @contextlib.contextmanager
     def _recording_failures(self, release: bool):
@@ -131,14 +133,25 @@ class Trainer(TrainerSetup):
             with run_state.writing("into the output folder", self.out, only_under=True):
                 yield
         except Exception as err:  # a diagnostic, or a bug / CUDA error: run.json says so too
-            self._record_failure(err)
+            failure = self._compile_failure(err)
+            self._record_failure(failure or err)
             self.lock.release()
+            if failure:
+                raise failure from err
             raise
         except BaseException:  # a signal: the caller records `interrupted` or `aborted`
             self.lock.release()
             raise
         if release:
             self.lock.release()
+
+    def _compile_failure(self, err: Exception):
+        """T586 when `--compile`'s compiler failed (at any bucket shape's first step)."""
+        if self.compile_mode is None:  # nothing compiled, or the set-up failed before
+            return None
+        from lorafile.runtime.train.diffusion import compile_failure
+
+        return compile_failure(err, self.step + 1, self.saved_step)
 
     def _record_failure(self, err: Exception) -> None:
         """run.json says `failed` with the diagnostic, when this run owns the folder (an

@@ -175,13 +175,23 @@ class TrainerSetup:
             unet.to(memory_format=torch.channels_last)  # NHWC convolutions on tensor cores
         self.cuda_graphs = False
         if self.options.compile:
-            from lorafile.runtime.train.diffusion import compile_unet
+            self._compile(unet)
 
-            mode = "default" if self.options.compile is True else self.options.compile
-            buckets = len({i.bucket for i in self.items})
-            scope = self.options.compile_scope
-            cuda_graphs = compile_unet(unet, buckets, mode, scope)
-            self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+    def _compile(self, unet) -> None:
+        """`--compile`: the repeated blocks or the whole UNet, when this machine can compile
+        for the device (else T585, and the run goes on uncompiled)."""
+        from lorafile.runtime.train.diffusion import compile_blocker, compile_unet
+
+        why = compile_blocker(self.device.type)
+        if why:
+            if self.writes:
+                print(f"warning[T585]: --compile is off for this run: {why}.", flush=True)
+            return
+        mode = "default" if self.options.compile is True else self.options.compile
+        self.compile_mode = mode
+        buckets = len({i.bucket for i in self.items})
+        cuda_graphs = compile_unet(unet, buckets, mode, self.options.compile_scope)
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
 
     def _make_accelerator(self) -> None:
         from accelerate import Accelerator
