@@ -296,15 +296,16 @@ def _difference(name: str, a: dict, b: dict, short: int, long: int) -> dict:
 def difference_table(rows: list[dict]) -> str:
     by = {r["name"]: r for r in rows}
     peer, example = by.get("peer"), by.get("example")
+    width = max([len("configuration")] + [len(r["name"]) for r in rows])
     lines = [
-        f"{'configuration':<16} {'CPU s/step':>10} {'vs peer':>8} {'vs example':>10} "
+        f"{'configuration':<{width}} {'CPU s/step':>10} {'vs peer':>8} {'vs example':>10} "
         f"{'wall s/step':>12}"
     ]
     for r in rows:
         vs_peer = f"{r['s_per_step'] / peer['s_per_step']:.2f}x" if peer else "-"
         vs_example = f"{r['s_per_step'] / example['s_per_step']:.2f}x" if example else "-"
         lines.append(
-            f"{r['name']:<16} {r['s_per_step']:10.4f} {vs_peer:>8} {vs_example:>10} "
+            f"{r['name']:<{width}} {r['s_per_step']:10.4f} {vs_peer:>8} {vs_example:>10} "
             f"{r['wall_s_per_step']:12.4f}"
         )
     for name, other in (("peer", peer), ("diffusers example", example)):
