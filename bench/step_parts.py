@@ -51,6 +51,7 @@ def measure(steps: int) -> list[tuple[str, float]]:
 
     from lorafile.runtime.models.tiny import build_tiny_sdxl
     from lorafile.runtime.train.adapters import peft_config
+    from lorafile.runtime.train.optim import build_optimizer
 
     torch.set_num_threads(1)
     unet = build_tiny_sdxl(0).unet.requires_grad_(False)
@@ -74,6 +75,11 @@ def measure(steps: int) -> list[tuple[str, float]]:
     rows.append(("forward + backward, LoRA attention+ff", timed(lambda: loss().backward(), steps)))
     optimizers = {
         "bitsandbytes AdamW8bit": bnb.optim.AdamW8bit(params, lr=1e-4),
+        # lorafile's adamw8bit: the same bitsandbytes step over flat buffers (optim.py); the
+        # parameters become views into them, which the optimizers below step just the same.
+        "bitsandbytes AdamW8bit, flat": build_optimizer(
+            "adamw8bit", [{"params": params, "lr": 1e-4}], {}
+        ),
         "torch AdamW, per-tensor loop": torch.optim.AdamW(params, lr=1e-4, foreach=False),
         "torch AdamW, foreach": torch.optim.AdamW(params, lr=1e-4, foreach=True),
         "torch AdamW, fused": torch.optim.AdamW(params, lr=1e-4, fused=True),

@@ -145,6 +145,20 @@ class Trainer(TrainerSetup):
         if release:
             self.lock.release()
 
+    def _restore_optimizer(self, saved: dict, scheduler: dict) -> None:
+        """The optimizer's and the lr scheduler's state from a checkpoint; those of a run whose
+        8-bit optimizer bitsandbytes stepped per tensor (lorafile before the flat step,
+        runtime/train/optim.py) are laid out flat first."""
+        from lorafile.runtime.train import optim
+
+        inner = self.optimizer.optimizer
+        if hasattr(inner, "layout") and optim.is_per_tensor_state(saved):
+            groups = len(saved["param_groups"])
+            saved = optim.flat_state_from_per_tensor(saved, inner)
+            scheduler = optim.flat_scheduler_state(scheduler, inner, groups)
+        inner.load_state_dict(saved)
+        self.lr_scheduler.load_state_dict(scheduler)
+
     def _compile_failure(self, err: Exception):
         """T586 when `--compile`'s compiler failed (at any bucket shape's first step)."""
         if self.compile_mode is None:  # nothing compiled, or the set-up failed before
@@ -265,8 +279,7 @@ class Trainer(TrainerSetup):
             part = {k[len(prefix) :]: v for k, v in adapter.items() if k.startswith(prefix)}
             if part:
                 load_adapter_state(module, part)
-        self.optimizer.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(state["scheduler"])
+        self._restore_optimizer(state["optimizer"], state["scheduler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         if state.get("scaler") is not None and self.accelerator.scaler is not None:
