@@ -22,6 +22,19 @@ PEER_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 init_lora_weights="gaussian", target_modules=["to_k", "to_q", "to_v", "to_out.0"])`."""
 
 
+def example_optimizer(name: str, params: list):
+    """The example script's optimizer: bitsandbytes' AdamW8bit stepping tensor by tensor
+    (`--use_8bit_adam`), or torch AdamW; its `--adam_weight_decay` default 1e-4. Not lorafile's
+    `optim.build_optimizer`, whose 8-bit step runs over flat buffers."""
+    import torch
+
+    if name == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=1e-4, weight_decay=1e-4)
+    return torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
+
+
 def peer_step(unet, case, device, latents, cond):
     """The example script's step on `unet` (frozen, bf16); returns (step, trainable params)."""
     import torch
@@ -30,7 +43,6 @@ def peer_step(unet, case, device, latents, cond):
     from peft import LoraConfig
 
     from lorafile.runtime.models import sdxl
-    from lorafile.runtime.train import optim
 
     unet.requires_grad_(False)
     config = LoraConfig(r=case.rank, lora_alpha=case.rank, init_lora_weights="gaussian",
@@ -42,7 +54,7 @@ def peer_step(unet, case, device, latents, cond):
     if case.checkpointing:
         unet.enable_gradient_checkpointing()
     unet.train()
-    opt = optim.build_optimizer(case.optimizer, [{"params": params, "lr": 1e-4}], {})
+    opt = example_optimizer(case.optimizer, params)
     sched = DDPMScheduler.from_config(sdxl.sdxl_config("scheduler"))
     cuda = device.type == "cuda"
 
