@@ -96,8 +96,9 @@ def flat_bitsandbytes(cls, groups: list[dict], args: dict):
     fresh 256-element block, so every block holds the same elements as in a per-tensor step
     (the zero padding changes no block's absolute maximum, and stays zero); smaller tensors
     share a 32-bit buffer, whose update is element by element. What differs: a tensor the
-    forward never used steps with a zero gradient instead of being skipped (weight decay
-    still applies to it), and the optimizer's state in a checkpoint is per buffer."""
+    forward never uses steps with a zero gradient instead of being skipped, so weight decay
+    shrinks it (with trained text encoders: the first encoder's last layer, which SDXL does
+    not read), and the optimizer's state in a checkpoint is per buffer."""
     min_8bit = int(args.get("min_8bit_size", BNB_MIN_8BIT_SIZE))
     flat_groups, layout, first = [], [], 0
     for group_index, group in enumerate(groups):
