@@ -49,6 +49,18 @@ def adapted(base, seed: int = 0, algo: str = "lora", rank: int = 4, alpha: float
     return comp
 
 
+def kohya_module(name: str, generator, alpha: float | None = 2.0) -> dict:
+    """One rank-4 kohya LoRA module on a 64-wide layer, random from `generator` (lora_down
+    drawn first, then lora_up); `alpha=None` leaves the alpha out."""
+    tensors = {
+        f"{name}.lora_down.weight": torch.randn(4, 64, generator=generator),
+        f"{name}.lora_up.weight": torch.randn(64, 4, generator=generator),
+    }
+    if alpha is not None:
+        tensors[f"{name}.alpha"] = torch.tensor(alpha)
+    return tensors
+
+
 def lora_file(base, path: Path, **kwargs) -> Path:
     """A kohya-layout file of `adapted(base, **kwargs)`."""
     comp = adapted(base, **kwargs)

@@ -70,13 +70,10 @@ def _tiny_lora(path: Path, metadata: dict[str, str] | None = None) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    g = torch.Generator().manual_seed(0)
+    from lora_factory import kohya_module
+
     name = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"
-    tensors = {
-        f"{name}.lora_down.weight": torch.randn(4, 64, generator=g),
-        f"{name}.lora_up.weight": torch.randn(64, 4, generator=g),
-        f"{name}.alpha": torch.tensor(2.0),
-    }
+    tensors = kohya_module(name, torch.Generator().manual_seed(0))
     save_file(tensors, str(path), metadata=metadata)
     return path
 

@@ -18,7 +18,6 @@ from lorafile.spec.models import (
     Adapter,
     Base,
     Buckets,
-    Cache,
     Dataset,
     Interval,
     Log,
@@ -27,9 +26,8 @@ from lorafile.spec.models import (
     Resolution,
     Sample,
     Save,
-    Train,
 )
-from train_runs import plan_for
+from train_runs import plan_for, short_train
 
 PROMPTS = """\
 # strong
@@ -68,16 +66,7 @@ def recipe(base: Path, data: Path, out: Path, trigger: str | None, **changes) ->
         ),
         trigger=trigger,
         adapter=Adapter(algo="locon", rank=8, alpha=8),
-        train=Train(
-            steps=STEPS,
-            batch=2,
-            lr=1e-2,
-            optimizer="adamw",
-            precision="no",
-            checkpointing=False,
-            seed=7,
-            cache=Cache(latents=True, text=True),
-        ),
+        train=short_train(steps=STEPS, batch=2, lr=1e-2, seed=7),
         save=Save(every=Interval(every=STEPS // 2), keep=2, layout="diffusers"),
         output=Output(path=str(out)),
         log=Log(to="tensorboard"),

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from interop import TOL, _diffusers_outputs, _max_diff, _models, _outputs
+from lora_factory import kohya_module
 from lorafile.compiler.diagnostics import DiagnosticError
 from lorafile.runtime.lorafiles import convert, export
 from lorafile.runtime.lorafiles.keys import peft_target_modules
@@ -419,13 +420,9 @@ def _damaged_file(path, damage: str):
     """A two-module kohya file whose first module is damaged the way `damage` names."""
     g = torch.Generator().manual_seed(0)
     name = "lora_unet_input_blocks_4_1_proj_in"
-    tensors = {
-        f"{name}.lora_down.weight": torch.randn(4, 64, generator=g),
-        f"{name}.lora_up.weight": torch.randn(64, 4, generator=g),
-        f"{name}.alpha": torch.tensor(2.0),
-        "lora_unet_input_blocks_4_1_proj_out.lora_down.weight": torch.randn(4, 64, generator=g),
-        "lora_unet_input_blocks_4_1_proj_out.lora_up.weight": torch.randn(64, 4, generator=g),
-    }
+    tensors = kohya_module(name, g) | kohya_module(
+        "lora_unet_input_blocks_4_1_proj_out", g, alpha=None
+    )
     if damage == "rank":
         tensors[f"{name}.lora_down.weight"] = torch.randn(5, 64, generator=g)
     elif damage == "alpha":
