@@ -192,12 +192,12 @@ def _tables(parent: dict, key: str, path: tuple, source: kr.Source, bag) -> list
     value = parent.get(key) or []
     if isinstance(value, list) and all(isinstance(item, dict) for item in value):
         return value
-    _schema_error(
-        bag,
-        source,
-        path,
-        f"`{key} = {kr._toml(value)}` must be a list of tables (`[[{'.'.join(p for p in path if isinstance(p, str))}]]`); sd-scripts rejects it.",
+    table = ".".join(p for p in path if isinstance(p, str))  # ("datasets", 0, "subsets")
+    message = (
+        f"`{key} = {kr._toml(value)}` must be a list of tables (`[[{table}]]`); "
+        "sd-scripts rejects it."
     )
+    _schema_error(bag, source, path, message)
     return []
 
 
