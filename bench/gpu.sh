@@ -11,7 +11,7 @@
 #   bench/gpu.sh --levers   each speed lever alone (channels_last, torch.compile, fused AdamW)
 #   bench/gpu.sh --dry-run  tiny model on the CPU, 1 step: checks that the script runs
 #   bench/gpu.sh --budget-s S   start no new case after S seconds (the device allows 600 s a call)
-#   bench/gpu.sh --lora-layers  peft's LoRA Linear against a lean forward (exact? faster?)
+#   bench/gpu.sh --lora-layers  peft's LoRA Linear against lorafile's fused one (how close? faster?)
 #   bench/gpu.sh --tests    the CUDA-only tests (tests/runtime/train/test_gpu.py: compile's CUDA graphs,
 #                           pinned caches; tests/runtime/train/test_graph_gpu.py: capture,
 #                           replay and resume of the static-buffer step)
@@ -31,7 +31,7 @@ fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # lorafile itself, uninstalled
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
-if [ "${1:-}" = "--lora-layers" ]; then  # peft's LoRA Linear against the lean forward
+if [ "${1:-}" = "--lora-layers" ]; then  # peft's LoRA Linear against the fused one
   shift
   exec "$PY" bench/lora_layers.py --gpu "$@"
 fi

@@ -1,5 +1,6 @@
 """Where a CPU training step of the tiny model goes: the UNet's forward and backward with and
-without LoRA, and each optimizer's step, measured in one process (one torch thread).
+without LoRA (peft's layers and the trainer's fused ones), and each optimizer's step, measured in
+one process (one torch thread).
 
     .venv/bin/python bench/step_parts.py [--steps 40]
 
@@ -50,6 +51,7 @@ def measure(steps: int) -> list[tuple[str, float]]:
     import torch
 
     from lorafile.runtime.models.tiny import build_tiny_sdxl
+    from lorafile.runtime.train import fused_lora
     from lorafile.runtime.train.adapters import peft_config
     from lorafile.runtime.train.optim import build_optimizer
 
@@ -73,6 +75,9 @@ def measure(steps: int) -> list[tuple[str, float]]:
     with torch.no_grad():
         rows.append(("forward, LoRA attention+ff, no grad", timed(loss, steps)))
     rows.append(("forward + backward, LoRA attention+ff", timed(lambda: loss().backward(), steps)))
+    fused_lora.fuse(unet)  # the trainer's layers (runtime/train/fused_lora.py)
+    fused = timed(lambda: loss().backward(), steps)
+    rows.append(("forward + backward, LoRA attention+ff, fused", fused))
     optimizers = {
         "bitsandbytes AdamW8bit": bnb.optim.AdamW8bit(params, lr=1e-4),
         # lorafile's adamw8bit: the same bitsandbytes step over flat buffers (optim.py); the

@@ -18,6 +18,8 @@ dataset, and the table's ratios come from this one run:
                       an empty inductor cache per run, so the compile cancels in `--diff`)
   defaults adamw compile   both of the above
   defaults adamw compile unet   the same with `--compile-scope unet` (the whole UNet)
+  defaults peft layers   the defaults with peft's own LoRA linears instead of the trainer's
+                      fused ones (runtime/train/fused_lora.py), to measure what fusing saves
   lorafile            latents and text cached, checkpointing on, adamw8bit, fp32 (CPU)
   -cache latents      the VAE encodes every step
   -cache text         both text encoders run every step
@@ -66,6 +68,7 @@ CONFIGS = {
     "defaults compile": {"defaults": True, "compile": "blocks"},
     "defaults adamw compile": {"defaults": True, "optimizer": "adamw", "compile": "blocks"},
     "defaults adamw compile unet": {"defaults": True, "optimizer": "adamw", "compile": "unet"},
+    "defaults peft layers": {"defaults": True, "fused": False},
     "lorafile": {},
     "-cache latents": {"cache_latents": False},
     "-cache text": {"cache_text": False},
@@ -110,6 +113,10 @@ def run_lorafile(work: Path, change: dict, steps: int) -> dict:
 
     from lorafile.runtime.train.loop import Trainer, TrainOptions
 
+    if change.get("fused") is False:  # this child process only: attach keeps peft's layers
+        from lorafile.runtime.train import fused_lora
+
+        fused_lora.fuse = lambda model: 0
     settings = _recipe_settings(change)
     recipe = tiny_run.tiny_recipe(
         work / "model.safetensors", work / "data", work / "out", steps=steps, **settings

@@ -211,7 +211,8 @@ def test_step_parts_bench_prints_every_part_against_the_bare_step():
     out = _run([sys.executable, "bench/step_parts.py", "--steps", "1"])
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()[1:]
-    assert len(lines) == 9 and all("ms" in line for line in lines)
+    assert len(lines) == 10 and all("ms" in line for line in lines)
+    assert sum("LoRA attention+ff, fused" in line for line in lines) == 1
     assert "1.00x the bare forward + backward" in lines[1]
     assert sum("optimizer step" in line for line in lines) == 5
 

@@ -1,6 +1,8 @@
 """Attach the recipe's adapter (LoRA, LoCon, LoHa, LoKr; DoRA) to the UNet and text encoders
 with peft.
 
+Plain LoRA linears then compute their adapter in one autograd node (fused_lora.py).
+
 Targets follow kohya sd-scripts' SDXL LoRA (networks/lora.py, reference/kohya.md §5), written
 as diffusers module names: `attention` is every Linear of a Transformer2DModel's attention
 (to_q/k/v/out.0 of attn1 and attn2, plus proj_in/proj_out), `ff` its feed-forward
@@ -16,6 +18,8 @@ output channel, as LyCORIS' `dora_wd` with `wd_on_output` (its default).
 """
 
 from __future__ import annotations
+
+from lorafile.runtime.train import fused_lora
 
 UNET_PATTERNS = {
     "attention": r".*attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.\d+\.attn[12]\.(to_q|to_k|to_v|to_out\.0))",
@@ -73,8 +77,12 @@ def peft_config(adapter: dict, unet: bool = True):
     )
 
 
-def attach(model, adapter: dict, unet: bool = True) -> list:
-    """Inject the adapter into `model` in place; returns its trainable parameters (fp32)."""
+def attach(model, adapter: dict, unet: bool = True, fused: bool = True) -> list:
+    """Inject the adapter into `model` in place; returns its trainable parameters (fp32).
+
+    `fused`: plain LoRA linears compute their adapter in one autograd node (fused_lora.py:
+    the same parameters and names, fewer ops per step); False keeps peft's layers as they are.
+    """
     import torch
     from peft import inject_adapter_in_model
 
@@ -82,6 +90,8 @@ def attach(model, adapter: dict, unet: bool = True) -> list:
     inject_adapter_in_model(peft_config(adapter, unet), model, adapter_name="default")
     if adapter["algo"] == "lokr":
         lycoris_full_matrix_scale(model)
+    if fused:
+        fused_lora.fuse(model)
     params = [p for n, p in model.named_parameters() if _is_adapter_param(n)]
     for p in params:
         # Trainable weights stay fp32 under bf16/fp16 mixed precision (diffusers'
