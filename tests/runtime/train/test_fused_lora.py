@@ -152,7 +152,7 @@ def test_a_trained_base_weight_gets_its_gradient_from_peft_s_forward():
     assert all(a.equal(b) for a, b in zip(fused_grads, grads, strict=True))
 
 
-def test_an_fp8_base_keeps_peft_s_forward():
+def test_an_fp8_base_is_fused_as_fp8_py_computes_it():
     import torch
 
     from lorafile.runtime.train import fp8
@@ -160,8 +160,18 @@ def test_an_fp8_base_keeps_peft_s_forward():
     peft_model, fused_model, _ = _layer_pair()
     for model in (peft_model, fused_model):  # as the trainer does: fp8 after the adapter
         assert fp8.store_fp8(model, torch.bfloat16) == 1
-    x = torch.randn(4, 12, dtype=torch.bfloat16)
-    assert fused_model(x).equal(peft_model(x))
+    x = torch.randn(3, 7, 12, requires_grad=True)  # 21 tokens: no activation is weight-shaped
+    saved = []
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the trainer's fp8 runs under autocast
+        out, grad_x, grads = _run(peft_model, x)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            fused_out, fused_grad_x, fused_grads = _run(fused_model, x)
+    assert fused_out.equal(out) and fused_out.dtype == torch.bfloat16
+    assert _relative(fused_grad_x, grad_x) < 2e-2
+    for mine, theirs in zip(fused_grads, grads, strict=True):
+        assert _relative(mine, theirs) < 2e-2
+    weight_shaped = [t.dtype for t in saved if t.shape == (10, 12)]
+    assert weight_shaped == [torch.float8_e4m3fn]  # the fp8 weight itself, no bf16 copy
 
 
 def test_the_tiny_unet_agrees_with_peft_through_the_bench(monkeypatch):

@@ -31,13 +31,17 @@ exact simulation of the full SDXL step keeps 0.51 GiB less, 13.40 -> 12.89 GiB
 What is not fused keeps peft's forward: `fuse` leaves alone DoRA and the other peft variants, a
 bias on B, several adapters; and a call falls back to peft's forward when the adapters are
 disabled (a base-model sample) or merged, with dropout, `adapter_names` batches, a base layer
-that is not a plain `nn.Linear` (the fp8 base, runtime/train/fp8.py) or a base that trains.
+that is neither a plain `nn.Linear` nor fp8.py's, or a base that trains. An fp8 base layer
+(runtime/train/fp8.py) is fused as fp8.py computes it: its fp8 weight is upcast to the compute
+dtype in the forward and again in the backward, and only the fp8 weight is kept.
 """
 
 from __future__ import annotations
 
 import functools
 from typing import Any
+
+from lorafile.runtime.train import fp8
 
 ADAPTER = "default"
 """The one adapter name the trainer gives peft (runtime/train/adapters.py `attach`)."""
@@ -50,12 +54,18 @@ def _classes() -> tuple[type, type]:
     import torch.nn.functional as F
     from peft.tuners.lora import layer
 
+    fp8_linear = fp8.fp8_layer_classes()[0]
+
     class LoraLinearFn(torch.autograd.Function):
-        """`x @ W.T + bias + ((x @ A.T) @ B.T) * scale` for a frozen W and bias."""
+        """`x @ W.T + bias + ((x @ A.T) @ B.T) * scale` for a frozen W and bias; with
+        `compute` (an fp8 base), W and bias are used in that dtype, as fp8.py's Linear does."""
 
         @staticmethod
-        def forward(ctx, x, weight, bias, a, b, scale: float):
-            y = F.linear(x, weight, bias)  # under autocast, in the autocast dtype
+        def forward(ctx, x, weight, bias, a, b, scale: float, compute=None):
+            if compute is None:
+                y = F.linear(x, weight, bias)  # under autocast, in the autocast dtype
+            else:
+                y = F.linear(x.to(compute), weight.to(compute), _cast(bias, compute))
             dtype = y.dtype
             x2 = x.reshape(-1, x.shape[-1]).to(dtype)
             h = torch.mm(x2, a.to(dtype).t())
@@ -76,11 +86,11 @@ def _classes() -> tuple[type, type]:
             if ctx.needs_input_grad[0]:
                 grad_x = torch.mm(g2, weight.to(dtype)).addmm_(dh, a.to(dtype))
                 grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
-            return grad_x, None, None, grad_a, grad_b, None
+            return grad_x, None, None, grad_a, grad_b, None, None
 
     class FusedLoraLinear(layer.Linear):
-        """peft's `lora.Linear` with a frozen nn.Linear base and its one plain adapter computed
-        by `LoraLinearFn`; any other state takes peft's forward."""
+        """peft's `lora.Linear` with a frozen nn.Linear (or fp8) base and its one plain adapter
+        computed by `LoraLinearFn`; any other state takes peft's forward."""
 
         def forward(self, x, *args: Any, **kwargs: Any):
             # The parts are looked up once (`fuse`): nn.Module attribute lookups are a
@@ -92,16 +102,21 @@ def _classes() -> tuple[type, type]:
                 or self.disable_adapters
                 or self.merged
                 or not no_dropout
-                or type(base) is not torch.nn.Linear  # e.g. the fp8 base (fp8.py)
+                or type(base) not in (torch.nn.Linear, fp8_linear)
             ):
                 return super().forward(x, *args, **kwargs)
             weight, bias = base.weight, base.bias
             if weight.requires_grad or (bias is not None and bias.requires_grad):
                 return super().forward(x, *args, **kwargs)
-            scale = self.scaling[ADAPTER]
-            return LoraLinearFn.apply(x, weight, bias, lora_a.weight, lora_b.weight, scale)
+            scale, compute = self.scaling[ADAPTER], getattr(base, "compute_dtype", None)
+            a, b = lora_a.weight, lora_b.weight
+            return LoraLinearFn.apply(x, weight, bias, a, b, scale, compute)
 
     return LoraLinearFn, FusedLoraLinear
+
+
+def _cast(tensor, dtype):
+    return None if tensor is None else tensor.to(dtype)
 
 
 def fusable(module) -> bool:
