@@ -20,9 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-GRADIENT_TOLERANCE = 1e-4
-"""Largest relative difference (of a tensor's norm) allowed between the two layers' gradients:
-rounding order gives about 1e-6 in fp32 and 1e-3 in bf16; a wrong gradient gives about 1."""
+GRADIENT_TOLERANCE = {False: 1e-4, True: 2e-2}
+"""Largest relative difference (of a tensor's norm) expected between the two layers' gradients,
+on the CPU (fp32) and with `--gpu` (bf16 autocast): rounding order gives about 1e-6 in fp32 and
+bf16's 2^-8 steps in bf16; a wrong gradient gives about 1."""
 
 
 def use_fused(unet, on: bool) -> int:
@@ -127,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"peft forward+backward   {peft_s * 1000:8.2f} ms/step")
     print(f"fused forward+backward  {fused_s * 1000:8.2f} ms/step  ({fused_s / peft_s:.2f}x peft)")
     print(f"output bitwise equal to peft's: {same_output}")
-    close = "within" if worst <= GRADIENT_TOLERANCE else "NOT within"
-    print(f"largest relative gradient difference: {worst:.2e} ({close} {GRADIENT_TOLERANCE:g})")
+    tolerance = GRADIENT_TOLERANCE[args.gpu]
+    close = "within" if worst <= tolerance else "NOT within"
+    print(f"largest relative gradient difference: {worst:.2e} ({close} {tolerance:g})")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Attach the recipe's adapter (LoRA, LoCon, LoHa, LoKr; DoRA) to the UNet and text encoders
 with peft.
 
-Plain LoRA linears then compute their adapter in one autograd node (fused_lora.py).
+Plain LoRA linears then compute their base layer and adapter in one autograd node
+(fused_lora.py).
 
 Targets follow kohya sd-scripts' SDXL LoRA (networks/lora.py, reference/kohya.md §5), written
 as diffusers module names: `attention` is every Linear of a Transformer2DModel's attention
@@ -80,7 +81,7 @@ def peft_config(adapter: dict, unet: bool = True):
 def attach(model, adapter: dict, unet: bool = True, fused: bool = True) -> list:
     """Inject the adapter into `model` in place; returns its trainable parameters (fp32).
 
-    `fused`: plain LoRA linears compute their adapter in one autograd node (fused_lora.py:
+    `fused`: plain LoRA linears compute base and adapter in one autograd node (fused_lora.py:
     the same parameters and names, fewer ops per step); False keeps peft's layers as they are.
     """
     import torch
