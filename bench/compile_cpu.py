@@ -6,8 +6,8 @@ an empty inductor cache.
     .venv/bin/python bench/compile_cpu.py [--steps 40] [--only eager,blocks,unet]
     .venv/bin/python bench/compile_cpu.py --sdxl [--side 16] [--steps 3]
 
-The step is the LoRA training step's forward and backward (rank 4 on attention and
-feed-forward for the tiny model; rank 16 for `--sdxl`, the full-size SDXL UNet with random
+The step is the LoRA training step's forward and backward (the trainer's `adapters.attach`:
+rank 4 on attention and feed-forward for the tiny model; rank 16 for `--sdxl`, the full-size SDXL UNet with random
 weights, fp32, `--side` x `--side` latents, 2 threads), compiled by the trainer's own
 `diffusion.compile_unet`. The first step is wall time: inductor compiles in worker
 processes, whose CPU time this process does not see. The steps after it are this process's
@@ -38,7 +38,7 @@ def build(sdxl: bool, side: int):
     """The UNet with a LoRA attached, and a function running one forward and backward."""
     import torch
 
-    from lorafile.runtime.train.adapters import peft_config
+    from lorafile.runtime.train.adapters import attach
 
     if sdxl:
         from diffusers import UNet2DConditionModel
@@ -54,10 +54,9 @@ def build(sdxl: bool, side: int):
         side, rank = 8, 4
         embed, pooled = TINY_UNET_CONFIG["cross_attention_dim"], 64
         pixels = 8.0 * side
-    unet.requires_grad_(False)
     adapter = {"algo": "lora", "rank": rank, "alpha": rank, "conv_rank": rank,
                "conv_alpha": rank, "targets": ["attention", "ff"], "dropout": 0.0}  # fmt: skip
-    unet.add_adapter(peft_config(adapter))
+    attach(unet, adapter)  # the trainer's layers: peft's, plain LoRA linears fused
     generator = torch.Generator().manual_seed(0)
     latents = torch.randn(1, 4, side, side, generator=generator)
     embeds = torch.randn(1, 77, embed, generator=generator)
