@@ -20,16 +20,14 @@ SDXL takes under a minute"); the GPU figures come from `bench/gpu.sh --regional`
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+import children  # noqa: E402
 
 SCOPES = ("eager", "blocks", "unet")
 
@@ -94,16 +92,9 @@ def child(scope: str, sdxl: bool, side: int, steps: int) -> dict:
 
 def run_child(scope: str, args: argparse.Namespace) -> dict:
     """One scope in a fresh process with an empty inductor cache of its own."""
-    with tempfile.TemporaryDirectory(prefix="lorafile-inductor-") as cache:
-        env = {**os.environ, "OMP_NUM_THREADS": "2" if args.sdxl else "1",
-               "TORCHINDUCTOR_CACHE_DIR": cache}  # fmt: skip
-        cmd = [sys.executable, __file__, "--child", scope, "--steps", str(args.steps),
-               "--side", str(args.side)] + (["--sdxl"] if args.sdxl else [])  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
-    if line is None:
-        raise SystemExit(f"{scope} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(line[6:])
+    child_args = [__file__, "--child", scope, "--steps", str(args.steps), "--side", str(args.side)]
+    child_args += ["--sdxl"] if args.sdxl else []
+    return children.run_child(child_args, scope, threads=2 if args.sdxl else 1)
 
 
 def table(rows: list[dict], sdxl: bool) -> str:
@@ -127,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.steps = args.steps or (3 if args.sdxl else 40)
     if args.child:
-        print("BENCH " + json.dumps(child(args.child, args.sdxl, args.side, args.steps)))
+        children.print_row(child(args.child, args.sdxl, args.side, args.steps))
         return 0
     scopes = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in scopes if s not in SCOPES]

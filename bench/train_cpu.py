@@ -62,6 +62,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import children  # noqa: E402
+
 CONFIGS = {
     "defaults": {"defaults": True},
     "defaults adamw": {"defaults": True, "optimizer": "adamw"},
@@ -226,7 +228,7 @@ def child(name: str, work: Path, steps: int, profile: bool = False) -> None:
         out = run()
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["steps_per_s"] = out["steps"] / out["seconds"]
-    print("BENCH " + json.dumps({"name": name, **out}), flush=True)
+    children.print_row({"name": name, **out})
 
 
 def prepare(work: Path) -> None:
@@ -248,24 +250,9 @@ def measure(names: list[str], steps: int, work: Path, repeat: int = 1) -> list[d
 
 def run_child(name: str, steps: int, work: Path) -> dict:
     """One configuration for `steps` steps in its own process: its BENCH row."""
-    cmd = [
-        sys.executable,
-        __file__,
-        f"--child={name}",  # `=`: names such as -checkpointing start with a dash
-        "--work",
-        str(work),
-        "--steps",
-        str(steps),
-    ]
-    # An empty inductor cache per run: a compiling configuration pays its compile in the short
-    # and the long run alike, so the difference of the two cancels it.
-    with tempfile.TemporaryDirectory(prefix="lorafile-inductor-") as cache:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCHINDUCTOR_CACHE_DIR": cache}
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
-    if line is None:
-        raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(line[6:])
+    # `--child=`: names such as -checkpointing start with a dash
+    args = [__file__, f"--child={name}", "--work", str(work), "--steps", str(steps)]
+    return children.run_child(args, name)
 
 
 def per_step(
