@@ -63,23 +63,22 @@ def parse_lora_spec(text: str) -> LoraSpec:
     if sep and head and not tail.startswith(("/", "\\")):
         try:
             strength = float(tail)
-        except ValueError:
-            strength = None
-        if strength is not None and not math.isfinite(strength):  # NaN would spoil every weight
-            raise fail(
-                "F723",
-                f"`{text}`: the strength `{tail}` is not a finite number.",
-                "Write LORA.safetensors:0.8 (or no suffix for strength 1).",
-            )
-        if strength is not None:
+        except ValueError:  # a path with `:` in it, unless it looks like a LoRA with a typo
+            if Path(text).suffix.lower() != ".safetensors" and not Path(text).exists():
+                raise _bad_strength(text, tail, "a number") from None
+        else:
+            if not math.isfinite(strength):  # NaN would spoil every weight
+                raise _bad_strength(text, tail, "a finite number")
             return LoraSpec(Path(head), strength)
-        if Path(text).suffix.lower() != ".safetensors" and not Path(text).exists():
-            raise fail(
-                "F723",
-                f"`{text}`: the strength `{tail}` is not a number.",
-                "Write LORA.safetensors:0.8 (or no suffix for strength 1).",
-            )
     return LoraSpec(Path(text), 1.0)
+
+
+def _bad_strength(text: str, tail: str, what: str):
+    return fail(
+        "F723",
+        f"`{text}`: the strength `{tail}` is not {what}.",
+        "Write LORA.safetensors:0.8 (or no suffix for strength 1).",
+    )
 
 
 @dataclass

@@ -354,6 +354,10 @@ def build_plan(recipe: Recipe, bag: DiagnosticBag, base_dir: Path | None = None)
     }
 
 
+OUTPUT = ("path", "name")
+"""The keys of a plan's `resolved.output`: the output folder and the run's name."""
+
+
 def plan_problem(plan: object) -> str:
     """What makes `plan` (a parsed plan.json) not one `build_plan` wrote ('' when nothing):
     the sections the trainer and `describe_plan` read, and their kinds (an edited or damaged
@@ -375,9 +379,6 @@ def plan_problem(plan: object) -> str:
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
             return f"its `{key}` is not a list of sections"
     return _recipe_problem(plan["recipe"])
-
-
-OUTPUT = ("path", "name")
 
 
 def _recipe_problem(recipe: dict) -> str:
