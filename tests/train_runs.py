@@ -1,6 +1,7 @@
 """Helpers shared by the training tests: `tiny_recipe` (a tiny-model recipe to adjust with
-keyword changes), `short_train` (the Train block of a short run), `plan_for` and the
-autouse fixture `one_thread`; for the
+keyword changes), `short_train` (the Train block of a short run), `plan_for`, `train_adapter`
+(a run in this process and its adapter), `assert_equal_weights` and the autouse fixture
+`one_thread`; for the
 stop/resume tests one recipe with checkpoints and samples, `lorafile train` in a subprocess with
 fault injection, and the bitwise comparison of two runs' adapters."""
 
@@ -166,3 +167,27 @@ def plan_for(recipe: Recipe) -> dict:
     plan = build_plan(recipe, bag)
     bag.raise_if_errors()
     return plan
+
+
+def train_adapter(recipe: Recipe, out: Path, stop_after: int | None = None, **options):
+    """Train `recipe` in this process into `out` with TrainOptions `options`: (the trainer, its
+    adapter's weights). `stop_after`: the run ends after that step (and its checkpoint)."""
+    import math
+
+    from safetensors.torch import load_file
+
+    from lorafile.runtime.train.loop import Trainer, TrainOptions
+
+    trainer = Trainer(plan_for(recipe), TrainOptions(out=out, quiet=True, **options)).setup()
+    if stop_after is not None:
+        trainer.total = stop_after
+    result = trainer.train()
+    assert math.isfinite(result.last_loss)
+    return trainer, load_file(result.adapter)
+
+
+def assert_equal_weights(a: dict, b: dict) -> None:
+    """Two adapters' weights are the same tensors, bit for bit."""
+    assert a.keys() == b.keys() and len(a) > 0
+    different = [k for k in a if not a[k].equal(b[k])]
+    assert not different, f"{len(different)} adapter tensors differ, e.g. {different[:2]}"

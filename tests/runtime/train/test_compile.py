@@ -6,24 +6,13 @@ ops, so the last bits differ). The wiring without a compiler: tests/runtime/trai
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from lorafile.runtime.demo import make_dataset
 from lorafile.runtime.train.loop import Trainer, TrainOptions
 from lorafile.spec.models import Adapter
-from train_runs import bare_recipe, plan_for, short_train
+from train_runs import bare_recipe, plan_for, short_train, train_adapter
 from train_runs import one_thread as one_thread  # autouse fixture
-
-
-def _train(recipe, out, **options):
-    from safetensors.torch import load_file
-
-    trainer = Trainer(plan_for(recipe), TrainOptions(out=out, quiet=True, **options)).setup()
-    result = trainer.train()
-    assert math.isfinite(result.last_loss)
-    return trainer, load_file(result.adapter)
 
 
 def test_compiled_blocks_train_what_the_eager_step_trains(tiny_sdxl_dir, tmp_path):
@@ -41,14 +30,14 @@ def test_compiled_blocks_train_what_the_eager_step_trains(tiny_sdxl_dir, tmp_pat
     from torch._dynamo.utils import counters
 
     counters.clear()
-    compiled, compiled_adapter = _train(recipe, tmp_path / "compiled", compile=True)
+    compiled, compiled_adapter = train_adapter(recipe, tmp_path / "compiled", compile=True)
     assert counters["stats"]["unique_graphs"] >= 1  # dynamo compiled, nothing fell back
     blocks = [
         m for m in compiled.models.unet.modules() if type(m).__name__ == "BasicTransformerBlock"
     ]
     assert blocks and all(b._compiled_call_impl is not None for b in blocks)
     assert compiled.static is not None  # the static step runs the compiled blocks
-    eager, eager_adapter = _train(recipe, tmp_path / "eager", graphs=False)
+    eager, eager_adapter = train_adapter(recipe, tmp_path / "eager", graphs=False)
     assert eager.models.unet is not compiled.models.unet and eager.static is None
 
     assert compiled_adapter.keys() == eager_adapter.keys()
@@ -77,7 +66,7 @@ def test_no_compiler_for_the_device_is_t585_and_the_run_goes_on_uncompiled(
 ):
     make_dataset(tmp_path / "data", 1, seed=5)
     recipe = bare_recipe(tiny_sdxl_dir, tmp_path, train=short_train(steps=2))
-    trainer, _ = _train(recipe, tmp_path / "out", compile=True)
+    trainer, _ = train_adapter(recipe, tmp_path / "out", compile=True)
     out = capsys.readouterr().out
     assert "warning[T585]" in out and "no-such-cxx-compiler" in out and "set CXX" in out
     assert trainer.compile_mode is None

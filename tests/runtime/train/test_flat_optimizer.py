@@ -9,9 +9,8 @@ import pytest
 
 from lorafile.runtime.demo import make_dataset
 from lorafile.runtime.train import optim
-from lorafile.runtime.train.loop import Trainer, TrainOptions
 from lorafile.spec.models import Adapter, Interval, Save
-from train_runs import bare_recipe, plan_for, short_train
+from train_runs import assert_equal_weights, bare_recipe, short_train, train_adapter
 from train_runs import one_thread as one_thread  # autouse fixture
 
 
@@ -30,50 +29,34 @@ def recipe(tiny_sdxl_dir, tmp_path):
     )
 
 
-def _train(recipe, out, stop_after: int | None = None, **options):
-    from safetensors.torch import load_file
-
-    trainer = Trainer(plan_for(recipe), TrainOptions(out=out, quiet=True, **options)).setup()
-    if stop_after is not None:
-        trainer.total = stop_after  # ends after that step's checkpoint: resume from there
-    result = trainer.train()
-    return trainer, load_file(result.adapter)
-
-
 def _per_tensor(monkeypatch):
     monkeypatch.setattr(optim, "can_flatten", lambda groups: False)
 
 
-def _assert_equal(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys() and len(a) > 0
-    different = [k for k in a if not a[k].equal(b[k])]
-    assert not different, f"{len(different)} adapter tensors differ, e.g. {different[:2]}"
-
-
 def test_a_flat_run_trains_what_the_per_tensor_run_trains(recipe, tmp_path, monkeypatch):
-    flat, flat_adapter = _train(recipe, tmp_path / "flat")
+    flat, flat_adapter = train_adapter(recipe, tmp_path / "flat")
     buffers = flat.optimizer.optimizer.layout
     assert {b.bits for b in buffers} == {8, 32} and flat.static is not None
     _per_tensor(monkeypatch)
-    per_tensor, per_tensor_adapter = _train(recipe, tmp_path / "per-tensor")
+    per_tensor, per_tensor_adapter = train_adapter(recipe, tmp_path / "per-tensor")
     assert not hasattr(per_tensor.optimizer.optimizer, "layout")
-    _assert_equal(flat_adapter, per_tensor_adapter)
+    assert_equal_weights(flat_adapter, per_tensor_adapter)
 
 
 def test_a_flat_run_resumes_exactly(recipe, tmp_path):
-    _, whole = _train(recipe, tmp_path / "whole")
-    _train(recipe, tmp_path / "cut", stop_after=3)
+    _, whole = train_adapter(recipe, tmp_path / "whole")
+    train_adapter(recipe, tmp_path / "cut", stop_after=3)
     step2 = tmp_path / "cut" / "checkpoints" / "step-000002"
-    _, resumed = _train(recipe, tmp_path / "cut", resume=step2)
-    _assert_equal(whole, resumed)
+    _, resumed = train_adapter(recipe, tmp_path / "cut", resume=step2)
+    assert_equal_weights(whole, resumed)
 
 
 def test_a_per_tensor_checkpoint_resumes_exactly_into_the_flat_step(recipe, tmp_path, monkeypatch):
     with monkeypatch.context() as patch:
         _per_tensor(patch)
-        _, whole = _train(recipe, tmp_path / "whole")
-        _train(recipe, tmp_path / "cut", stop_after=3)  # an earlier lorafile's checkpoint
+        _, whole = train_adapter(recipe, tmp_path / "whole")
+        train_adapter(recipe, tmp_path / "cut", stop_after=3)  # an earlier lorafile's checkpoint
     step2 = tmp_path / "cut" / "checkpoints" / "step-000002"
-    resumed_trainer, resumed = _train(recipe, tmp_path / "cut", resume=step2)
+    resumed_trainer, resumed = train_adapter(recipe, tmp_path / "cut", resume=step2)
     assert hasattr(resumed_trainer.optimizer.optimizer, "layout")  # the flat step resumed it
-    _assert_equal(whole, resumed)
+    assert_equal_weights(whole, resumed)

@@ -13,9 +13,8 @@ import pytest
 from lorafile.runtime.demo import make_dataset
 from lorafile.runtime.train import fused_lora
 from lorafile.runtime.train.adapters import adapter_state
-from lorafile.runtime.train.loop import Trainer, TrainOptions
 from lorafile.spec.models import Adapter
-from train_runs import bare_recipe, plan_for, short_train
+from train_runs import bare_recipe, short_train, train_adapter
 from train_runs import one_thread as one_thread  # autouse fixture
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -191,8 +190,6 @@ def test_the_tiny_unet_agrees_with_peft_through_the_bench(monkeypatch):
 
 
 def test_a_training_run_ends_where_peft_s_does(tiny_sdxl_dir, tmp_path, monkeypatch):
-    from safetensors.torch import load_file
-
     make_dataset(tmp_path / "data", 3, seed=7)
     recipe = bare_recipe(
         tiny_sdxl_dir,
@@ -202,9 +199,9 @@ def test_a_training_run_ends_where_peft_s_does(tiny_sdxl_dir, tmp_path, monkeypa
     )
 
     def train(out):
-        trainer = Trainer(plan_for(recipe), TrainOptions(out=out, quiet=True)).setup()
+        trainer, adapter = train_adapter(recipe, out)
         fused = sum(type(m).__name__ == "FusedLoraLinear" for m in trainer.models.unet.modules())
-        return fused, load_file(trainer.train().adapter)
+        return fused, adapter
 
     fused_layers, fused_adapter = train(tmp_path / "fused")
     monkeypatch.setattr(fused_lora, "fuse", lambda model: 0)

@@ -4,16 +4,14 @@ replay themselves need CUDA: tests/runtime/train/test_graph_gpu.py (marked `gpu`
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from lorafile.runtime.demo import make_dataset
 from lorafile.runtime.train import graphs
 from lorafile.runtime.train.loop import Trainer, TrainOptions
 from lorafile.spec.models import Adapter, Cache, Interval, Regularization, Save
+from train_runs import assert_equal_weights, plan_for, tiny_recipe, train_adapter
 from train_runs import one_thread as one_thread  # autouse fixture
-from train_runs import plan_for, tiny_recipe
 
 
 def _recipe(model_dir, tmp_path, cache: Cache, **train):
@@ -28,22 +26,6 @@ def _recipe(model_dir, tmp_path, cache: Cache, **train):
     return recipe.model_copy(update={"train": recipe.train.model_copy(update=settings | train)})
 
 
-def _train(recipe, out, **options):
-    from safetensors.torch import load_file
-
-    trainer = Trainer(plan_for(recipe), TrainOptions(out=out, quiet=True, **options))
-    trainer.setup()
-    result = trainer.train()
-    assert math.isfinite(result.last_loss)
-    return trainer, load_file(result.adapter)
-
-
-def _assert_equal(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys() and len(a) > 0
-    different = [k for k in a if not a[k].equal(b[k])]
-    assert not different, f"{len(different)} adapter tensors differ, e.g. {different[:2]}"
-
-
 @pytest.mark.parametrize(
     "cache",
     [Cache(latents=True, text=True), Cache(latents=False, text=False)],
@@ -52,25 +34,25 @@ def _assert_equal(a: dict, b: dict) -> None:
 def test_static_form_trains_exactly_what_the_eager_form_trains(tiny_sdxl_dir, tmp_path, cache):
     # accumulation, regularization weights, min-SNR, noise offset, flips, two bucket shapes
     recipe = _recipe(tiny_sdxl_dir, tmp_path, cache)
-    static, static_adapter = _train(recipe, tmp_path / "static")
+    static, static_adapter = train_adapter(recipe, tmp_path / "static")
     assert static.static is not None and static.static.capture is False  # CPU: no capture
     assert len(static.static.slots) >= 1
-    eager, eager_adapter = _train(recipe, tmp_path / "eager", graphs=False)
+    eager, eager_adapter = train_adapter(recipe, tmp_path / "eager", graphs=False)
     assert eager.static is None
-    _assert_equal(static_adapter, eager_adapter)
+    assert_equal_weights(static_adapter, eager_adapter)
 
 
 def test_static_form_resumes_exactly(tiny_sdxl_dir, tmp_path):
     recipe = _recipe(tiny_sdxl_dir, tmp_path, Cache(latents=True, text=True))
     recipe = recipe.model_copy(update={"save": Save(every=Interval(every=2))})
-    _, whole = _train(recipe, tmp_path / "whole")
+    _, whole = train_adapter(recipe, tmp_path / "whole")
     first = Trainer(plan_for(recipe), TrainOptions(out=tmp_path / "cut", quiet=True)).setup()
     first.total = 3  # ends after the step-2 checkpoint: resume from there
     first.train()
-    _, resumed = _train(
+    _, resumed = train_adapter(
         recipe, tmp_path / "cut", resume=tmp_path / "cut" / "checkpoints" / "step-000002"
     )
-    _assert_equal(whole, resumed)
+    assert_equal_weights(whole, resumed)
 
 
 def test_a_capture_that_raises_falls_back_to_eager_once(tiny_sdxl_dir, tmp_path, monkeypatch):
@@ -81,18 +63,18 @@ def test_a_capture_that_raises_falls_back_to_eager_once(tiny_sdxl_dir, tmp_path,
     monkeypatch.setattr(graphs, "capture_blocker", lambda trainer: None)  # try to capture
     lines = []
     monkeypatch.setattr(graphs.StaticStep, "notice", lambda self, line: lines.append(line))
-    fell_back, adapter = _train(recipe, tmp_path / "fallback")
+    fell_back, adapter = train_adapter(recipe, tmp_path / "fallback")
     assert fell_back.static.capture is False and len(lines) == 1
     assert lines[0].startswith("info[T579]: the ") and "runs eagerly" in lines[0]
     assert all(slot.graph is None for slot in fell_back.static.slots.values())
-    _, eager = _train(recipe, tmp_path / "eager", graphs=False)
-    _assert_equal(adapter, eager)
+    _, eager = train_adapter(recipe, tmp_path / "eager", graphs=False)
+    assert_equal_weights(adapter, eager)
 
 
 def test_a_step_that_cannot_take_the_static_form_runs_eagerly(tiny_sdxl_dir, tmp_path, capsys):
     recipe = _recipe(tiny_sdxl_dir, tmp_path, Cache(latents=True, text=False), steps=1)
     recipe = recipe.model_copy(update={"adapter": Adapter(rank=4, text_encoder=True)})
-    trainer, _ = _train(recipe, tmp_path / "te")
+    trainer, _ = train_adapter(recipe, tmp_path / "te")
     assert trainer.static is None
     assert (
         "info[T579]: the step runs eagerly: the text encoders are trained"
@@ -145,7 +127,7 @@ def test_capture_bookkeeping_replays_exactly_what_eager_trains(
     import torch
 
     recipe = _recipe(tiny_sdxl_dir, tmp_path, Cache(latents=True, text=True))
-    _, eager = _train(recipe, tmp_path / "eager", graphs=False)
+    _, eager = train_adapter(recipe, tmp_path / "eager", graphs=False)
     stream = SimpleNamespace(wait_stream=lambda other: None)
     monkeypatch.setattr(graphs, "capture_blocker", lambda trainer: None)
     monkeypatch.setattr(graphs, "record", _fake_record)
@@ -153,9 +135,9 @@ def test_capture_bookkeeping_replays_exactly_what_eager_trains(
     monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
-    graphed, adapter = _train(recipe, tmp_path / "graphed")
+    graphed, adapter = train_adapter(recipe, tmp_path / "graphed")
     slots = graphed.static.slots.values()
     assert graphed.static.capture is True and all(isinstance(s.graph, _FakeGraph) for s in slots)
     assert all(s.graph.generator is graphed.static.generator for s in slots)
     assert graphed.static.pool == "pool"
-    _assert_equal(adapter, eager)
+    assert_equal_weights(adapter, eager)
