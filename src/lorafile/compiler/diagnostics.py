@@ -252,6 +252,14 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def error_summary(err: BaseException) -> str:
+    """`TypeName: first line of its message`, or the type's name alone when it has no message
+    (so a bare `RuntimeError()` reads `RuntimeError`, not `RuntimeError: RuntimeError`)."""
+    text = str(err).strip()
+    name = type(err).__name__
+    return f"{name}: {text.splitlines()[0]}" if text else name
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean `x`?' for the closest choice, or '' when nothing is close."""
     return hint(closest(word, choices))

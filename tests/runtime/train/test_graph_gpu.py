@@ -15,9 +15,8 @@ import torch
 
 from lorafile.runtime.demo import make_dataset
 from lorafile.runtime.train import graphs
-from lorafile.runtime.train.loop import Trainer, TrainOptions
 from lorafile.spec.models import Cache, Interval, Save
-from train_runs import plan_for, tiny_recipe, train_adapter
+from train_runs import tiny_recipe, train_adapter
 
 pytestmark = [
     pytest.mark.gpu,
@@ -60,10 +59,7 @@ def test_graphed_run_resumes_to_the_same_adapter(tiny_sdxl_dir, tmp_path):
     recipe = _recipe(tiny_sdxl_dir, tmp_path)
     recipe = recipe.model_copy(update={"save": Save(every=Interval(every=2))})
     _, whole = train_on_cuda(recipe, tmp_path / "whole")
-    first = Trainer(plan_for(recipe), TrainOptions(out=tmp_path / "cut", quiet=True, device="cuda"))
-    first.setup()
-    first.total = 3  # ends after the step-2 checkpoint
-    first.train()
+    train_on_cuda(recipe, tmp_path / "cut", stop_after=3)  # ends after the step-2 checkpoint
     step2 = tmp_path / "cut" / "checkpoints" / "step-000002"
     resumed_trainer, resumed = train_on_cuda(recipe, tmp_path / "cut", resume=step2)
     assert resumed_trainer.static.capture is True  # re-captured after the resume

@@ -8,9 +8,8 @@ import pytest
 
 from lorafile.runtime.demo import make_dataset
 from lorafile.runtime.train import graphs
-from lorafile.runtime.train.loop import Trainer, TrainOptions
 from lorafile.spec.models import Adapter, Cache, Interval, Regularization, Save
-from train_runs import assert_equal_weights, plan_for, tiny_recipe, train_adapter
+from train_runs import assert_equal_weights, tiny_recipe, train_adapter
 from train_runs import one_thread as one_thread  # autouse fixture
 
 
@@ -46,9 +45,7 @@ def test_static_form_resumes_exactly(tiny_sdxl_dir, tmp_path):
     recipe = _recipe(tiny_sdxl_dir, tmp_path, Cache(latents=True, text=True))
     recipe = recipe.model_copy(update={"save": Save(every=Interval(every=2))})
     _, whole = train_adapter(recipe, tmp_path / "whole")
-    first = Trainer(plan_for(recipe), TrainOptions(out=tmp_path / "cut", quiet=True)).setup()
-    first.total = 3  # ends after the step-2 checkpoint: resume from there
-    first.train()
+    train_adapter(recipe, tmp_path / "cut", stop_after=3)  # ends after the step-2 checkpoint
     _, resumed = train_adapter(
         recipe, tmp_path / "cut", resume=tmp_path / "cut" / "checkpoints" / "step-000002"
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lorafile.compiler.diagnostics import fail, first_line
+from lorafile.compiler.diagnostics import error_summary, fail
 
 
 def to_device(tensor, device):
@@ -422,7 +422,7 @@ def compile_failure(err: BaseException, step: int, saved_step: int | None):
     resume = f" from the step-{saved_step} checkpoint" if saved_step else ""
     return fail(
         "T586",
-        f"torch.compile failed at step {step}: {type(inner).__name__}: {first_line(inner)}",
+        f"torch.compile failed at step {step}: {error_summary(inner)}",
         f"run the same command without --compile (add --resume to go on{resume}), "
         "or try the other --compile-scope",
     )

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lorafile.compiler.diagnostics import first_line
+from lorafile.compiler.diagnostics import error_summary
 
 WARMUP_ITERATIONS = 3
 """Eager iterations before a capture, on a side stream: cuBLAS handles, cuDNN autotuning and
@@ -148,7 +148,7 @@ class StaticStep:
             shape = "x".join(str(n) for n in slot.inputs["mean"].shape)
             self.notice(
                 f"info[T579]: the {shape} step runs eagerly: capturing it as a CUDA graph "
-                f"raised {type(err).__name__}: {first_line(err)}"
+                f"raised {error_summary(err)}"
             )
         finally:
             _restore_grads(self.params, saved)
