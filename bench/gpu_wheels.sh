@@ -8,10 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The names of the wheels the device lacks; each version is read from requirements/lock.txt,
-# the file ./run and CI install from, so the GPU runs the versions the CPU suite tested.
+# the file ./run and CI install from, so the GPU runs the versions the CPU suite tested. peft
+# is on the device too, in a version nobody has read there; the trainer's fused LoRA layers
+# (runtime/train/fused_lora.py) read peft's layer internals, so the locked peft travels too.
 NAMES=(
   bitsandbytes diffusers importlib-metadata lark pydantic pydantic-core annotated-types
-  typing-inspection tomli-w tomlkit toml
+  typing-inspection tomli-w tomlkit toml peft
 )
 locked_pin() {  # NAME -> NAME==VERSION from the lock (names compared as PEP 503 normalises them)
   local want; want=$(echo "$1" | tr 'A-Z_.' 'a-z--')
