@@ -255,9 +255,8 @@ def first_line(err: BaseException) -> str:
 def error_summary(err: BaseException) -> str:
     """`TypeName: first line of its message`, or the type's name alone when it has no message
     (so a bare `RuntimeError()` reads `RuntimeError`, not `RuntimeError: RuntimeError`)."""
-    text = str(err).strip()
     name = type(err).__name__
-    return f"{name}: {text.splitlines()[0]}" if text else name
+    return f"{name}: {first_line(err)}" if str(err).strip() else name
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
